@@ -1,0 +1,89 @@
+"""The Python API: everything the CLI does, as functions that return data.
+
+    >>> from blocktune import api
+    >>> api.model_groups("vgg16", "block", delimiters="pool")["rows"][0]["layers"]
+    >>> api.run(api.RunConfig(model="tf_efficientnet_lite0", data="tf_flowers"), "runs/x")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from blocktune.config import RunConfig
+from blocktune.data import decode_resized, normalize
+from blocktune.errors import BlocktuneError
+from blocktune.groups import StrategyOptions, candidates, table
+from blocktune.layers import ModelWalk, walk
+from blocktune.models import build_body, build_model, create_timm
+from blocktune.report import build_report, plot_layer_params
+from blocktune.search import finetune, run
+
+__all__ = ["RunConfig", "build_report", "finetune", "model_groups", "model_walk", "predict",
+           "run"]
+
+
+def model_walk(model: str | torch.nn.Module, image_size: int = 224, head: str = "linear",
+               pretrained: bool = False) -> tuple[ModelWalk, torch.nn.Module]:
+    """Walk a timm model by name (random weights by default: structure only) or any module."""
+    if isinstance(model, str):
+        module, _ = create_timm(model, pretrained=pretrained)
+        body = build_body(module, head)
+    else:
+        body = model
+    return walk(body, input_size=(3, image_size, image_size)), body
+
+
+def model_groups(model: str | torch.nn.Module, strategy: str = "block", image_size: int = 224,
+                 head: str = "linear", delimiters: str | Sequence[str] = ("pool", "activation"),
+                 window: int = 3, stride: int = 1, k: int = 3, seed: int = 0,
+                 native: str = "fine", quarter: bool = False, plot: str | None = None) -> dict:
+    """The candidate groups of ``strategy`` on ``model``: rows of index, layers, params, share."""
+    if strategy == "ranked":
+        raise BlocktuneError("'ranked' groups come from a finished layer search: use "
+                             "blocktune run --strategy layer,ranked")
+    result_walk, body = model_walk(model, image_size, head)
+    if isinstance(delimiters, str):
+        delimiters = [d for d in delimiters.split(",") if d]
+    options = StrategyOptions(delimiters=tuple(delimiters), window=window, stride=stride, k=k,
+                              seed=seed, native=native, quarter=quarter, model=body)
+    cands = candidates(result_walk, strategy, options)
+    if plot:
+        name = model if isinstance(model, str) else type(model).__name__
+        plot_layer_params(result_walk, [c.layers for c in cands], plot, f"{name}: {strategy}")
+    return {"rows": table(result_walk, cands), "num_layers": len(result_walk.layers),
+            "total_params": result_walk.total_params, "candidates": cands, "walk": result_walk}
+
+
+def predict(run_folder: str | Path, images: Sequence[str | Path]) -> list[tuple[str, float]]:
+    """Class name and probability for each image, with the model a run saved."""
+    from safetensors.torch import load_file
+
+    folder = Path(run_folder)
+    card_path, weights_path = folder / "model.json", folder / "model.safetensors"
+    if not card_path.exists() or not weights_path.exists():
+        raise BlocktuneError(f"{folder} holds no saved model (model.json + model.safetensors): "
+                             "pass the --out folder of a finished blocktune run or finetune")
+    card = json.loads(card_path.read_text())
+    model, _ = build_model(card["model"], len(card["classes"]), card["head"], card["image_size"],
+                           pretrained=False)
+    model.load_state_dict(load_file(str(weights_path)))
+    model.eval()
+    out = []
+    for image in images:
+        if not Path(image).is_file():
+            raise BlocktuneError(f"image {image} does not exist: pass paths of image files")
+        try:
+            pixels = torch.from_numpy(decode_resized(Path(image), card["image_size"],
+                                                     card["interpolation"]))
+        except Exception as error:  # noqa: BLE001 - PIL's many decode errors
+            raise BlocktuneError(f"cannot read image {image} ({type(error).__name__}): pass "
+                                 "a JPEG, PNG or other image PIL can open") from error
+        with torch.no_grad():
+            probs = model(normalize(pixels[None], card["mean"], card["std"])).softmax(1)[0]
+        best = int(probs.argmax())
+        out.append((card["classes"][best], float(probs[best])))
+    return out

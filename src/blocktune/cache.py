@@ -1,0 +1,217 @@
+"""Feeds: where a candidate's training inputs come from, naively or from the frozen-prefix cache.
+
+A candidate whose lowest trainable layer lies in spine segment ``c`` trains segments ``c…``
+and the head; segments ``0…c-1`` (the *frozen prefix*) are frozen and in eval mode, so, with no
+random augmentation, they give the same output every epoch. Design:
+
+* **Cut only where a single tensor flows.** Cuts are the boundaries of the spine
+  (:mod:`blocktune.layers`): a residual block is one segment, so a cut never passes through a
+  skip connection and one tensor per image is all the suffix needs. A layer inside a residual
+  block trains with its block's frozen earlier layers recomputed each step (exact, a little
+  slower than a finer cut).
+* **One pass serves many cuts.** :meth:`ActivationCache.prepare_cuts` runs the images once
+  through the prefix of the deepest cut and keeps the activations at every requested cut on the
+  way. With fp32 storage a later cut is computed from the nearest cached shallower cut; with
+  fp16/bf16 storage it is computed from the images, so that a cut's values never depend on
+  which cuts were cached before it (a resumed search gives bit-identical candidates).
+* **Storage** is fp16 by default (half the memory; the search's val accuracies match the fp32
+  path, see tests/test_cache.py), fp32 or bf16 on request. Past ``max_bytes`` in memory, new
+  cuts go to memory-mapped files on disk; a failed allocation falls back to disk and says so.
+* Exactness: the prefix runs in eval mode under ``no_grad`` in both the naive and the cached
+  feed, so the cached numbers are the numbers the naive path computes, up to storage dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from blocktune.data import normalize
+from blocktune.layers import ModelWalk, SpineRunner
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class Feed(Protocol):
+    """Inputs for training from spine cut ``cut`` on, and the function that prepares a batch."""
+
+    def inputs(self, cut: int, split: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def prepare(self, cut: int, device: torch.device, training: bool = False
+                ) -> Callable[[torch.Tensor], torch.Tensor]: ...
+
+
+def _indices(splits: Mapping[str, Sequence[int]], split: str | Sequence[str]) -> list[int]:
+    names = [split] if isinstance(split, str) else list(split)
+    return sorted(i for name in names for i in splits[name])
+
+
+def flip_augment(generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Random horizontal flips, seeded: the augmentation that makes the prefix non-constant."""
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x = x.clone()
+        x[flip] = x[flip].flip(-1)
+        return x
+    return apply
+
+
+class ImageFeed:
+    """The naive feed: decoded uint8 images, normalised and run through the prefix every batch."""
+
+    def __init__(self, body: nn.Module, walk: ModelWalk, pixels: torch.Tensor,
+                 labels: torch.Tensor, splits: Mapping[str, Sequence[int]], mean, std,
+                 augment: bool = False, seed: int = 0):
+        self.body, self.walk, self.pixels, self.labels = body, walk, pixels, labels
+        self.splits, self.mean, self.std = splits, mean, std
+        self.augment = flip_augment(torch.Generator().manual_seed(seed)) if augment else None
+
+    def inputs(self, cut: int, split) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(_indices(self.splits, split), dtype=torch.long)
+        return self.pixels[index], self.labels[index]
+
+    def prepare(self, cut: int, device: torch.device, training: bool = False
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+        prefix = SpineRunner(self.body, self.walk, 0, cut).eval()
+        augment = self.augment if training else None
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                x = normalize(batch.cpu(), self.mean, self.std)
+                if augment is not None:
+                    x = augment(x)
+                x = x.to(device)
+                return prefix(x) if len(prefix.parts) else x
+        return run
+
+
+class ActivationCache:
+    """Activations entering chosen spine cuts, for a fixed set of images, computed once.
+
+    Args:
+        pixels, labels: the whole decoded dataset.
+        splits: split name -> indices into ``pixels``.
+        cover: the split names whose images the cache holds (e.g. search and val).
+        dtype: storage dtype name (``float16``, ``bfloat16``, ``float32``).
+        max_bytes: memory for activations; beyond it, cuts are stored on disk.
+    """
+
+    def __init__(self, body: nn.Module, walk: ModelWalk, pixels: torch.Tensor,
+                 labels: torch.Tensor, splits: Mapping[str, Sequence[int]], mean, std,
+                 cover: Sequence[str], dtype: str = "float16", max_bytes: int = 4 << 30,
+                 spill_dir: str | Path | None = None, batch_size: int = 64):
+        self.body, self.walk, self.pixels, self.labels = body, walk, pixels, labels
+        self.splits, self.mean, self.std = splits, mean, std
+        self.rows = {g: r for r, g in enumerate(_indices(splits, cover))}
+        self.dtype = STORAGE_DTYPES[dtype]
+        self.max_bytes, self.batch_size = max_bytes, batch_size
+        self.spill_dir = Path(spill_dir) if spill_dir else None
+        self.store: dict[int, torch.Tensor] = {}
+        self.bytes_in_memory = 0
+        self.on_disk: list[int] = []
+        self.passes = 0  # prefix passes over the images: what the cache saves
+
+    def _allocate(self, cut: int, shape: tuple[int, ...]) -> torch.Tensor:
+        n = len(self.rows)
+        size = n * math.prod(shape) * self.dtype.itemsize
+        if self.bytes_in_memory + size <= self.max_bytes:
+            try:
+                tensor = torch.empty((n, *shape), dtype=self.dtype)
+                self.bytes_in_memory += size
+                return tensor
+            except (RuntimeError, MemoryError):
+                log.warning("activation cache: out of memory for cut %d, storing it on disk", cut)
+        return self._allocate_on_disk(cut, (n, *shape))
+
+    def _allocate_on_disk(self, cut: int, shape: tuple[int, ...]) -> torch.Tensor:
+        # numpy has no bfloat16: on disk, activations are float16 (or float32 when asked).
+        np_dtype = np.float32 if self.dtype == torch.float32 else np.float16
+        if self.spill_dir is None:
+            self.spill_dir = Path(tempfile.mkdtemp(prefix="blocktune-cache-"))
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        array = np.lib.format.open_memmap(self.spill_dir / f"cut{cut}.npy", mode="w+",
+                                          dtype=np_dtype, shape=shape)
+        self.on_disk.append(cut)
+        log.info("activation cache: cut %d stored on disk in %s", cut, self.spill_dir)
+        return torch.from_numpy(array)
+
+    @torch.no_grad()
+    def prepare_cuts(self, cuts: Sequence[int]) -> None:
+        """One pass from the nearest cached start to the deepest cut, keeping every cut asked."""
+        wanted = sorted({c for c in cuts if c not in self.store and c > 0})
+        if not wanted:
+            return
+        # Extending from a cached cut is exact only in fp32; from fp16 storage it would make a
+        # cut's values depend on which cuts happened to be cached first (and break resume).
+        exact = self.dtype == torch.float32
+        start = max((c for c in self.store if c <= wanted[0]), default=0) if exact else 0
+        stop = wanted[-1]
+        runner = SpineRunner(self.body, self.walk, start, stop).eval()
+        order = sorted(self.rows, key=self.rows.get)
+        source = self.store.get(start)
+        self.passes += 1
+        for first in range(0, len(order), self.batch_size):
+            batch = order[first:first + self.batch_size]
+            rows = torch.tensor([self.rows[g] for g in batch])
+            if source is None:
+                x = normalize(self.pixels[torch.tensor(batch)], self.mean, self.std)
+            else:
+                x = source[rows].float()
+            for offset, part in enumerate(runner.parts):
+                cut = start + offset
+                if cut in wanted and cut != start:
+                    self._put(cut, rows, x)
+                x = part(x)
+            self._put(stop, rows, x)
+
+    def _put(self, cut: int, rows: torch.Tensor, x: torch.Tensor) -> None:
+        if cut not in self.store:
+            self.store[cut] = self._allocate(cut, tuple(x.shape[1:]))
+        self.store[cut][rows] = x.to(self.store[cut].dtype)
+
+    def inputs(self, cut: int, split) -> tuple[torch.Tensor, torch.Tensor]:
+        if cut not in self.store:
+            self.prepare_cuts([cut])
+        global_index = _indices(self.splits, split)
+        rows = torch.tensor([self.rows[g] for g in global_index], dtype=torch.long)
+        return self.store[cut][rows], self.labels[torch.tensor(global_index, dtype=torch.long)]
+
+    def prepare(self, cut: int, device: torch.device, training: bool = False
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda batch: batch.to(device=device, dtype=torch.float32)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.store.values())
+
+
+class CachedFeed:
+    """The fast feed: the activation cache at cuts above the input, images at cut 0.
+
+    At cut 0 (every layer trainable) there is no frozen prefix to save, so images are used.
+    With augmentation on, the prefix output changes every epoch: the cache is bypassed.
+    """
+
+    def __init__(self, images: ImageFeed, cache: ActivationCache | None):
+        self.images, self.cache = images, cache
+        if images.augment is not None and cache is not None:
+            log.warning("activation cache bypassed: random augmentation is on")
+            self.cache = None
+
+    def _for(self, cut: int) -> Feed:
+        return self.cache if (self.cache is not None and cut > 0) else self.images
+
+    def inputs(self, cut: int, split):
+        return self._for(cut).inputs(cut, split)
+
+    def prepare(self, cut: int, device: torch.device, training: bool = False):
+        return self._for(cut).prepare(cut, device, training)

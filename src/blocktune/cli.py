@@ -1,0 +1,258 @@
+"""``blocktune``: thin commands over the library. Errors print one line and exit with 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from blocktune.errors import BlocktuneError
+
+DEMO = {"model": "tf_efficientnet_lite0", "data": "tf_flowers", "strategies": ["block"],
+        "image_size": 128, "max_images_per_class": 300, "epochs": 4, "final_epochs": 4,
+        "quarter": False}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of run settings (flags override it)")
+    parser.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
+    parser.add_argument("--data", help="image folder with one sub-folder per class, or tf_flowers")
+    parser.add_argument("--weights", help="state dict or safetensors file for the model")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                        help="random weights (no download, no packaged weights)")
+    parser.add_argument("--head", choices=["paper", "linear", "keep-pretrained"])
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--epochs", type=int, help="epochs per search candidate")
+    parser.add_argument("--final-epochs", type=int, help="epochs of the final fine-tunes")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--max-images-per-class", type=int)
+    parser.add_argument("--paper-settings", action="store_true", default=None,
+                        help="the paper's Adam, batch 4, 50 epochs, [0,1] scaling")
+    parser.add_argument("--augment", action="store_true", default=None,
+                        help="random flips (turns the activation cache off)")
+    parser.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                        help="run the whole network every batch (the naive path)")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="refuse unreadable images instead of skipping them")
+    parser.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="per-epoch lines")
+
+
+def _config(args: argparse.Namespace, extra: dict | None = None, base: dict | None = None):
+    from blocktune.config import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "strategy", None):
+        flags["strategies"] = args.strategy
+    flags.update(extra or {})
+    if args.config:
+        return RunConfig.from_yaml(args.config, {**(base or {}), **flags})
+    return RunConfig.from_dict({**(base or {}), **flags})
+
+
+class _Progress:
+    """A rich progress bar over candidates with the best val accuracy so far."""
+
+    def __init__(self, verbose: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.verbose = verbose
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                            console=self.console)
+        self.task = None
+
+    def events(self):
+        from blocktune.search import Events, label
+
+        def start(strategy, position, total):
+            if self.task is None or position == 0:
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task(f"{label(strategy)} search", total=total)
+
+        def end(row, best):
+            self.bar.update(self.task, advance=1,
+                            description=f"{label(row['strategy'])} search · best val {best:.3f}")
+
+        def epoch(e, loss, acc, seconds):
+            if self.verbose:
+                self.console.log(f"epoch {e}: train loss {loss:.4f}  val acc {acc:.4f}  "
+                                 f"({seconds:.1f}s)")
+
+        return Events(on_candidate_start=start, on_candidate_end=end, on_epoch=epoch,
+                      on_phase=lambda text: self.console.log(text))
+
+
+def cmd_groups(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from blocktune.api import model_groups
+
+    result = model_groups(args.model, args.strategy, image_size=args.image_size,
+                          head=args.head, delimiters=args.delimiters, window=args.window,
+                          stride=args.stride, k=args.k, seed=args.seed, native=args.native,
+                          quarter=args.quarter, plot=args.plot)
+    table = Table(title=f"{args.model}: {args.strategy} — {len(result['rows'])} candidates, "
+                        f"{result['num_layers']} layers, {result['total_params']:,} parameters")
+    for column in ("#", "layers", "params", "share"):
+        table.add_column(column, justify="right" if column != "layers" else "left")
+    for row in result["rows"]:
+        table.add_row(str(row["index"]), row["layers"], f"{row['params']:,}",
+                      f"{row['share']:.1%}")
+    Console().print(table)
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from blocktune.report import build_report
+    from blocktune.search import run
+
+    extra = {}
+    if args.quarter:
+        extra["quarter"] = True
+    if args.max_candidates is not None:
+        extra["max_candidates"] = args.max_candidates
+    if args.time_budget is not None:
+        extra["time_budget"] = args.time_budget
+    config = _config(args, extra, base=getattr(args, "defaults", None))
+    progress = _Progress(args.verbose)
+    with progress.bar:
+        summary = run(config, args.out, progress.events(), force_new=args.force_new)
+    report = build_report(args.out)
+    _print_summary(summary)
+    print(f"report: {report}")
+    return 0
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="test accuracy (mean ± std over seeds)")
+    for row in summary:
+        table.add_column(row["label"], justify="right")
+    table.add_row(*[f"{float(r['test_acc_mean']):.3f} ± {float(r['test_acc_std']):.3f}"
+                    for r in summary])
+    Console().print(table)
+
+
+def cmd_finetune(args) -> int:
+    from blocktune.search import finetune
+
+    config = _config(args)
+    progress = _Progress(True)
+    result = finetune(config, args.train, args.out, progress.events())
+    print(f"trained {args.train}: {result['trainable_params']:,} parameters, "
+          f"val {result['val_acc']:.4f}, test {result['test_acc']:.4f} "
+          f"({result['seconds']:.0f}s) -> {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from blocktune.report import build_report
+
+    print(f"report: {build_report(args.run)}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from blocktune.api import predict
+
+    for path, (name, probability) in zip(args.images, predict(args.run, args.images),
+                                         strict=True):
+        print(f"{path}\t{name}\t{probability:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from blocktune.groups import STRATEGIES
+    from blocktune.layers import DELIMITER_KINDS
+
+    parser = argparse.ArgumentParser(prog="blocktune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    groups = sub.add_parser("groups", help="show the candidate groups of a model")
+    groups.add_argument("--model", required=True)
+    groups.add_argument("--strategy", default="block", choices=sorted(STRATEGIES))
+    groups.add_argument("--image-size", type=int, default=224)
+    groups.add_argument("--head", default="linear", choices=["paper", "linear", "keep-pretrained"])
+    groups.add_argument("--delimiters", default="pool,activation",
+                        help=f"comma-separated kinds from: {', '.join(DELIMITER_KINDS)}")
+    groups.add_argument("--window", type=int, default=3)
+    groups.add_argument("--stride", type=int, default=1)
+    groups.add_argument("--k", type=int, default=3, help="layers drawn by 'random'")
+    groups.add_argument("--seed", type=int, default=0)
+    groups.add_argument("--native", default="fine", choices=["fine", "coarse"])
+    groups.add_argument("--quarter", action="store_true", help="only the last quarter")
+    groups.add_argument("--plot", help="save Fig. 2 (parameters per layer, groups) as PNG")
+    groups.set_defaults(func=cmd_groups)
+
+    run = sub.add_parser("run", help="the whole protocol: search, fine-tune, test, report")
+    _add_common(run)
+    run.add_argument("--strategy", help="comma-separated, e.g. layer,block,window,ranked")
+    run.add_argument("--quarter", action="store_true", help="search only the last quarter")
+    run.add_argument("--max-candidates", type=int, help="per strategy, from the output end")
+    run.add_argument("--time-budget", type=float, help="seconds of search per seed")
+    run.add_argument("--force-new", action="store_true",
+                     help="start the run folder over even if its config differs")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="the whole protocol on the embedded default, CPU-sized")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    finetune = sub.add_parser("finetune", help="fine-tune given layers; baselines: head | all")
+    _add_common(finetune)
+    finetune.add_argument("--train", required=True,
+                          help="head | all | comma-separated layer names | a regex")
+    finetune.set_defaults(func=cmd_finetune)
+
+    report = sub.add_parser("report", help="rebuild a run's report from its files")
+    report.add_argument("run")
+    report.set_defaults(func=cmd_report)
+
+    predict = sub.add_parser("predict", help="classify images with a saved run")
+    predict.add_argument("--run", required=True)
+    predict.add_argument("images", nargs="+")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def cmd_demo(args) -> int:
+    run_args = build_parser().parse_args(["run", "--out", args.out])
+    run_args.defaults = DEMO
+    run_args.verbose = args.verbose
+    return cmd_run(run_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except BlocktuneError as error:
+        print(f"blocktune: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("blocktune: interrupted; finished work is saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main", "build_parser", "Path"]

@@ -1,0 +1,329 @@
+"""Image folders, the tf_flowers download, stratified splits and the decoded-image cache.
+
+An image folder has one sub-folder per class (the tf_flowers layout). Every image is decoded
+and resized once per (file list, size, interpolation) into a uint8 array ``N×3×S×S`` kept on
+disk under the cache folder, so every candidate of every run reads the same pixels without
+decoding again. Images that cannot be decoded are skipped, counted and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from blocktune.errors import BlocktuneError
+from blocktune.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("search", "val", "train", "test")
+DEFAULT_FRACTIONS = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}
+
+TF_FLOWERS_URL = "http://download.tensorflow.org/example_images/flower_photos.tgz"
+TF_FLOWERS_BYTES = 228_813_984  # as TFDS records it; the archive's sha256 is checked when known
+TF_FLOWERS_SHA256 = os.environ.get("BLOCKTUNE_TF_FLOWERS_SHA256")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a corrupt file, not a grey one
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BLOCKTUNE_CACHE_DIR") or Path.home() / ".cache" / "blocktune"
+    return Path(root)
+
+
+@dataclass
+class ImageFolder:
+    """The labelled files of an image folder (paths relative to ``root``)."""
+
+    root: Path
+    classes: list[str]
+    files: list[str]
+    labels: list[int]
+    skipped: list[str]
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(self.labels)
+        return {c: counter[i] for i, c in enumerate(self.classes)}
+
+
+def resolve_data(spec: str | Path, download: bool = True) -> Path:
+    """Turn ``--data`` into a folder: a path, or ``tf_flowers`` (local copy, else download)."""
+    if str(spec) == "tf_flowers":
+        env = os.environ.get("BLOCKTUNE_DATA_DIR")
+        if env and (Path(env) / "flower_photos").is_dir():
+            return Path(env) / "flower_photos"
+        target = cache_dir() / "datasets" / "flower_photos"
+        if target.is_dir():
+            return target
+        if not download:
+            raise BlocktuneError("tf_flowers is not available offline: set BLOCKTUNE_DATA_DIR to "
+                                 "a folder holding flower_photos/, or go online to download it")
+        return download_tf_flowers(cache_dir() / "datasets")
+    return Path(spec).expanduser()
+
+
+def download(url: str, dest: Path, expected_bytes: int | None = None,
+             sha256: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar, resuming a partial ``.part`` file."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_suffix(dest.suffix + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except OSError as error:
+        raise BlocktuneError(f"cannot download {url} ({error}): check the connection or "
+                             "download it yourself and pass the extracted folder") from error
+    if start and response.status != 206:
+        start = 0  # the server ignored the range: start over
+    total = expected_bytes or (int(response.headers.get("Content-Length", 0)) + start) or None
+    with open(part, "ab" if start else "wb") as out, Progress(
+            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar:
+        task = bar.add_task(f"download {dest.name}", total=total, completed=start)
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            bar.advance(task, len(chunk))
+    size = part.stat().st_size
+    if expected_bytes is not None and size != expected_bytes:
+        raise BlocktuneError(f"{dest.name}: got {size} bytes, expected {expected_bytes}: "
+                             f"run again to resume, or delete {part} to start over")
+    digest = file_sha256(part)
+    if sha256 is not None and digest != sha256:
+        part.unlink()
+        raise BlocktuneError(f"{dest.name}: sha256 {digest} does not match {sha256}: the "
+                             "download was corrupted, run again")
+    part.rename(dest)
+    dest.with_suffix(dest.suffix + ".sha256").write_text(digest + "\n")
+    return dest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_tf_flowers(root: Path) -> Path:
+    archive = root / "flower_photos.tgz"
+    if not archive.exists():
+        download(TF_FLOWERS_URL, archive, TF_FLOWERS_BYTES, TF_FLOWERS_SHA256)
+    staging = root / "flower_photos.extracting"
+    with tarfile.open(archive) as tar:
+        tar.extractall(staging, filter="data")
+    (staging / "flower_photos").rename(root / "flower_photos")
+    staging.rmdir()
+    return root / "flower_photos"
+
+
+def scan_folder(root: str | Path) -> ImageFolder:
+    """List the class folders and image files of ``root``; non-image files are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BlocktuneError(f"data folder {root} does not exist: pass a folder with one "
+                             "sub-folder of images per class, or --data tf_flowers")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels, skipped = [], [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(rel)
+                labels.append(label)
+            else:
+                skipped.append(rel)
+    if not files:
+        raise BlocktuneError(f"data folder {root} holds no images: put each class's images "
+                             "in a sub-folder named after the class")
+    present = sorted(set(labels))
+    if len(present) < 2:
+        raise BlocktuneError(f"data folder {root} has images of only one class: fine-tuning a "
+                             "classifier needs at least two class sub-folders")
+    return ImageFolder(root, classes, files, labels, skipped)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any image as 8-bit RGB: grayscale, palette, RGBA, CMYK and 16-bit are converted."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+            img = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            return canvas
+        return img.convert("RGB")
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+             "lanczos": Image.LANCZOS, "box": Image.BOX}
+
+
+def decode_resized(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop: a ``3×size×size`` uint8 array."""
+    img = load_rgb(path)
+    width, height = img.size
+    scale = size / min(width, height)
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    img = img.resize(new, _RESAMPLE.get(interpolation, Image.BILINEAR))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+@dataclass
+class DecodedImages:
+    """Decoded, resized images of an :class:`ImageFolder`, with the files that failed removed."""
+
+    pixels: torch.Tensor  # N×3×S×S uint8 (may be backed by a memory-mapped file)
+    files: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    corrupt: list[str]
+
+
+def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear",
+                  strict: bool = False, use_cache: bool = True,
+                  workers: int | None = None) -> DecodedImages:
+    """Decode every image of ``folder`` once into a uint8 store; reuse the store next time."""
+    key = hashlib.sha256(json.dumps([str(folder.root.resolve()), folder.files, size,
+                                     interpolation]).encode()).hexdigest()[:16]
+    store = cache_dir() / "decoded" / f"{folder.root.name}-{size}-{key}"
+    if use_cache and (store / "meta.json").exists():
+        meta = json.loads((store / "meta.json").read_text())
+        pixels = np.load(store / "pixels.npy", mmap_mode="r")
+        return _decoded(folder, torch.from_numpy(np.ascontiguousarray(pixels)), meta["ok"],
+                        meta["corrupt"], strict)
+
+    pixels = np.empty((len(folder.files), 3, size, size), dtype=np.uint8)
+    ok = [True] * len(folder.files)
+
+    def work(i: int) -> None:
+        try:
+            pixels[i] = decode_resized(folder.root / folder.files[i], size, interpolation)
+        except Exception:  # noqa: BLE001 - PIL raises many types for broken files
+            ok[i] = False
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(folder.files))))
+    corrupt = [f for f, good in zip(folder.files, ok, strict=True) if not good]
+    kept = np.asarray([i for i, good in enumerate(ok) if good], dtype=np.int64)
+    pixels = pixels[kept]
+    if use_cache:
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = store / "pixels.tmp.npy"
+        np.save(tmp, pixels)
+        os.replace(tmp, store / "pixels.npy")
+        atomic_write_json(store / "meta.json", {"ok": ok, "corrupt": corrupt})
+    return _decoded(folder, torch.from_numpy(pixels), ok, corrupt, strict)
+
+
+def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], corrupt: list[str],
+             strict: bool) -> DecodedImages:
+    unreadable = folder.skipped + corrupt
+    if unreadable:
+        shown = ", ".join(unreadable[:3])
+        message = (f"{len(unreadable)} file(s) in {folder.root} are not readable images "
+                   f"(e.g. {shown})")
+        if strict:
+            raise BlocktuneError(f"{message}: remove them, or drop --strict to skip them")
+        log.warning("%s: skipped", message)
+    files = [f for f, good in zip(folder.files, ok, strict=True) if good]
+    labels = torch.tensor([lab for lab, good in zip(folder.labels, ok, strict=True) if good])
+    if len(set(labels.tolist())) < 2:
+        raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
+                             "fine-tuning a classifier needs at least two classes")
+    return DecodedImages(pixels, files, labels, folder.classes, unreadable)
+
+
+def stratified_split(labels, fractions: dict[str, float] | None = None, seed: int = 0,
+                     classes: list[str] | None = None) -> dict[str, list[int]]:
+    """Seeded, stratified split of indices into ``fractions`` (search/val/train/test).
+
+    Per class, counts are allotted by largest remainder, with at least one image per split
+    whose fraction is positive; a class too small for that is an error.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if abs(sum(fractions.values()) - 1.0) > 1e-6 or any(v < 0 for v in fractions.values()):
+        raise BlocktuneError(f"split fractions {fractions} must be non-negative and sum to 1")
+    names = list(fractions)
+    needed = [n for n in names if fractions[n] > 0]
+    labels = [int(x) for x in labels]
+    generator = np.random.default_rng(seed)
+    result: dict[str, list[int]] = {n: [] for n in names}
+    for label in sorted(set(labels)):
+        members = [i for i, lab in enumerate(labels) if lab == label]
+        if len(members) < len(needed):
+            name = classes[label] if classes else str(label)
+            raise BlocktuneError(
+                f"class {name!r} has {len(members)} image(s), fewer than the {len(needed)} splits "
+                "it must be stratified into: add images to it or remove the class")
+        counts = _allot(len(members), [fractions[n] for n in names])
+        order = generator.permutation(members).tolist()
+        start = 0
+        for name, count in zip(names, counts, strict=True):
+            result[name].extend(order[start:start + count])
+            start += count
+    return {name: sorted(indices) for name, indices in result.items()}
+
+
+def _allot(total: int, fractions: list[float]) -> list[int]:
+    exact = [f * total for f in fractions]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: total - sum(counts)]:
+        counts[i] += 1
+    for i, f in enumerate(fractions):  # every positive split gets one, taken from the largest
+        if f > 0 and counts[i] == 0:
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts
+
+
+def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, float],
+                       seed: int) -> dict[str, list[int]]:
+    """Reuse ``splits.json`` when it exists and matches the files; else make and write it."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        position = {f: i for i, f in enumerate(decoded.files)}
+        missing = [f for files in saved["files"].values() for f in files if f not in position]
+        if missing:
+            raise BlocktuneError(f"{path} names {len(missing)} file(s) no longer in the data "
+                                 f"(e.g. {missing[0]}): restore them or start a new run folder")
+        return {name: sorted(position[f] for f in files) for name, files in saved["files"].items()}
+    split = stratified_split(decoded.labels.tolist(), fractions, seed, decoded.classes)
+    atomic_write_json(path, {
+        "seed": seed, "fractions": fractions, "classes": decoded.classes,
+        "counts": {n: len(v) for n, v in split.items()},
+        "files": {n: [decoded.files[i] for i in v] for n, v in split.items()},
+    })
+    return split
+
+
+def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``N×3×H×W`` → float, scaled to [0, 1] then standardised."""
+    x = pixels.float().div_(255.0)
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)

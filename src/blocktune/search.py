@@ -1,0 +1,444 @@
+"""The protocol of METHOD.md: split, search the candidates, fine-tune the best, test once.
+
+Everything a run finishes is on disk the moment it finishes, written atomically:
+
+    RUN/config.yaml, environment.json        what was asked, and with which versions
+    RUN/seed_<s>/splits.json                 the split, reused on resume
+    RUN/seed_<s>/candidates.csv              one row per finished search candidate
+    RUN/seed_<s>/finals.csv                  one row per method: val and test accuracy
+    RUN/seed_<s>/<method>.safetensors        the fine-tuned models
+    RUN/summary.csv                          mean and std over seeds per method
+
+Running the same command on the same folder skips what is finished and gives the same tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from blocktune import __version__
+from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
+from blocktune.config import RunConfig, differing_keys
+from blocktune.data import (
+    DecodedImages,
+    decode_folder,
+    load_or_make_split,
+    resolve_data,
+    scan_folder,
+)
+from blocktune.errors import BlocktuneError
+from blocktune.groups import Candidate, StrategyOptions, candidates, describe, group_params
+from blocktune.io import (
+    RunLock,
+    atomic_save_safetensors,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_yaml,
+    read_csv,
+)
+from blocktune.layers import ModelWalk, walk
+from blocktune.models import BlockModel, build_model, data_config
+from blocktune.train import TrainResult, evaluate, train_group
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FIELDS = ["strategy", "index", "layers", "layer_indices", "first", "last",
+                    "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
+                    "status", "error"]
+FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
+                "val_acc", "test_acc", "epochs", "seconds", "status"]
+BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
+LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
+          "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
+          "random": "Random", "quarter": "Quarter"}
+
+
+def label(method: str) -> str:
+    if method.startswith("ranked-") and method not in LABELS:
+        return f"BWT{method.split('-')[1]}"
+    return LABELS.get(method, method)
+
+
+@dataclass
+class Events:
+    """Hooks for progress display; the library itself prints nothing."""
+
+    on_candidate_start: Callable[[str, int, int], None] = lambda strategy, i, n: None
+    on_candidate_end: Callable[[dict, float], None] = lambda row, best: None
+    on_epoch: Callable[[int, float, float, float], None] = lambda e, loss, acc, s: None
+    on_phase: Callable[[str], None] = lambda text: None
+
+
+def environment() -> dict:
+    import timm
+
+    return {"blocktune": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+
+
+def prepare_folder(folder: Path, config: RunConfig, force_new: bool = False) -> None:
+    """Write ``config.yaml`` for a new run, or check that a resumed one asks the same thing."""
+    saved_path = folder / "config.yaml"
+    if saved_path.exists() and not force_new:
+        import yaml
+
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        keys = differing_keys(saved, config)
+        if keys:
+            raise BlocktuneError(
+                f"run folder {folder} was started with a different {', '.join(keys)}: use "
+                "another --out folder, or --force-new to start it over")
+    elif force_new and folder.exists():
+        for stale in folder.glob("seed_*/*.csv"):
+            stale.unlink()
+    atomic_write_yaml(saved_path, config.to_dict())
+    atomic_write_json(folder / "environment.json", environment())
+
+
+def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
+    """Decode the data once for all seeds; return (images, data config of the model)."""
+    import timm
+
+    from blocktune.models import check_model_name
+
+    check_model_name(config.model)
+    folder = scan_folder(resolve_data(config.data))
+    cfg = data_config(timm.create_model(config.model, pretrained=False), config.paper_settings)
+    images = decode_folder(folder, config.image_size, cfg.interpolation, strict=config.strict)
+    if config.max_images_per_class:
+        images = subsample(images, config.max_images_per_class, seed=0)
+    return images, cfg
+
+
+def subsample(images: DecodedImages, per_class: int, seed: int) -> DecodedImages:
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label_id in sorted(set(images.labels.tolist())):
+        members = (images.labels == label_id).nonzero().flatten()
+        keep.extend(members[torch.randperm(len(members), generator=generator)[:per_class]].tolist())
+    keep.sort()
+    index = torch.tensor(keep)
+    return DecodedImages(images.pixels[index], [images.files[i] for i in keep],
+                         images.labels[index], images.classes, images.corrupt)
+
+
+class SeedRun:
+    """One seed of the protocol on one run folder."""
+
+    def __init__(self, config: RunConfig, seed: int, folder: Path, images: DecodedImages,
+                 data_cfg, events: Events | None = None):
+        self.config, self.seed, self.folder, self.images = config, seed, folder, images
+        self.data_cfg = data_cfg
+        self.events = events or Events()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
+        self.model, self.weights_source = build_model(
+            config.model, len(images.classes), config.head, config.image_size,
+            weights=config.weights, pretrained=config.pretrained, head_seed=seed)
+        self.pristine = copy.deepcopy(self.model.state_dict())
+        self.walk: ModelWalk = walk(self.model.body,
+                                    input_size=(3, config.image_size, config.image_size))
+        self.image_feed = ImageFeed(self.model.body, self.walk, images.pixels, images.labels,
+                                    self.split, data_cfg.mean, data_cfg.std,
+                                    augment=config.augment, seed=seed)
+        self._caches: dict[tuple[str, ...], ActivationCache] = {}
+
+    # -- feeds -------------------------------------------------------------------------
+    def feed(self, cover: tuple[str, ...]):
+        if not self.config.cache:
+            return self.image_feed
+        if cover not in self._caches:
+            # Only one cache lives at a time: the search's is dropped before the finals'.
+            self._caches.clear()
+            self._caches[cover] = ActivationCache(
+                self.model.body, self.walk, self.images.pixels, self.images.labels, self.split,
+                self.data_cfg.mean, self.data_cfg.std, cover=cover,
+                dtype=self.config.cache_dtype, max_bytes=int(self.config.cache_max_gb * 2**30),
+                spill_dir=self.folder / "cache")
+        return CachedFeed(self.image_feed, self._caches[cover])
+
+    def reset(self) -> BlockModel:
+        self.model.load_state_dict(self.pristine)
+        torch.manual_seed(self.seed)  # dropout in the head draws from the global generator
+        return self.model
+
+    # -- search ------------------------------------------------------------------------
+    def options(self, layer_scores=None, k=None) -> StrategyOptions:
+        c = self.config
+        return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
+                               k=k or c.random_k, seed=self.seed, native=c.native,
+                               quarter=c.quarter, layer_scores=layer_scores or {},
+                               model=self.model.body)
+
+    def planned(self, strategy: str, rows: list[dict]) -> list[tuple[str, Candidate]]:
+        """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
+        if strategy != "ranked":
+            return [(strategy, c) for c in candidates(self.walk, strategy, self.options())]
+        scores = {int(r["layer_indices"]): float(r["val_acc"]) for r in rows
+                  if r["strategy"] == "layer" and r["status"] == "ok"}
+        out = []
+        for k in self.config.ranked_k:
+            for c in candidates(self.walk, "ranked", self.options(scores, k)):
+                out.append((f"ranked-{k}", Candidate(f"ranked-{k}", c.index, c.layers)))
+        return out
+
+    def search(self) -> tuple[list[dict], bool]:
+        """Train every candidate not yet in ``candidates.csv``; returns (rows, complete)."""
+        path = self.folder / "candidates.csv"
+        rows = read_csv(path)
+        done = {(r["strategy"], r["layer_indices"]) for r in rows}
+        feed = self.feed(("search", "val"))
+        started, best = time.perf_counter(), max((float(r["val_acc"]) for r in rows), default=0.0)
+        for strategy in self.config.strategies:
+            if strategy == "ranked" and not any(r["strategy"] == "layer" for r in rows):
+                continue
+            plan = self.planned(strategy, rows)
+            if self.config.max_candidates is not None:
+                plan = plan[:self.config.max_candidates]
+            todo = [(m, c) for m, c in plan if (m, _indices(c.layers)) not in done]
+            if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
+                self.events.on_phase(f"caching activations at {len(todo)} cuts")
+                feed.cache.prepare_cuts([self.walk.cut_for(c.layers) for _, c in todo])
+            for position, (method, cand) in enumerate(todo):
+                budget = self.config.time_budget
+                if budget is not None and time.perf_counter() - started > budget:
+                    log.warning("time budget of %.0f s spent: %d candidates left for a resume",
+                                budget, len(todo) - position)
+                    return rows, False
+                self.events.on_candidate_start(method, position, len(todo))
+                result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
+                                           self.config.search_training(),
+                                           on_epoch=self.events.on_epoch)
+                row = self._candidate_row(method, cand, result)
+                rows.append(row)
+                atomic_write_csv(path, rows, CANDIDATE_FIELDS)
+                if result.status == "ok":
+                    best = max(best, result.best_val_acc)
+                self.events.on_candidate_end(row, best)
+        return rows, True
+
+    def _candidate_row(self, method: str, cand: Candidate, result: TrainResult) -> dict:
+        return {"strategy": method, "index": cand.index, "layers": describe(self.walk, cand.layers),
+                "layer_indices": _indices(cand.layers), "first": cand.layers[0],
+                "last": cand.layers[-1], "trained_params": result.trainable_params,
+                "val_acc": f"{result.best_val_acc:.6f}", "val_loss": f"{result.best_val_loss:.6f}",
+                "epochs": result.epochs, "best_epoch": result.best_epoch,
+                "seconds": f"{result.seconds:.2f}", "status": result.status,
+                "error": result.error}
+
+    # -- selection and final fine-tunes -------------------------------------------------
+    def methods(self, rows: list[dict]) -> list[tuple[str, tuple[int, ...] | None, float]]:
+        """(method, group, search val acc): baselines, then each strategy's chosen group."""
+        out: list[tuple[str, tuple[int, ...] | None, float]] = []
+        if self.config.baselines:
+            out += [(BASELINE_I, (), math.nan), (BASELINE_II, None, math.nan)]
+        for method in dict.fromkeys(r["strategy"] for r in rows):
+            chosen = choose(rows, method)
+            if chosen is not None:
+                group = tuple(int(i) for i in chosen["layer_indices"].split(","))
+                out.append((method, group, float(chosen["val_acc"])))
+        return out
+
+    def finals(self, rows: list[dict]) -> list[dict]:
+        path = self.folder / "finals.csv"
+        finished = read_csv(path)
+        done = {r["method"] for r in finished}
+        feed = self.feed(("search", "train", "val", "test"))
+        for method, group, search_acc in self.methods(rows):
+            if method in done:
+                continue
+            self.events.on_phase(f"final fine-tune: {label(method)}")
+            model = self.reset()
+            result, net, cut = train_group(model, self.walk, group, feed,
+                                           self.config.final_training(),
+                                           train_split=("search", "train"),
+                                           on_epoch=self.events.on_epoch)
+            test_acc = math.nan
+            if result.status == "ok":
+                # The one and only use of the test split: after every choice was made on val.
+                test_x, test_y = feed.inputs(cut, "test")
+                test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, _device(net)),
+                                          device=_device(net))
+                atomic_save_safetensors(self.folder / f"{method}.safetensors", model.state_dict(),
+                                        {"method": method, "model": self.config.model})
+            all_layers = range(len(self.walk.layers))
+            chosen = all_layers if group is None else group
+            finished.append({
+                "method": method,
+                "group": "all layers" if group is None else
+                ("head only" if not group else describe(self.walk, group)),
+                "layer_indices": "" if group is None else _indices(group),
+                "trained_params": result.trainable_params,
+                "search_val_acc": "" if math.isnan(search_acc) else f"{search_acc:.6f}",
+                "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
+                "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
+                "status": result.status})
+            log.debug("final %s: %d layers, %d params", method, len(list(chosen)),
+                      group_params(self.walk, chosen))
+            atomic_write_csv(path, finished, FINAL_FIELDS)
+        return finished
+
+
+def _device(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def _indices(group) -> str:
+    return ",".join(str(i) for i in group)
+
+
+def choose(rows: list[dict], method: str) -> dict | None:
+    """Highest val accuracy; ties to fewer trained parameters, then to the earlier searched."""
+    ok = [r for r in rows if r["strategy"] == method and r["status"] == "ok"]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]), int(r["index"])))
+
+
+def summarize(folder: Path, seeds: list[int]) -> list[dict]:
+    """Mean and std of test accuracy over seeds, per method; written to ``summary.csv``."""
+    per_method: dict[str, list[float]] = {}
+    for seed in seeds:
+        for row in read_csv(folder / f"seed_{seed}" / "finals.csv"):
+            if row["status"] == "ok":
+                per_method.setdefault(row["method"], []).append(float(row["test_acc"]))
+    summary = []
+    for method, values in per_method.items():
+        tensor = torch.tensor(values, dtype=torch.float64)
+        summary.append({"method": method, "label": label(method), "seeds": len(values),
+                        "test_acc_mean": f"{tensor.mean().item():.4f}",
+                        "test_acc_std": f"{tensor.std(unbiased=False).item():.4f}",
+                        "test_acc_var": f"{tensor.var(unbiased=False).item():.6f}"})
+    atomic_write_csv(folder / "summary.csv", summary,
+                     ["method", "label", "seeds", "test_acc_mean", "test_acc_std", "test_acc_var"])
+    return summary
+
+
+def run(config: RunConfig, folder: str | Path, events: Events | None = None,
+        force_new: bool = False) -> list[dict]:
+    """The whole protocol for every seed; resumable. Returns the summary rows."""
+    folder = Path(folder)
+    with RunLock(folder):
+        prepare_folder(folder, config, force_new)
+        images, data_cfg = load_images(config)
+        for seed in config.seeds:
+            seed_run = SeedRun(config, seed, folder / f"seed_{seed}", images, data_cfg, events)
+            rows, complete = seed_run.search()
+            if not complete:
+                log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
+                            seed)
+                continue
+            finals = seed_run.finals(rows)
+            if seed == config.seeds[0]:
+                publish_model(folder, seed_run, finals, images, data_cfg)
+        summary = summarize(folder, config.seeds)
+    return summary
+
+
+def publish_model(folder: Path, seed_run: SeedRun, finals: list[dict], images: DecodedImages,
+                  data_cfg) -> None:
+    """Copy the method with the best final *val* accuracy to ``model.safetensors`` + ``model.json``."""
+    ok = [r for r in finals if r["status"] == "ok"]
+    if not ok:
+        return
+    best = max(ok, key=lambda r: (float(r["val_acc"]), -int(r["trained_params"])))
+    source = seed_run.folder / f"{best['method']}.safetensors"
+    import shutil
+
+    tmp = folder / ".model.safetensors.tmp"
+    shutil.copyfile(source, tmp)
+    tmp.replace(folder / "model.safetensors")
+    atomic_write_json(folder / "model.json", model_card(seed_run.config, images, data_cfg,
+                                                        seed_run.weights_source, best["method"]))
+
+
+def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,
+               method: str) -> dict:
+    """What ``blocktune predict`` needs to rebuild the network around the saved weights."""
+    return {"model": config.model, "head": config.head, "image_size": config.image_size,
+            "classes": images.classes, "mean": list(data_cfg.mean), "std": list(data_cfg.std),
+            "interpolation": data_cfg.interpolation, "weights_source": weights_source,
+            "method": method}
+
+
+def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | None:
+    """``head`` → (), ``all`` → None, else comma-separated layer names or one regex."""
+    import re
+
+    if spec == "head":
+        return ()
+    if spec == "all":
+        return None
+    names = [layer.name for layer in walk_result.layers]
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    if all(w in names for w in wanted):
+        return tuple(sorted(names.index(w) for w in wanted))
+    try:
+        pattern = re.compile(spec)
+    except re.error as error:
+        raise BlocktuneError(f"--train {spec!r} is neither layer names nor a valid regex "
+                             f"({error}): see the names with blocktune groups --strategy layer") from error
+    group = tuple(i for i, n in enumerate(names) if pattern.search(n))
+    if not group:
+        raise BlocktuneError(f"--train {spec!r} matches no layer: see the names with "
+                             "blocktune groups --model M --strategy layer")
+    return group
+
+
+def finetune(config: RunConfig, train_spec: str, folder: str | Path,
+             events: Events | None = None) -> dict:
+    """Fine-tune one given set of layers (a baseline or any group) on search+train; test once.
+
+    Writes config.yaml, splits.json, metrics.csv (one row per epoch), result.json and
+    model.safetensors into ``folder``.
+    """
+    folder = Path(folder)
+    events = events or Events()
+    with RunLock(folder):
+        prepare_folder(folder, config)
+        images, data_cfg = load_images(config)
+        seed = config.seeds[0]
+        seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
+        group = parse_train_spec(train_spec, seed_run.walk)
+        feed = seed_run.feed(("search", "train", "val", "test"))
+        epochs: list[dict] = []
+
+        def on_epoch(epoch, loss, acc, seconds):
+            epochs.append({"epoch": epoch, "train_loss": f"{loss:.6f}", "val_acc": f"{acc:.6f}",
+                           "seconds": f"{seconds:.2f}"})
+            atomic_write_csv(folder / "metrics.csv", epochs, list(epochs[0]))
+            events.on_epoch(epoch, loss, acc, seconds)
+
+        model = seed_run.reset()
+        result, net, cut = train_group(model, seed_run.walk, group, feed,
+                                       config.final_training(), train_split=("search", "train"),
+                                       on_epoch=on_epoch)
+        if result.status != "ok":
+            raise BlocktuneError(f"training failed ({result.error}): lower --lr or check the data")
+        test_x, test_y = feed.inputs(cut, "test")
+        test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, _device(net)),
+                                  device=_device(net))
+        summary = {"train": train_spec, "layers": len(seed_run.walk.layers) if group is None
+                   else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
+                   "test_acc": test_acc}
+        atomic_write_json(folder / "result.json", summary)
+        atomic_save_safetensors(folder / "model.safetensors", model.state_dict(),
+                                {"model": config.model, "train": train_spec})
+        atomic_write_json(folder / "model.json", model_card(config, images, data_cfg,
+                                                            seed_run.weights_source, train_spec))
+    return summary
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,229 @@
+"""Train a set of layers plus the head; everything else frozen.
+
+The freezing contract (METHOD.md): layers outside the group get ``requires_grad=False`` and
+their norm layers stay in eval mode while the model trains, so their running statistics never
+move (the Keras meaning of ``trainable=False``). Everything below the training cut runs under
+``no_grad`` in eval mode inside a *feed* (:mod:`blocktune.cache`), so the trainer sees only the
+suffix of the spine and the head, and does not know how its inputs were produced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from blocktune.cache import Feed
+from blocktune.layers import ModelWalk, SpineRunner
+from blocktune.models import BlockModel
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. The defaults are the tool's fast CPU settings; see :data:`PAPER`."""
+
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3  # for the new head; pretrained layers get lr * body_lr_scale
+    body_lr_scale: float = 0.1  # pretrained weights move gently: a 1e-3 Adam step wrecks BN nets
+    weight_decay: float = 0.0
+    patience: int = 3  # early stop after this many epochs without a better val accuracy
+    plateau_patience: int = 1  # ReduceLROnPlateau on val accuracy
+    plateau_factor: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+
+# The full paper's settings: Adam, batch 4, 50 epochs, ReduceLROnPlateau on val accuracy. The
+# learning rate is lost from its text; 1e-4 is the usual Keras fine-tuning rate, used for all
+# layers alike as Keras does. No early stopping in the paper: patience = epochs.
+PAPER = TrainConfig(epochs=50, batch_size=4, lr=1e-4, body_lr_scale=1.0, patience=50,
+                    plateau_patience=3, plateau_factor=0.2)
+
+
+@dataclass
+class TrainResult:
+    best_val_acc: float = 0.0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs: int = 0
+    trainable_params: int = 0
+    seconds: float = 0.0
+    val_curve: list[float] = field(default_factory=list)
+    loss_curve: list[float] = field(default_factory=list)
+    status: str = "ok"  # ok | failed
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase,)
+
+
+def freeze(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None) -> list[nn.Module]:
+    """Make only ``group``'s layers (all layers when None) and the head trainable.
+
+    Returns:
+        the norm modules of the body that must stay in eval mode while the model trains.
+    """
+    trainable = {walk.layers[i].name for i in range(len(walk.layers))} if group is None else \
+        {walk.layers[i].name for i in group}
+    model.body.requires_grad_(False)
+    for name in trainable:
+        module = model.body if name == "<root>" else model.body.get_submodule(name)
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(True)
+    model.head.requires_grad_(True)
+    return [m for m in model.body.modules()
+            if isinstance(m, NORM_TYPES) and not any(p.requires_grad for p in m.parameters(False))]
+
+
+def set_train_mode(net: nn.Module, frozen_norms: Sequence[nn.Module]) -> None:
+    net.train()
+    for module in frozen_norms:
+        module.eval()
+
+
+def device_for(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 128,
+             device: torch.device | None = None) -> tuple[float, float, torch.Tensor]:
+    """Accuracy, mean cross-entropy and the predictions of ``net`` in eval mode."""
+    device = device or torch.device("cpu")
+    was_training = net.training
+    net.eval()
+    correct, loss_sum, predictions = 0, 0.0, []
+    for start in range(0, len(labels), batch_size):
+        x = prepare(inputs[start:start + batch_size])
+        y = labels[start:start + batch_size].to(device)
+        with _autocast(device):
+            logits = net(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum().item()
+        predictions.append(pred.cpu())
+    net.train(was_training)
+    n = max(1, len(labels))
+    return correct / n, loss_sum / n, torch.cat(predictions) if predictions else torch.empty(0)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA only: on CPU it is slower than fp32 for these nets.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+        val_y: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+        frozen_norms: Sequence[nn.Module], config: TrainConfig, head: nn.Module | None = None,
+        on_epoch: Callable[[int, float, float, float], None] | None = None,
+        device: torch.device | None = None,
+        prepare_train: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+    """Train the parameters of ``net`` that require grad; keep the best-val weights.
+
+    Args:
+        net: maps prepared inputs to logits.
+        prepare: turns a stored batch into the net's input (runs the frozen prefix if needed).
+        prepare_train: the same for training batches (adds augmentation); defaults to prepare.
+        frozen_norms: norm modules kept in eval mode while training.
+        head: parameters of this module get ``config.lr``; all others ``lr * body_lr_scale``.
+        on_epoch: called with (epoch, train loss, val acc, seconds) after each epoch.
+    """
+    device = device or torch.device("cpu")
+    started = time.perf_counter()
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": config.lr},
+              {"params": [p for p in params if id(p) not in head_ids],
+               "lr": config.lr * config.body_lr_scale}]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]],
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
+    result = TrainResult(trainable_params=sum(p.numel() for p in params))
+    best_state = copy.deepcopy(net.state_dict())
+    generator = torch.Generator().manual_seed(config.seed)
+    prepare_train = prepare_train or prepare
+    since_best = 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        set_train_mode(net, frozen_norms)
+        order = torch.randperm(len(train_y), generator=generator)
+        loss_sum, seen = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            if len(idx) < 2 and seen:  # a batch of one breaks trainable BatchNorm
+                continue
+            x = prepare_train(train_x[idx])
+            y = train_y[idx].to(device)
+            with _autocast(device):
+                loss = nn.functional.cross_entropy(net(x).float(), y)
+            if not torch.isfinite(loss):
+                result.status, result.error = "failed", f"non-finite loss at epoch {epoch}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+        if result.status == "failed":
+            break
+        val_acc, val_loss, _ = evaluate(net, val_x, val_y, prepare, device=device)
+        result.epochs = epoch
+        result.loss_curve.append(loss_sum / max(1, seen))
+        result.val_curve.append(val_acc)
+        if val_acc > result.best_val_acc or (val_acc == result.best_val_acc
+                                             and val_loss < result.best_val_loss) or epoch == 1:
+            result.best_val_acc, result.best_val_loss, result.best_epoch = val_acc, val_loss, epoch
+            best_state = copy.deepcopy(net.state_dict())
+            since_best = 0
+        else:
+            since_best += 1
+        scheduler.step(val_acc)
+        if on_epoch is not None:
+            on_epoch(epoch, result.loss_curve[-1], val_acc, time.perf_counter() - epoch_start)
+        if since_best >= config.patience:
+            break
+    net.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
+                config: TrainConfig, train_split: str | Sequence[str] = "search",
+                val_split: str = "val", on_epoch=None) -> tuple[TrainResult, nn.Module, int]:
+    """Train ``group`` (None: every layer; empty: the head only) of ``model`` from ``feed``.
+
+    Returns:
+        (result, net, cut): ``net`` maps the feed's inputs at ``cut`` to logits, with the best
+        val weights loaded (they are ``model``'s own modules, trained in place).
+    """
+    device = device_for()
+    frozen_norms = freeze(model, walk, group)
+    cut = 0 if group is None else walk.cut_for(group)
+    net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    train_x, train_y = feed.inputs(cut, train_split)
+    val_x, val_y = feed.inputs(cut, val_split)
+    try:
+        result = fit(net, train_x, train_y, val_x, val_y, feed.prepare(cut, device), frozen_norms,
+                     config, head=model.head, on_epoch=on_epoch, device=device,
+                     prepare_train=feed.prepare(cut, device, training=True))
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        result = TrainResult(status="failed", error=f"out of memory: {error}"[:200])
+    return result, net, cut
