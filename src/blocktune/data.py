@@ -189,7 +189,7 @@ def decode_resized(path: Path, size: int, interpolation: str = "bilinear") -> np
     img = img.resize(new, _RESAMPLE.get(interpolation, Image.BILINEAR))
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 @dataclass
@@ -212,9 +212,10 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
     store = cache_dir() / "decoded" / f"{folder.root.name}-{size}-{key}"
     if use_cache and (store / "meta.json").exists():
         meta = json.loads((store / "meta.json").read_text())
-        pixels = np.load(store / "pixels.npy", mmap_mode="r")
-        return _decoded(folder, torch.from_numpy(np.ascontiguousarray(pixels)), meta["ok"],
-                        meta["corrupt"], strict)
+        # Copy-on-write memory map: pages come from disk as rows are read, so a store larger
+        # than memory works, and the OS page cache keeps a small one in memory.
+        pixels = np.load(store / "pixels.npy", mmap_mode="c")
+        return _decoded(folder, torch.from_numpy(pixels), meta["ok"], meta["corrupt"], strict)
 
     pixels = np.empty((len(folder.files), 3, size, size), dtype=np.uint8)
     ok = [True] * len(folder.files)

@@ -142,9 +142,12 @@ def walk(model: nn.Module, example: torch.Tensor | None = None,
 
     def pre_hook(module, args, kwargs):
         name = names[module]
+        leaf_delimiter = not children[name] and not _own_params(module)
         call = calls.get(name)
         if call is not None:
             call.count += 1
+            if leaf_delimiter:  # a reused activation delimits at every use, as ResNet's relu
+                events.append((f"delim:{delimiter_kind(module)}", name))
             return
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         call = _Call(order=len(calls), input=first,
@@ -157,7 +160,7 @@ def walk(model: nn.Module, example: torch.Tensor | None = None,
             layer_params[name] = sum(p.numel() for p in own)
             layer_names.append(name)
             events.append(("layer", name))
-        elif not children[name] and not _own_params(module):
+        elif leaf_delimiter:
             events.append((f"delim:{delimiter_kind(module)}", name))
 
     def post_hook(module, args, kwargs, output):

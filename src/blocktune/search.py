@@ -143,6 +143,7 @@ class SeedRun:
         self.events = events or Events()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
+        torch.manual_seed(seed)  # random-weight bodies (--no-pretrained) are seeded too
         self.model, self.weights_source = build_model(
             config.model, len(images.classes), config.head, config.image_size,
             weights=config.weights, pretrained=config.pretrained, head_seed=seed)
@@ -209,6 +210,7 @@ class SeedRun:
             todo = [(m, c) for m, c in plan if (m, _indices(c.layers)) not in done]
             if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
                 self.events.on_phase(f"caching activations at {len(todo)} cuts")
+                self.reset()  # candidates train in place: the cache must see pretrained weights
                 feed.cache.prepare_cuts([self.walk.cut_for(c.layers) for _, c in todo])
             for position, (method, cand) in enumerate(todo):
                 budget = self.config.time_budget

@@ -1,0 +1,180 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from blocktune.data import (
+    decode_folder,
+    load_or_make_split,
+    load_rgb,
+    resolve_data,
+    scan_folder,
+    stratified_split,
+)
+from blocktune.errors import BlocktuneError
+
+from .conftest import make_image_folder
+
+
+def test_split_is_stratified_disjoint_covering_and_reproducible():
+    labels = [0] * 100 + [1] * 50 + [2] * 30
+    split = stratified_split(labels, seed=3)
+    assert split == stratified_split(labels, seed=3)
+    assert split != stratified_split(labels, seed=4)
+    everything = [i for v in split.values() for i in v]
+    assert sorted(everything) == list(range(len(labels)))  # disjoint and covering
+    counts = {n: Counter(labels[i] for i in v) for n, v in split.items()}
+    assert counts["search"] == {0: 10, 1: 5, 2: 3}
+    assert counts["train"] == {0: 60, 1: 30, 2: 18}
+    assert counts["test"] == {0: 20, 1: 10, 2: 6}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=4, max_value=60), min_size=2, max_size=6),
+       st.integers(min_value=0, max_value=2**31 - 1))
+def test_split_property(class_counts, seed):
+    labels = [c for c, n in enumerate(class_counts) for _ in range(n)]
+    split = stratified_split(labels, seed=seed)
+    assert split == stratified_split(labels, seed=seed)
+    flat = [i for v in split.values() for i in v]
+    assert sorted(flat) == list(range(len(labels)))
+    fractions = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}
+    for name, indices in split.items():
+        per_class = Counter(labels[i] for i in indices)
+        for c, n in enumerate(class_counts):
+            assert per_class[c] >= 1  # every class in every split
+            assert abs(per_class[c] - fractions[name] * n) <= 2
+
+
+def test_split_rejects_a_class_too_small():
+    with pytest.raises(BlocktuneError, match="class 'b' has 3 image"):
+        stratified_split([0] * 10 + [1] * 3, classes=["a", "b"])
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(BlocktuneError, match="sum to 1"):
+        stratified_split([0, 1] * 10, {"search": 0.5, "val": 0.6})
+
+
+def test_split_file_is_written_and_reused(image_folder, tmp_path):
+    decoded = decode_folder(scan_folder(image_folder), 16)
+    path = tmp_path / "splits.json"
+    first = load_or_make_split(path, decoded, {"search": .1, "val": .1, "train": .6, "test": .2}, 0)
+    saved = json.loads(path.read_text())
+    assert saved["counts"] == {k: len(v) for k, v in first.items()}
+    again = load_or_make_split(path, decoded, {"search": .25, "val": .25, "train": .25,
+                                               "test": .25}, 99)
+    assert again == first  # the saved split wins over new fractions and seed
+
+
+def test_missing_empty_and_one_class_folders(tmp_path):
+    with pytest.raises(BlocktuneError, match="does not exist"):
+        scan_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BlocktuneError, match="holds no images"):
+        scan_folder(tmp_path / "empty")
+    make_image_folder(tmp_path / "one", classes=("only",), per_class=5)
+    with pytest.raises(BlocktuneError, match="only one class"):
+        scan_folder(tmp_path / "one")
+
+
+def write_bad_images(folder):
+    """Every bad and odd image kind the product must survive, in class 'red'."""
+    red = folder / "red"
+    (red / "zero.jpg").write_bytes(b"")
+    good = (red / "000.jpg").read_bytes()
+    (red / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (red / "notes.jpg").write_text("this is not an image")
+    (red / "readme.txt").write_text("not an image either")
+    rgb = np.full((20, 20, 3), 200, np.uint8)
+    Image.fromarray(rgb[..., 0]).save(red / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full((20, 20), 128, np.uint8)])).save(red / "rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(red / "cmyk.jpg")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(red / "deep.png")
+    Image.fromarray(rgb).convert("P").save(red / "palette.gif")
+
+
+def test_bad_images_are_skipped_and_counted(image_folder, caplog):
+    write_bad_images(image_folder)
+    decoded = decode_folder(scan_folder(image_folder), 16)
+    assert sorted(decoded.corrupt) == ["red/notes.jpg", "red/readme.txt", "red/truncated.jpg",
+                                       "red/zero.jpg"]
+    assert len(decoded.files) == 60 + 5  # gray, rgba, cmyk, 16-bit and palette were converted
+    assert decoded.pixels.shape[1:] == (3, 16, 16)
+    assert "4 file(s)" in caplog.text
+
+
+def test_strict_refuses_bad_images(image_folder):
+    write_bad_images(image_folder)
+    with pytest.raises(BlocktuneError, match="drop --strict"):
+        decode_folder(scan_folder(image_folder), 16, strict=True, use_cache=False)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(path)
+    assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_decoded_store_is_reused(image_folder):
+    folder = scan_folder(image_folder)
+    first = decode_folder(folder, 16)
+    for path in image_folder.rglob("*.jpg"):  # pixels now come from the store only
+        path.write_bytes(b"")
+    second = decode_folder(folder, 16)
+    assert (first.pixels == second.pixels).all()
+
+
+def test_tf_flowers_resolves_to_the_local_copy(monkeypatch, tmp_path):
+    make_image_folder(tmp_path / "flower_photos", per_class=4)
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    assert resolve_data("tf_flowers") == tmp_path / "flower_photos"
+
+
+def test_tf_flowers_offline_without_a_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    with pytest.raises(BlocktuneError, match="not available offline"):
+        resolve_data("tf_flowers", download=False)
+
+
+def test_download_resumes_and_verifies(tmp_path, monkeypatch):
+    """The real download code against a local HTTP server that honours Range requests."""
+    import hashlib
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from blocktune.data import download
+
+    payload = bytes(range(256)) * 4000
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "a.bin").write_bytes(payload)
+
+    class RangeHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.end_headers()
+            self.wfile.write(payload[start:])
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler,
+                                                          directory=str(tmp_path / "srv")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/a.bin"
+    dest = tmp_path / "out" / "a.bin"
+    dest.parent.mkdir()
+    (dest.parent / "a.bin.part").write_bytes(payload[:1000])  # an interrupted earlier download
+    digest = hashlib.sha256(payload).hexdigest()
+    download(url, dest, expected_bytes=len(payload), sha256=digest)
+    assert dest.read_bytes() == payload
+    with pytest.raises(BlocktuneError, match="does not match"):
+        download(url, tmp_path / "out" / "b.bin", sha256="0" * 64)
+    server.shutdown()

@@ -1,0 +1,138 @@
+import pytest
+import timm
+
+from blocktune.errors import BlocktuneError
+from blocktune.groups import StrategyOptions, candidates, describe, in_last_quarter
+from blocktune.layers import walk
+from blocktune.models import build_body
+
+
+def groups_of(w, strategy, **options):
+    return [c.layers for c in candidates(w, strategy, StrategyOptions(**options))]
+
+
+@pytest.fixture
+def vgg_walk(vgg_like):
+    return walk(vgg_like, input_size=(3, 16, 16))
+
+
+@pytest.fixture
+def mobile_walk(mobilenet_like):
+    return walk(mobilenet_like, input_size=(3, 16, 16))
+
+
+@pytest.fixture
+def res_walk(resnet_like):
+    return walk(resnet_like, input_size=(3, 16, 16))
+
+
+def test_vgg_like_every_strategy(vgg_walk):
+    w = vgg_walk
+    assert groups_of(w, "layer") == [(2,), (1,), (0,)]
+    assert groups_of(w, "block") == [(2,), (1,), (0,)]
+    assert groups_of(w, "block", delimiters=("pool",)) == [(2,), (0, 1)]
+    assert groups_of(w, "window") == [(0, 1, 2)]
+    assert groups_of(w, "window", window=2) == [(1, 2), (0, 1)]
+    assert groups_of(w, "quarter", delimiters=("pool",)) == [(2,)]
+    assert groups_of(w, "random", k=2, seed=0) == groups_of(w, "random", k=2, seed=0)
+    assert groups_of(w, "ranked", k=2, layer_scores={0: 0.5, 1: 0.9, 2: 0.7}) == [(1, 2)]
+
+
+def test_mobilenet_like_every_strategy(mobile_walk):
+    w = mobile_walk
+    assert groups_of(w, "layer") == [(i,) for i in range(7, -1, -1)]
+    assert groups_of(w, "block") == [(6, 7), (4, 5), (2, 3), (0, 1)]
+    assert groups_of(w, "block", delimiters=("residual",)) == [tuple(range(8))]
+    assert groups_of(w, "window") == [(5, 6, 7), (4, 5, 6), (3, 4, 5), (2, 3, 4), (1, 2, 3),
+                                      (0, 1, 2)]
+    assert groups_of(w, "window", window=3, stride=2) == [(5, 6, 7), (4, 5, 6), (2, 3, 4),
+                                                          (0, 1, 2)]
+    assert groups_of(w, "block", quarter=True) == [(6, 7)]
+    assert groups_of(w, "layer", quarter=True) == [(7,), (6,)]
+    [drawn] = groups_of(w, "random", k=3, seed=1)
+    assert len(drawn) == 3 and list(drawn) == sorted(drawn)
+
+
+def test_resnet_like_every_strategy(res_walk):
+    w = res_walk
+    assert groups_of(w, "block") == [(3, 4), (1, 2), (0,)]
+    assert groups_of(w, "block", delimiters=("pool",)) == [(1, 2, 3, 4), (0,)]
+    assert groups_of(w, "window") == [(2, 3, 4), (1, 2, 3), (0, 1, 2)]
+    assert groups_of(w, "layer") == [(4,), (3,), (2,), (1,), (0,)]
+
+
+def test_ranked_ties_go_to_fewer_parameters(vgg_walk):
+    # layers 0 and 2 tie; layer 0 has fewer parameters (112 vs 296)
+    assert groups_of(vgg_walk, "ranked", k=1, layer_scores={0: 0.8, 1: 0.1, 2: 0.8}) == [(0,)]
+
+
+def test_ranked_needs_a_layer_search(vgg_walk):
+    with pytest.raises(BlocktuneError, match="finished 'layer' search"):
+        candidates(vgg_walk, "ranked")
+
+
+def test_random_depends_on_seed(mobile_walk):
+    draws = {groups_of(mobile_walk, "random", k=3, seed=s)[0] for s in range(10)}
+    assert len(draws) > 1
+
+
+def test_native_needs_group_matcher(vgg_walk, vgg_like):
+    with pytest.raises(BlocktuneError, match="group_matcher"):
+        candidates(vgg_walk, "native", StrategyOptions(model=vgg_like))
+
+
+def test_unknown_strategy_and_delimiter(vgg_walk):
+    with pytest.raises(BlocktuneError, match="unknown strategy"):
+        candidates(vgg_walk, "blocks")
+    with pytest.raises(BlocktuneError, match="unknown delimiter"):
+        StrategyOptions(delimiters=("pooling",))
+
+
+def test_describe_compacts_runs(mobile_walk):
+    assert describe(mobile_walk, (2, 3, 4)) == "block.conv_pw … block.conv_dw (3 layers)"
+    assert describe(mobile_walk, (0, 7)) == "stem, block.bn3"
+
+
+@pytest.fixture(scope="module")
+def timm_walks():
+    out = {}
+    for name in ["vgg16", "mobilenetv2_100", "resnet50", "tf_efficientnet_lite0",
+                 "mobilenetv3_small_100"]:
+        body = build_body(timm.create_model(name), "linear")
+        out[name] = (walk(body, input_size=(3, 64, 64)), body)
+    return out
+
+
+@pytest.mark.parametrize("name, layers, blocks, native_fine, native_coarse", [
+    ("vgg16", 13, 13, 13, 13),
+    ("mobilenetv2_100", 104, 35, 19, 9),
+    ("resnet50", 106, 49, 17, 5),
+    ("tf_efficientnet_lite0", 98, 33, 18, 9),
+    ("mobilenetv3_small_100", 86, 41, 13, 7),
+])
+def test_real_timm_groups(timm_walks, name, layers, blocks, native_fine, native_coarse):
+    w, body = timm_walks[name]
+    assert len(w.layers) == layers
+    assert len(groups_of(w, "block")) == blocks
+    windows = groups_of(w, "window")
+    assert len(windows) == layers - 2
+    assert set().union(*map(set, windows)) == set(range(layers))  # every layer in a window
+    assert len(groups_of(w, "native", model=body)) == native_fine
+    assert len(groups_of(w, "native", model=body, native="coarse")) == native_coarse
+    for group in groups_of(w, "block", quarter=True):
+        assert in_last_quarter(group, layers)
+
+
+def test_vgg16_pool_blocks_are_the_five_conv_blocks(timm_walks):
+    w, _ = timm_walks["vgg16"]
+    blocks = [w.names(g) for g in groups_of(w, "block", delimiters=("pool",))][::-1]
+    feature = [[int(n.split(".")[-1]) for n in names] for names in blocks]
+    assert feature == [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+
+
+def test_resnet50_native_coarse_is_stem_and_four_stages(timm_walks):
+    w, body = timm_walks["resnet50"]
+    groups = groups_of(w, "native", model=body, native="coarse")[::-1]
+    assert w.names(groups[0]) == ["model.conv1", "model.bn1"]
+    assert [w.names(g)[0].split(".")[1] for g in groups[1:]] == ["layer1", "layer2", "layer3",
+                                                                 "layer4"]

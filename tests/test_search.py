@@ -1,0 +1,188 @@
+"""The protocol end to end on a tiny folder with timm's test_efficientnet (random weights)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blocktune.config import RunConfig
+from blocktune.errors import BlocktuneError
+from blocktune.io import RunLock, read_csv
+from blocktune.report import build_report
+from blocktune.search import BASELINE_I, BASELINE_II, choose, run
+
+from .conftest import make_image_folder
+
+STABLE = ["strategy", "index", "layers", "layer_indices", "trained_params", "val_acc",
+          "val_loss", "epochs", "best_epoch", "status"]
+
+
+def tiny_config(data, **overrides) -> RunConfig:
+    values = dict(model="test_efficientnet", data=str(data), pretrained=False, image_size=32,
+                  strategies=["block"], epochs=2, final_epochs=2, batch_size=8, lr=0.01,
+                  fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2})
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def stable(rows, fields=STABLE):
+    return [{k: r[k] for k in fields} for r in rows]
+
+
+def test_run_writes_every_artifact(image_folder, tmp_path):
+    out = tmp_path / "run"
+    summary = run(tiny_config(image_folder, strategies=["layer", "block", "ranked"],
+                              max_candidates=4, ranked_k=[2]), out)
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    assert [r["strategy"] for r in rows] == ["layer"] * 4 + ["ranked-2"] + ["block"] * 4
+    assert [int(r["last"]) for r in rows[:4]] == [29, 28, 27, 26]  # from the output end
+    finals = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
+    assert set(finals) == {BASELINE_I, BASELINE_II, "layer", "block", "ranked-2"}
+    assert finals[BASELINE_I]["group"] == "head only"
+    assert finals["block"]["layer_indices"] == choose(rows, "block")["layer_indices"]
+    ranked = [int(i) for i in finals["ranked-2"]["layer_indices"].split(",")]
+    top2 = sorted(rows[:4], key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]),
+                                           int(r["index"])))[:2]
+    assert ranked == sorted(int(r["layer_indices"]) for r in top2)
+    assert {r["method"] for r in summary} == set(finals)
+    for name in ("config.yaml", "environment.json", "summary.csv", "model.safetensors",
+                 "model.json", "seed_0/splits.json"):
+        assert (out / name).exists(), name
+    env = json.loads((out / "environment.json").read_text())
+    assert {"blocktune", "torch", "timm", "python"} <= set(env)
+    report = build_report(out)
+    text = report.read_text()
+    assert "Baseline I" in text and "BWT2" in text and "plots/test_accuracy.png" in text
+    assert (out / "plots" / "candidates_block_seed0.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_same_seed_same_answer(image_folder, tmp_path):
+    config = tiny_config(image_folder, max_candidates=5, baselines=False)
+    run(config, tmp_path / "a")
+    run(config, tmp_path / "b")
+    for name in ("candidates.csv", "finals.csv"):
+        a = read_csv(tmp_path / "a" / "seed_0" / name)
+        b = read_csv(tmp_path / "b" / "seed_0" / name)
+        fields = STABLE if name == "candidates.csv" else ["method", "group", "val_acc", "test_acc"]
+        assert stable(a, fields) == stable(b, fields)
+    assert (tmp_path / "a/seed_0/splits.json").read_text() == \
+        (tmp_path / "b/seed_0/splits.json").read_text()
+
+
+def test_time_budget_defers_finals_to_a_resume(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, time_budget=0.0), out)
+    assert read_csv(out / "seed_0" / "candidates.csv") == []  # nothing started in no time
+    assert not (out / "seed_0" / "finals.csv").exists()
+    run(tiny_config(image_folder, time_budget=None), out)
+    assert len(read_csv(out / "seed_0" / "candidates.csv")) == 13
+    assert (out / "seed_0" / "finals.csv").exists()
+
+
+def test_resume_with_another_config_is_refused(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, max_candidates=1, baselines=False), out)
+    with pytest.raises(BlocktuneError, match="different strategies, window"):
+        run(tiny_config(image_folder, strategies=["window"], window=2, max_candidates=1,
+                        baselines=False), out)
+    run(tiny_config(image_folder, strategies=["window"], window=2, max_candidates=1,
+                    baselines=False), out, force_new=True)
+    assert {r["strategy"] for r in read_csv(out / "seed_0" / "candidates.csv")} == {"window"}
+
+
+def test_several_seeds_give_mean_and_std(image_folder, tmp_path):
+    summary = run(tiny_config(image_folder, seeds=[0, 1], max_candidates=2), tmp_path / "r")
+    assert all(int(r["seeds"]) == 2 for r in summary)
+    assert (tmp_path / "r" / "seed_1" / "finals.csv").exists()
+
+
+def test_lock_refuses_a_second_live_process(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time; from blocktune.io import RunLock\n"
+         f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BlocktuneError, match=f"being written by process {holder.pid}"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path):  # the dead holder's lock is stale: taken over
+        assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+
+
+def cli_run(data, out, *extra):
+    return [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
+            "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "2",
+            "--final-epochs", "2", "--batch-size", "8", "--lr", "0.01", "--strategy",
+            "layer,block", "--out", str(out), *extra]
+
+
+def kill_after_rows(command, csv_path, rows, delay, env):
+    """Start ``command``; SIGKILL it ``delay`` s after ``candidates.csv`` has ``rows`` rows."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if csv_path.exists() and len(read_csv(csv_path)) >= rows:
+            time.sleep(delay)
+            break
+        time.sleep(0.02)
+    finished_before_kill = process.poll() is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return finished_before_kill
+
+
+@pytest.fixture
+def flower_like(tmp_path):
+    return make_image_folder(tmp_path / "kill-images", per_class=16)
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(cli_run(flower_like, reference), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    expected = stable(read_csv(reference / "seed_0" / "candidates.csv"))
+    expected_finals = stable(read_csv(reference / "seed_0" / "finals.csv"),
+                             ["method", "group", "val_acc", "test_acc"])
+    rng = random.Random(7)
+    points = [(rng.randint(1, 40), rng.uniform(0, 0.3)) for _ in range(3)]
+    for number, (rows, delay) in enumerate(points):
+        out = tmp_path / f"killed{number}"
+        kill_after_rows(cli_run(flower_like, out), out / "seed_0" / "candidates.csv", rows,
+                        delay, env)
+        subprocess.run(cli_run(flower_like, out), env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert stable(read_csv(out / "seed_0" / "candidates.csv")) == expected, (rows, delay)
+        assert stable(read_csv(out / "seed_0" / "finals.csv"),
+                      ["method", "group", "val_acc", "test_acc"]) == expected_finals
+
+
+def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path, monkeypatch):
+    import blocktune.search as search
+    from blocktune.train import TrainResult
+
+    real = search.train_group
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second candidate runs out of memory
+            return TrainResult(status="failed", error="out of memory: test"), None, 0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "train_group", flaky)
+    run(tiny_config(image_folder, max_candidates=3, baselines=False), tmp_path / "r")
+    rows = read_csv(tmp_path / "r" / "seed_0" / "candidates.csv")
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert choose(rows, "block")["status"] == "ok"

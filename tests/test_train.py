@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from blocktune.cache import ImageFeed
+from blocktune.data import decode_folder, scan_folder, stratified_split
+from blocktune.layers import walk
+from blocktune.models import BlockModel, LinearHead
+from blocktune.train import TrainConfig, freeze, set_train_mode, train_group
+
+
+def bn_state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("group", [(2, 3), (6, 7), (), None])
+def test_freezing_contract(mobilenet_like, group):
+    """After a step: frozen params and frozen BN statistics bit-identical; trainable ones moved."""
+    model = BlockModel(mobilenet_like, LinearHead(8, 3))
+    w = walk(model.body, input_size=(3, 16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen_norms = freeze(model, w, group)
+    set_train_mode(model, frozen_norms)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    loss = model(torch.randn(4, 3, 16, 16)).logsumexp(1).mean()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    trained = set(range(len(w.layers))) if group is None else set(group)
+    for index, layer in enumerate(w.layers):
+        keys = [k for k in after if k.startswith(f"body.{layer.name}.")]
+        changed = {k for k in keys if not torch.equal(before[k], after[k])}
+        if index in trained:
+            assert any(k.endswith("weight") for k in changed), layer.name
+        else:
+            assert not changed, f"frozen {layer.name} moved: {changed}"
+    assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])
+
+
+def test_frozen_norms_stay_in_eval_while_training(mobilenet_like):
+    model = BlockModel(mobilenet_like, LinearHead(8, 3))
+    w = walk(model.body, input_size=(3, 16, 16))
+    frozen = freeze(model, w, (6, 7))
+    set_train_mode(model, frozen)
+    assert not model.body.bn.training and not model.body.block.bn1.training
+    assert model.body.block.bn3.training  # in the trained group
+    assert {id(m) for m in frozen} == {id(model.body.bn), id(model.body.block.bn1),
+                                       id(model.body.block.bn2)}
+
+
+@pytest.fixture
+def tiny_setup(image_folder, mobilenet_like):
+    decoded = decode_folder(scan_folder(image_folder), 16)
+    split = stratified_split(decoded.labels.tolist(), seed=0)
+    model = BlockModel(mobilenet_like, LinearHead(8, 3))
+    w = walk(model.body, input_size=(3, 16, 16))
+    feed = ImageFeed(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3, (0.5,) * 3)
+    return model, w, feed
+
+
+def test_train_group_learns_and_reports(tiny_setup):
+    model, w, feed = tiny_setup
+    torch.manual_seed(0)
+    result, net, cut = train_group(model, w, (6, 7), feed, TrainConfig(epochs=4, lr=0.05),
+                                   train_split=("search", "train"))
+    assert result.status == "ok" and cut == 3
+    assert result.epochs == len(result.val_curve) == len(result.loss_curve)
+    assert result.best_val_acc == max(result.val_curve) > 0.5  # colour is easy
+    assert result.trainable_params == sum(w.layers[i].num_params for i in (6, 7)) + 8 * 3 + 3
+    assert result.loss_curve[-1] < result.loss_curve[0]
+
+
+def test_training_is_seeded(tiny_setup):
+    model, w, feed = tiny_setup
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    results = []
+    for _ in range(2):
+        model.load_state_dict(pristine)
+        torch.manual_seed(0)
+        results.append(train_group(model, w, None, feed, TrainConfig(epochs=2))[0])
+    assert results[0].val_curve == results[1].val_curve
+    assert results[0].loss_curve == results[1].loss_curve
+
+
+def test_nan_loss_is_a_failed_result_not_a_crash(tiny_setup):
+    model, w, feed = tiny_setup
+    with torch.no_grad():
+        model.head.fc.weight.fill_(float("nan"))
+    result, _, _ = train_group(model, w, (), feed, TrainConfig(epochs=2))
+    assert result.status == "failed" and "non-finite" in result.error
+
+
+def test_early_stopping_and_best_weights(tiny_setup):
+    model, w, feed = tiny_setup
+    result, net, cut = train_group(model, w, (), feed, TrainConfig(epochs=30, lr=1e-6,
+                                                                   patience=2))
+    assert result.epochs < 30
+    val_x, val_y = feed.inputs(cut, "val")
+    from blocktune.train import evaluate
+
+    acc, _, _ = evaluate(net, val_x, val_y, feed.prepare(cut, torch.device("cpu")))
+    assert acc == result.best_val_acc  # the kept weights are the best epoch's
+
+
+def test_train_config_validates():
+    with pytest.raises(ValueError):
+        TrainConfig(epochs=0)
+
+
+def test_fit_uses_lower_lr_for_pretrained_layers(tiny_setup, monkeypatch):
+    model, w, feed = tiny_setup
+    seen = {}
+    original = torch.optim.Adam
+
+    def spy(groups, **kwargs):
+        seen["lrs"] = sorted(g["lr"] for g in groups)
+        return original(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    train_group(model, w, (6, 7), feed, TrainConfig(epochs=1, lr=1e-2, body_lr_scale=0.1))
+    assert seen["lrs"] == pytest.approx([1e-3, 1e-2])
