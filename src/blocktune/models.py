@@ -283,8 +283,8 @@ def build_model(name: str, num_classes: int, head: str = "linear", image_size: i
     try:
         shape = body_output_shape(body, image_size)
     except RuntimeError as error:
-        raise BlocktuneError(f"image size {image_size} is too small for {name} "
-                             f"({str(error).splitlines()[0][:80]}): use a larger --image-size") from error
+        raise BlocktuneError(f"image size {image_size} is too small for {name}: its feature "
+                             "map shrinks to nothing; use a larger --image-size") from error
     if min(shape[1:], default=1) < 1:
         raise BlocktuneError(f"image size {image_size} is too small for {name}: use a larger --image-size")
     generator_state = torch.random.get_rng_state()

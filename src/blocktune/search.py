@@ -87,8 +87,8 @@ def environment() -> dict:
             "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
 
 
-def prepare_folder(folder: Path, config: RunConfig, force_new: bool = False) -> None:
-    """Write ``config.yaml`` for a new run, or check that a resumed one asks the same thing."""
+def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> None:
+    """Refuse to resume a folder started with a config that changes results, naming the keys."""
     saved_path = folder / "config.yaml"
     if saved_path.exists() and not force_new:
         import yaml
@@ -99,10 +99,15 @@ def prepare_folder(folder: Path, config: RunConfig, force_new: bool = False) -> 
             raise BlocktuneError(
                 f"run folder {folder} was started with a different {', '.join(keys)}: use "
                 "another --out folder, or --force-new to start it over")
-    elif force_new and folder.exists():
-        for stale in folder.glob("seed_*/*.csv"):
-            stale.unlink()
-    atomic_write_yaml(saved_path, config.to_dict())
+
+
+def write_config(folder: Path, config: RunConfig, force_new: bool = False) -> None:
+    """Record what was asked, once the inputs proved valid; ``force_new`` drops old results."""
+    if force_new:
+        for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
+                      folder / "metrics.csv", folder / "splits.json"]:
+            stale.unlink(missing_ok=True)
+    atomic_write_yaml(folder / "config.yaml", config.to_dict())
     atomic_write_json(folder / "environment.json", environment())
 
 
@@ -332,10 +337,14 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
     """The whole protocol for every seed; resumable. Returns the summary rows."""
     folder = Path(folder)
     with RunLock(folder):
-        prepare_folder(folder, config, force_new)
+        check_resume(folder, config, force_new)
         images, data_cfg = load_images(config)
         for seed in config.seeds:
+            if force_new and seed == config.seeds[0]:
+                write_config(folder, config, force_new)  # before the seeds' splits are made
             seed_run = SeedRun(config, seed, folder / f"seed_{seed}", images, data_cfg, events)
+            if seed == config.seeds[0]:
+                write_config(folder, config)
             rows, complete = seed_run.search()
             if not complete:
                 log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
@@ -408,10 +417,11 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     folder = Path(folder)
     events = events or Events()
     with RunLock(folder):
-        prepare_folder(folder, config)
+        check_resume(folder, config)
         images, data_cfg = load_images(config)
         seed = config.seeds[0]
         seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
+        write_config(folder, config)
         group = parse_train_spec(train_spec, seed_run.walk)
         feed = seed_run.feed(("search", "train", "val", "test"))
         epochs: list[dict] = []

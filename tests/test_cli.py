@@ -1,0 +1,127 @@
+"""The commands, and every bad input giving one line that says what to do, exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from blocktune.cli import main
+
+from .conftest import make_image_folder
+
+TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+        "--final-epochs", "1", "--batch-size", "8"]
+
+
+def error_line(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("blocktune: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def bad_inputs(tmp_path):
+    """(name, argv, expected words) for every bad input the product must explain."""
+    good = make_image_folder(tmp_path / "good", per_class=12)
+    make_image_folder(tmp_path / "one", classes=("only",), per_class=10)
+    (tmp_path / "empty").mkdir()
+    few = make_image_folder(tmp_path / "few", per_class=12)
+    for extra in sorted((few / "blue").iterdir())[3:]:
+        extra.unlink()
+    corrupt = make_image_folder(tmp_path / "corrupt", per_class=12)
+    (corrupt / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "resnet.pth")
+    (tmp_path / "bad.yaml").write_text("modle: resnet50\n")
+    run = ["run", *TINY, "--out", str(tmp_path / "out")]
+    return [
+        ("missing data folder", [*run, "--data", str(tmp_path / "nope")], "does not exist"),
+        ("empty data folder", [*run, "--data", str(tmp_path / "empty")], "holds no images"),
+        ("one class", [*run, "--data", str(tmp_path / "one")], "only one class"),
+        ("class too small for the split", [*run, "--data", str(few)], "class 'blue' has 3"),
+        ("corrupt image with --strict", [*run, "--data", str(corrupt), "--strict"],
+         "drop --strict"),
+        ("unknown model", ["run", "--model", "resnet5O", "--data", str(good), "--out",
+                           str(tmp_path / "o2")], "Did you mean"),
+        ("weights of another architecture", [*run, "--data", str(good), "--weights",
+                                             str(tmp_path / "resnet.pth")], "another architecture"),
+        ("image size too small", ["run", "--model", "vgg16", "--no-pretrained", "--head",
+                                  "paper", "--image-size", "16", "--data", str(good), "--out",
+                                  str(tmp_path / "o3")], "too small for vgg16"),
+        ("unknown strategy", [*run, "--data", str(good), "--strategy", "blocks"],
+         "unknown strategy 'blocks'"),
+        ("unknown config key", [*run, "--data", str(good), "--config",
+                                str(tmp_path / "bad.yaml")], "unknown config key 'modle'"),
+        ("not a run folder", ["report", str(tmp_path)], "not a run folder"),
+        ("predict without a model", ["predict", "--run", str(tmp_path), "x.jpg"],
+         "holds no saved model"),
+    ]
+
+
+def test_every_bad_input_gives_one_line(tmp_path, capsys):
+    for name, argv, words in bad_inputs(tmp_path):
+        assert words in error_line(capsys, argv), name
+
+
+def test_error_has_no_traceback_in_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "blocktune.cli", "run", "--data",
+                             str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_corrupt_images_are_skipped_without_strict(tmp_path, caplog):
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    (folder / "red" / "broken.jpg").write_bytes(b"")
+    assert main(["run", *TINY, "--data", str(folder), "--max-candidates", "1", "--out",
+                 str(tmp_path / "out")]) == 0
+    assert "1 file(s)" in caplog.text and "red/broken.jpg" in caplog.text
+
+
+def test_groups_command_prints_the_table_and_plot(tmp_path, capsys):
+    plot = tmp_path / "fig2.png"
+    assert main(["groups", "--model", "vgg16", "--strategy", "block", "--delimiters", "pool",
+                 "--image-size", "64", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "5 candidates, 13 layers" in out
+    assert "model.features.24 … model.features.28" in out
+    assert plot.stat().st_size > 1000
+
+
+def test_finetune_then_predict(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--data", str(folder), "--train", "head", "--out",
+                 str(out)]) == 0
+    for name in ("config.yaml", "splits.json", "metrics.csv", "result.json", "model.safetensors"):
+        assert (out / name).exists(), name
+    capsys.readouterr()
+    image = folder / "red" / "000.jpg"
+    assert main(["predict", "--run", str(out), str(image)]) == 0
+    path, name, probability = capsys.readouterr().out.strip().split("\t")
+    assert path == str(image) and name in ("red", "green", "blue") and 0 < float(probability) <= 1
+
+
+def test_finetune_by_regex_trains_only_those_layers(tmp_path):
+    import json
+
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    out = tmp_path / "ft"
+    assert main(["finetune", *TINY, "--data", str(folder), "--train", r"^model\.bn2$",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["layers"] == 1
+    bn2 = dict(timm.create_model("test_efficientnet").named_modules())["bn2"]
+    head = bn2.num_features * 3 + 3
+    assert result["trainable_params"] == 2 * bn2.num_features + head
+
+
+@pytest.mark.parametrize("spec, words", [("nothing_matches", "matches no layer"),
+                                         ("(", "neither layer names nor a valid regex")])
+def test_finetune_bad_train_spec(tmp_path, capsys, spec, words):
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    argv = ["finetune", *TINY, "--data", str(folder), "--train", spec, "--out", str(tmp_path / "o")]
+    assert words in error_line(capsys, argv)
