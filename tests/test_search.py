@@ -161,6 +161,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
         out = tmp_path / f"killed{number}"
         kill_after_rows(cli_run(flower_like, out), out / "seed_0" / "candidates.csv", rows,
                         delay, env)
+        if (out / "config.yaml").exists():
+            build_report(out)  # a killed folder is readable as it stands
         subprocess.run(cli_run(flower_like, out), env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert stable(read_csv(out / "seed_0" / "candidates.csv")) == expected, (rows, delay)
@@ -186,3 +188,41 @@ def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path,
     rows = read_csv(tmp_path / "r" / "seed_0" / "candidates.csv")
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert choose(rows, "block")["status"] == "ok"
+
+
+def test_rungs():
+    from blocktune.search import rungs
+
+    assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 5] and rungs(3) == [1, 3]
+    assert rungs(1) == [1] and rungs(2) == [2]
+
+
+def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, tmp_path):
+    from blocktune.io import atomic_write_csv
+    from blocktune.search import CANDIDATE_FIELDS
+
+    config = tiny_config(image_folder, epochs=3, prune=True, baselines=False)
+    run(config, tmp_path / "a")
+    rows = read_csv(tmp_path / "a" / "seed_0" / "candidates.csv")
+    first = [r for r in rows if r["rung"] == "1"]
+    second = [r for r in rows if r["rung"] == "3"]
+    assert len(first) == 13 and all(r["status"] == "rung" for r in first)
+    assert len(second) == 5 and all(r["status"] == "ok" for r in second)
+    ranked = sorted(first, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"])))
+    assert {r["layer_indices"] for r in second} == {r["layer_indices"] for r in ranked[:5]}
+    assert choose(rows, "block") in second
+
+    (tmp_path / "b").mkdir()
+    for name in ("config.yaml", "seed_0"):
+        src = tmp_path / "a" / name
+        if src.is_dir():
+            import shutil
+
+            shutil.copytree(src, tmp_path / "b" / name)
+        else:
+            (tmp_path / "b" / name).write_text(src.read_text())
+    atomic_write_csv(tmp_path / "b" / "seed_0" / "candidates.csv", rows[:15], CANDIDATE_FIELDS)
+    (tmp_path / "b" / "seed_0" / "finals.csv").unlink()
+    run(config, tmp_path / "b")
+    assert stable(read_csv(tmp_path / "b" / "seed_0" / "candidates.csv"), STABLE + ["rung"]) == \
+        stable(rows, STABLE + ["rung"])

@@ -81,6 +81,10 @@ class _Progress:
         def end(row, best):
             self.bar.update(self.task, advance=1,
                             description=f"{label(row['strategy'])} search · best val {best:.3f}")
+            if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
+                self.console.log(f"{label(row['strategy'])} #{row['index']} {row['layers']}: "
+                                 f"val {float(row['val_acc']):.3f} ({row['status']}, "
+                                 f"{row['seconds']}s) · best {best:.3f}")
 
         def epoch(e, loss, acc, seconds):
             if self.verbose:
@@ -121,6 +125,8 @@ def cmd_run(args) -> int:
     extra = {}
     if args.quarter:
         extra["quarter"] = True
+    if args.prune:
+        extra["prune"] = True
     if args.max_candidates is not None:
         extra["max_candidates"] = args.max_candidates
     if args.time_budget is not None:
@@ -203,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", help="comma-separated, e.g. layer,block,window,ranked")
     run.add_argument("--quarter", action="store_true", help="search only the last quarter")
     run.add_argument("--max-candidates", type=int, help="per strategy, from the output end")
+    run.add_argument("--prune", action="store_true",
+                     help="successive halving over candidates (rungs of epochs/9, /3, all)")
     run.add_argument("--time-budget", type=float, help="seconds of search per seed")
     run.add_argument("--force-new", action="store_true",
                      help="start the run folder over even if its config differs")

@@ -49,6 +49,8 @@ class RunConfig:
     random_k: int = 3
     native: str = "fine"
     quarter: bool = False
+    prune: bool = field(default=False, metadata={
+        "help": "successive halving: rungs of epochs/9, epochs/3, epochs; the best third go on"})
     max_candidates: int | None = None
     time_budget: float | None = field(default=None, metadata={
         "help": "seconds of search per seed; candidates not started in time are left for a resume"})
@@ -127,7 +129,7 @@ class RunConfig:
 RESUME_KEYS = ("model", "data", "strategies", "head", "image_size", "weights", "pretrained",
                "fractions", "max_images_per_class", "epochs", "final_epochs", "batch_size", "lr",
                "body_lr_scale", "patience", "paper_settings", "delimiters", "window", "stride",
-               "ranked_k", "random_k", "native", "quarter", "cache_dtype", "augment")
+               "ranked_k", "random_k", "native", "quarter", "prune", "cache_dtype", "augment")
 
 
 def differing_keys(saved: dict, current: RunConfig) -> list[str]:

@@ -15,9 +15,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 from blocktune.errors import BlocktuneError  # noqa: E402
-from blocktune.io import atomic_write_text, read_csv  # noqa: E402
+from blocktune.io import atomic_write_bytes, atomic_write_text, read_csv  # noqa: E402
 from blocktune.layers import ModelWalk  # noqa: E402
 from blocktune.search import BASELINE_I, BASELINE_II, choose, label, summarize  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure atomically, like every other file of a run."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def plot_layer_params(walk: ModelWalk, groups: Sequence[Sequence[int]], path: str | Path,
@@ -30,9 +41,7 @@ def plot_layer_params(walk: ModelWalk, groups: Sequence[Sequence[int]], path: st
         ax.axvline(min(group) - 0.5, color="C1", lw=0.6)
     ax.set(xlabel="layer (execution order)", ylabel="parameters", title=title, yscale="symlog")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _candidate_plot(rows: list[dict], method: str, path: Path, title: str) -> Path:
@@ -50,9 +59,7 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str) -> Pa
     ax.set(xlabel="layer index of the candidate (input → output)", ylabel="val accuracy",
            title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _comparison_plot(summary: list[dict], path: Path, title: str) -> Path:
@@ -67,9 +74,7 @@ def _comparison_plot(summary: list[dict], path: Path, title: str) -> Path:
     low = min(means) if means else 0
     ax.set(ylabel="test accuracy", title=title, ylim=(max(0, low - 0.1), 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -15,6 +15,7 @@ Running the same command on the same folder skips what is finished and gives the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -52,12 +53,13 @@ from blocktune.train import TrainResult, evaluate, train_group
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_FIELDS = ["strategy", "index", "layers", "layer_indices", "first", "last",
+CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
                     "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
                     "status", "error"]
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
                 "val_acc", "test_acc", "epochs", "seconds", "status"]
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
+PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
           "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
           "random": "Random", "quarter": "Quarter"}
@@ -200,48 +202,70 @@ class SeedRun:
         return out
 
     def search(self) -> tuple[list[dict], bool]:
-        """Train every candidate not yet in ``candidates.csv``; returns (rows, complete)."""
+        """Train every candidate not yet in ``candidates.csv``; returns (rows, complete).
+
+        With ``prune``, a strategy's candidates climb rungs of :func:`rungs` epochs; after each
+        rung only the best third (by val accuracy, ties to fewer parameters) goes on. Every
+        rung's result is a row (``status`` ``rung``), so a resume picks up mid-rung.
+        """
         path = self.folder / "candidates.csv"
         rows = read_csv(path)
-        done = {(r["strategy"], r["layer_indices"]) for r in rows}
+        done = {(r["strategy"], r["layer_indices"], r["rung"]): r for r in rows}
         feed = self.feed(("search", "val"))
-        started, best = time.perf_counter(), max((float(r["val_acc"]) for r in rows), default=0.0)
+        started = time.perf_counter()
+        best = max((float(r["val_acc"]) for r in rows), default=0.0)
+        epochs = self.config.search_training().epochs
+        ladder = rungs(epochs) if self.config.prune else [epochs]
         for strategy in self.config.strategies:
             if strategy == "ranked" and not any(r["strategy"] == "layer" for r in rows):
                 continue
             plan = self.planned(strategy, rows)
             if self.config.max_candidates is not None:
                 plan = plan[:self.config.max_candidates]
-            todo = [(m, c) for m, c in plan if (m, _indices(c.layers)) not in done]
-            if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
-                self.events.on_phase(f"caching activations at {len(todo)} cuts")
-                self.reset()  # candidates train in place: the cache must see pretrained weights
-                feed.cache.prepare_cuts([self.walk.cut_for(c.layers) for _, c in todo])
-            for position, (method, cand) in enumerate(todo):
-                budget = self.config.time_budget
-                if budget is not None and time.perf_counter() - started > budget:
-                    log.warning("time budget of %.0f s spent: %d candidates left for a resume",
-                                budget, len(todo) - position)
-                    return rows, False
-                self.events.on_candidate_start(method, position, len(todo))
-                result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
-                                           self.config.search_training(),
-                                           on_epoch=self.events.on_epoch)
-                row = self._candidate_row(method, cand, result)
-                rows.append(row)
-                atomic_write_csv(path, rows, CANDIDATE_FIELDS)
-                if result.status == "ok":
-                    best = max(best, result.best_val_acc)
-                self.events.on_candidate_end(row, best)
+            for rung_index, rung_epochs in enumerate(ladder):
+                final = rung_index == len(ladder) - 1
+                todo = [(m, c) for m, c in plan
+                        if (m, _indices(c.layers), str(rung_epochs)) not in done]
+                if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
+                    self.events.on_phase(f"caching activations at {len(todo)} cuts")
+                    self.reset()  # candidates train in place: the cache needs pretrained weights
+                    feed.cache.prepare_cuts([self.walk.cut_for(c.layers) for _, c in todo])
+                for position, (method, cand) in enumerate(todo):
+                    budget = self.config.time_budget
+                    if budget is not None and time.perf_counter() - started > budget:
+                        log.warning("time budget of %.0f s spent: %d candidates left for a "
+                                    "resume", budget, len(todo) - position)
+                        return rows, False
+                    self.events.on_candidate_start(method, position, len(todo))
+                    training = dataclasses.replace(self.config.search_training(),
+                                                   epochs=rung_epochs)
+                    result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
+                                               training, on_epoch=self.events.on_epoch)
+                    row = self._candidate_row(method, cand, result, rung_epochs, final)
+                    rows.append(row)
+                    done[(method, row["layer_indices"], str(rung_epochs))] = row
+                    atomic_write_csv(path, rows, CANDIDATE_FIELDS)
+                    if result.status == "ok" and final:
+                        best = max(best, result.best_val_acc)
+                    self.events.on_candidate_end(row, best)
+                if not final:
+                    scored = [(done[(m, _indices(c.layers), str(rung_epochs))], (m, c))
+                              for m, c in plan]
+                    scored = [(r, mc) for r, mc in scored if r["status"] == "rung"]
+                    scored.sort(key=lambda item: (-float(item[0]["val_acc"]),
+                                                  int(item[0]["trained_params"])))
+                    plan = [mc for _, mc in scored[:max(1, math.ceil(len(scored) / PRUNE_ETA))]]
         return rows, True
 
-    def _candidate_row(self, method: str, cand: Candidate, result: TrainResult) -> dict:
-        return {"strategy": method, "index": cand.index, "layers": describe(self.walk, cand.layers),
+    def _candidate_row(self, method: str, cand: Candidate, result: TrainResult, rung: int,
+                       final: bool = True) -> dict:
+        status = result.status if final or result.status != "ok" else "rung"
+        return {"strategy": method, "rung": rung, "index": cand.index, "layers": describe(self.walk, cand.layers),
                 "layer_indices": _indices(cand.layers), "first": cand.layers[0],
                 "last": cand.layers[-1], "trained_params": result.trainable_params,
                 "val_acc": f"{result.best_val_acc:.6f}", "val_loss": f"{result.best_val_loss:.6f}",
                 "epochs": result.epochs, "best_epoch": result.best_epoch,
-                "seconds": f"{result.seconds:.2f}", "status": result.status,
+                "seconds": f"{result.seconds:.2f}", "status": status,
                 "error": result.error}
 
     # -- selection and final fine-tunes -------------------------------------------------
@@ -295,6 +319,14 @@ class SeedRun:
                       group_params(self.walk, chosen))
             atomic_write_csv(path, finished, FINAL_FIELDS)
         return finished
+
+
+def rungs(epochs: int, eta: int = PRUNE_ETA) -> list[int]:
+    """Successive-halving rungs ending at ``epochs``: 9 → [1, 3, 9], 5 → [1, 5], 1 → [1]."""
+    ladder = [epochs]
+    while ladder[0] // eta >= 1:
+        ladder.insert(0, ladder[0] // eta)
+    return ladder
 
 
 def _device(net: torch.nn.Module) -> torch.device:
