@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, help="candidates per strategy, spread evenly")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images-per-class", type=int)
+    parser.add_argument("--prune", action="store_true",
+                        help="also run successive halving on the cache and compare rankings")
     args = parser.parse_args()
 
     model, source = build_model(args.model, 5, "linear", args.image_size)
@@ -126,6 +128,46 @@ def main() -> None:
               + "; ".join(f"{s}: {b}" for s, b in r["best"].items()) + " |")
     print(f"\nlargest val accuracy difference over {len(plan)} candidates: {diff * 100:.2f} points;"
           f" same best candidate: {naive['best'] == fast['best']}")
+    if args.prune:
+        compare_pruned(args, model, w, plan, pristine, images, split, cfg, fast)
+
+
+def compare_pruned(args, model, w, plan, pristine, images, split, cfg, full) -> None:
+    """Successive halving on the cache: its winner's place in the full ranking, and its time."""
+    import math
+
+    from blocktune.search import PRUNE_ETA, rungs
+
+    cache = ActivationCache(model.body, w, images.pixels, images.labels, split, cfg.mean,
+                            cfg.std, cover=("search", "val"))
+    started = time.perf_counter()
+    model.load_state_dict(pristine)
+    cache.prepare_cuts([w.cut_for(c.layers) for c in plan])
+    feed = CachedFeed(ImageFeed(model.body, w, images.pixels, images.labels, split, cfg.mean,
+                                cfg.std), cache)
+    print("\n| strategy | pruned winner | its rank in the full search | full winner |")
+    print("|---|---|---|---|")
+    for strategy in args.strategies.split(","):
+        alive = [c for c in plan if c.strategy == strategy]
+        for epochs in rungs(args.epochs):
+            scores = {}
+            for cand in alive:
+                model.load_state_dict(pristine)
+                torch.manual_seed(args.seed)
+                config = TrainConfig(epochs=epochs, patience=epochs, seed=args.seed)
+                scores[cand] = train_group(model, w, cand.layers, feed, config)[0].best_val_acc
+            alive.sort(key=lambda c: (-scores[c], group_params(w, c.layers)))
+            if epochs != args.epochs:
+                alive = alive[:max(1, math.ceil(len(alive) / PRUNE_ETA))]
+        winner = alive[0]
+        mine = sorted((c for c in plan if c.strategy == strategy),
+                      key=lambda c: (-full["accs"][(c.strategy, c.index)],
+                                     group_params(w, c.layers), c.index))
+        print(f"| {strategy} | #{winner.index} | {mine.index(winner) + 1} of {len(mine)} | "
+              f"#{mine[0].index} |")
+    seconds = time.perf_counter() - started
+    print(f"\npruned search: {seconds:.1f}s vs {full['wall']:.1f}s for the full optimized search"
+          f" ({full['wall'] / seconds:.2f}×)")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ from blocktune.data import (
     scan_folder,
 )
 from blocktune.errors import BlocktuneError
-from blocktune.groups import Candidate, StrategyOptions, candidates, describe, group_params
+from blocktune.groups import Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
     RunLock,
     atomic_save_safetensors,
@@ -48,7 +48,7 @@ from blocktune.io import (
     read_csv,
 )
 from blocktune.layers import ModelWalk, walk
-from blocktune.models import BlockModel, build_model, data_config
+from blocktune.models import BlockModel, build_model, check_model_name, data_config
 from blocktune.train import TrainResult, evaluate, train_group
 
 log = logging.getLogger(__name__)
@@ -103,21 +103,22 @@ def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> No
                 "another --out folder, or --force-new to start it over")
 
 
-def write_config(folder: Path, config: RunConfig, force_new: bool = False) -> None:
-    """Record what was asked, once the inputs proved valid; ``force_new`` drops old results."""
-    if force_new:
-        for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
-                      folder / "metrics.csv", folder / "splits.json"]:
-            stale.unlink(missing_ok=True)
+def write_config(folder: Path, config: RunConfig) -> None:
+    """Record what was asked (and with which versions), once the inputs proved valid."""
     atomic_write_yaml(folder / "config.yaml", config.to_dict())
     atomic_write_json(folder / "environment.json", environment())
+
+
+def clear_results(folder: Path) -> None:
+    """``--force-new``: forget the finished work of an earlier run in this folder."""
+    for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
+                  folder / "metrics.csv", folder / "splits.json", folder / "summary.csv"]:
+        stale.unlink(missing_ok=True)
 
 
 def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
     """Decode the data once for all seeds; return (images, data config of the model)."""
     import timm
-
-    from blocktune.models import check_model_name
 
     check_model_name(config.model)
     folder = scan_folder(resolve_data(config.data))
@@ -175,6 +176,11 @@ class SeedRun:
                 dtype=self.config.cache_dtype, max_bytes=int(self.config.cache_max_gb * 2**30),
                 spill_dir=self.folder / "cache")
         return CachedFeed(self.image_feed, self._caches[cover])
+
+    def close(self) -> None:
+        """Drop the activation caches, and their spill files once the seed is finished."""
+        self._caches.clear()
+        shutil.rmtree(self.folder / "cache", ignore_errors=True)
 
     def reset(self) -> BlockModel:
         self.model.load_state_dict(self.pristine)
@@ -303,8 +309,6 @@ class SeedRun:
                                           device=_device(net))
                 atomic_save_safetensors(self.folder / f"{method}.safetensors", model.state_dict(),
                                         {"method": method, "model": self.config.model})
-            all_layers = range(len(self.walk.layers))
-            chosen = all_layers if group is None else group
             finished.append({
                 "method": method,
                 "group": "all layers" if group is None else
@@ -315,8 +319,6 @@ class SeedRun:
                 "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
                 "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
                 "status": result.status})
-            log.debug("final %s: %d layers, %d params", method, len(list(chosen)),
-                      group_params(self.walk, chosen))
             atomic_write_csv(path, finished, FINAL_FIELDS)
         return finished
 
@@ -371,9 +373,9 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
     with RunLock(folder):
         check_resume(folder, config, force_new)
         images, data_cfg = load_images(config)
+        if force_new:
+            clear_results(folder)
         for seed in config.seeds:
-            if force_new and seed == config.seeds[0]:
-                write_config(folder, config, force_new)  # before the seeds' splits are made
             seed_run = SeedRun(config, seed, folder / f"seed_{seed}", images, data_cfg, events)
             if seed == config.seeds[0]:
                 write_config(folder, config)
@@ -383,6 +385,7 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
                             seed)
                 continue
             finals = seed_run.finals(rows)
+            seed_run.close()
             if seed == config.seeds[0]:
                 publish_model(folder, seed_run, finals, images, data_cfg)
         summary = summarize(folder, config.seeds)
@@ -397,8 +400,6 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[dict], images: D
         return
     best = max(ok, key=lambda r: (float(r["val_acc"]), -int(r["trained_params"])))
     source = seed_run.folder / f"{best['method']}.safetensors"
-    import shutil
-
     tmp = folder / ".model.safetensors.tmp"
     shutil.copyfile(source, tmp)
     tmp.replace(folder / "model.safetensors")
@@ -483,6 +484,3 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
                                                             seed_run.weights_source, train_spec))
     return summary
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
