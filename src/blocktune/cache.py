@@ -51,6 +51,12 @@ class Feed(Protocol):
                 ) -> Callable[[torch.Tensor], torch.Tensor]: ...
 
 
+def to_model_layout(x: torch.Tensor) -> torch.Tensor:
+    """channels_last for image-like tensors: 3.5x faster fwd+bwd for lite0 on a CPU, and the
+    layout CUDA convolutions prefer (see benchmarks/search_speed.py)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 def _indices(splits: Mapping[str, Sequence[int]], split: str | Sequence[str]) -> list[int]:
     names = [split] if isinstance(split, str) else list(split)
     return sorted(i for name in names for i in splits[name])
@@ -90,7 +96,7 @@ class ImageFeed:
                 x = normalize(batch.cpu(), self.mean, self.std)
                 if augment is not None:
                     x = augment(x)
-                x = x.to(device)
+                x = to_model_layout(x.to(device))
                 return prefix(x) if len(prefix.parts) else x
         return run
 
@@ -167,6 +173,7 @@ class ActivationCache:
                 x = normalize(self.pixels[torch.tensor(batch)], self.mean, self.std)
             else:
                 x = source[rows].float()
+            x = to_model_layout(x)
             for offset, part in enumerate(runner.parts):
                 cut = start + offset
                 if cut in wanted and cut != start:
@@ -188,7 +195,7 @@ class ActivationCache:
 
     def prepare(self, cut: int, device: torch.device, training: bool = False
                 ) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda batch: batch.to(device=device, dtype=torch.float32)
+        return lambda batch: to_model_layout(batch.to(device=device, dtype=torch.float32))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.store.values())

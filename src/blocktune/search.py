@@ -155,6 +155,7 @@ class SeedRun:
         self.model, self.weights_source = build_model(
             config.model, len(images.classes), config.head, config.image_size,
             weights=config.weights, pretrained=config.pretrained, head_seed=seed)
+        self.model.to(memory_format=torch.channels_last)  # the cache pass and prefix too
         self.pristine = copy.deepcopy(self.model.state_dict())
         self.walk: ModelWalk = walk(self.model.body,
                                     input_size=(3, config.image_size, config.image_size))

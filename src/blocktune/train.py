@@ -215,9 +215,9 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     device = device_for()
     frozen_norms = freeze(model, walk, group)
     cut = 0 if group is None else walk.cut_for(group)
-    net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    # channels_last on every device: the feeds hand over batches in that layout too.
+    net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(
+        device, memory_format=torch.channels_last)
     train_x, train_y = feed.inputs(cut, train_split)
     val_x, val_y = feed.inputs(cut, val_split)
     try:
