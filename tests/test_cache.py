@@ -60,12 +60,13 @@ def test_one_pass_serves_many_cuts_and_matches_separate_passes(tiny):
     assert torch.equal(alone.inputs(3, "val")[0], together.inputs(3, "val")[0])
 
 
-def test_spills_to_disk_past_the_memory_cap(tiny, tmp_path):
+def test_spills_to_disk_past_the_memory_cap(tiny, tmp_path, caplog):
     model, w, decoded, split = tiny
     cache = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3,
                             (0.5,) * 3, cover=("search", "val"), max_bytes=0, spill_dir=tmp_path)
     x, _ = cache.inputs(3, "search")
     assert cache.on_disk == [3] and (tmp_path / "cut3.npy").exists()
+    assert "over its memory cap, cut 3 goes to disk" in caplog.text
     in_memory = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3,
                                 (0.5,) * 3, cover=("search", "val"))
     assert torch.equal(x, in_memory.inputs(3, "search")[0])

@@ -125,3 +125,15 @@ def test_finetune_bad_train_spec(tmp_path, capsys, spec, words):
     folder = make_image_folder(tmp_path / "images", per_class=12)
     argv = ["finetune", *TINY, "--data", str(folder), "--train", spec, "--out", str(tmp_path / "o")]
     assert words in error_line(capsys, argv)
+
+
+def test_baseline_functions(tmp_path):
+    from blocktune import api
+
+    folder = make_image_folder(tmp_path / "images", per_class=12)
+    config = api.RunConfig(model="test_efficientnet", pretrained=False, data=str(folder),
+                           image_size=32, final_epochs=1, batch_size=8)
+    head = api.baseline_head(config, tmp_path / "b1")
+    everything = api.baseline_all(config, tmp_path / "b2")
+    assert head["trainable_params"] < everything["trainable_params"]
+    assert 0 <= head["test_acc"] <= 1 and 0 <= everything["test_acc"] <= 1

@@ -156,7 +156,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
     expected_finals = stable(read_csv(reference / "seed_0" / "finals.csv"),
                              ["method", "group", "val_acc", "test_acc"])
     rng = random.Random(7)
-    points = [(rng.randint(1, 40), rng.uniform(0, 0.3)) for _ in range(3)]
+    count = int(os.environ.get("BLOCKTUNE_KILL_POINTS", "3"))  # more for a thorough check
+    points = [(rng.randint(1, 40), rng.uniform(0, 0.3)) for _ in range(count)]
     for number, (rows, delay) in enumerate(points):
         out = tmp_path / f"killed{number}"
         kill_after_rows(cli_run(flower_like, out), out / "seed_0" / "candidates.csv", rows,

@@ -22,8 +22,18 @@ from blocktune.models import build_body, build_model, create_timm
 from blocktune.report import build_report, plot_layer_params
 from blocktune.search import finetune, run
 
-__all__ = ["RunConfig", "build_report", "finetune", "model_groups", "model_walk", "predict",
-           "run"]
+__all__ = ["RunConfig", "baseline_all", "baseline_head", "build_report", "finetune",
+           "model_groups", "model_walk", "predict", "run"]
+
+
+def baseline_head(config: RunConfig, out: str | Path) -> dict:
+    """Baseline I: the whole base model frozen, only the new head trained; tested once."""
+    return finetune(config, "head", out)
+
+
+def baseline_all(config: RunConfig, out: str | Path) -> dict:
+    """Baseline II: every layer trained with the new head; tested once."""
+    return finetune(config, "all", out)
 
 
 def model_walk(model: str | torch.nn.Module, image_size: int = 224, head: str = "linear",

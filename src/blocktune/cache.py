@@ -148,7 +148,8 @@ class ActivationCache:
         array = np.lib.format.open_memmap(self.spill_dir / f"cut{cut}.npy", mode="w+",
                                           dtype=np_dtype, shape=shape)
         self.on_disk.append(cut)
-        log.info("activation cache: cut %d stored on disk in %s", cut, self.spill_dir)
+        log.warning("activation cache: over its memory cap, cut %d goes to disk in %s", cut,
+                    self.spill_dir)
         return torch.from_numpy(array)
 
     @torch.no_grad()
