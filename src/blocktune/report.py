@@ -130,14 +130,16 @@ def build_report(folder: str | Path) -> Path:
             mine = [r for r in rows if r["strategy"] == method]
             chosen = choose(rows, method)
             failed = sum(r["status"] != "ok" for r in mine)
-            name = f"candidates_{method}_seed{seed}.png"
-            _candidate_plot(rows, method, plots / name, f"{label(method)} ({method}), seed {seed}")
             parts += ["", f"### {label(method)}: {len(mine)} candidates"
                       + (f", {failed} failed" if failed else ""), ""]
             if chosen is not None:
                 parts.append(f"Chosen: **{chosen['layers']}** (val {float(chosen['val_acc']):.3f}, "
                              f"{int(chosen['trained_params']):,} trained parameters).")
-            parts += ["", f"![{method}](plots/{name})"]
+            if len(mine) > 1:  # ranked and random are one group each: nothing to plot
+                name = f"candidates_{method}_seed{seed}.png"
+                _candidate_plot(rows, method, plots / name,
+                                f"{label(method)} ({method}), seed {seed}")
+                parts += ["", f"![{method}](plots/{name})"]
     markdown = "\n".join(parts) + "\n"
     atomic_write_text(folder / "report.md", markdown)
     atomic_write_text(folder / "report.html", _to_html(markdown, folder))
