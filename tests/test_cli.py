@@ -137,3 +137,13 @@ def test_baseline_functions(tmp_path):
     everything = api.baseline_all(config, tmp_path / "b2")
     assert head["trainable_params"] < everything["trainable_params"]
     assert 0 <= head["test_acc"] <= 1 and 0 <= everything["test_acc"] <= 1
+
+
+def test_config_precedence_defaults_then_file_then_flags(tmp_path):
+    from blocktune.cli import _config, build_parser
+
+    (tmp_path / "run.yaml").write_text("epochs: 7\nimage_size: 96\n")
+    args = build_parser().parse_args(["run", "--config", str(tmp_path / "run.yaml"),
+                                      "--image-size", "64", "--out", str(tmp_path)])
+    config = _config(args, base={"epochs": 2, "image_size": 128, "final_epochs": 9})
+    assert (config.epochs, config.image_size, config.final_epochs) == (7, 64, 9)

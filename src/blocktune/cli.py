@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
 from blocktune.errors import BlocktuneError
 
@@ -44,16 +43,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, extra: dict | None = None, base: dict | None = None):
-    from blocktune.config import RunConfig
+    """Defaults (``base``), then the ``--config`` file, then the flags given."""
+    from blocktune.config import RunConfig, read_yaml
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if getattr(args, "strategy", None):
         flags["strategies"] = args.strategy
     flags.update(extra or {})
-    if args.config:
-        return RunConfig.from_yaml(args.config, {**(base or {}), **flags})
-    return RunConfig.from_dict({**(base or {}), **flags})
+    from_file = read_yaml(args.config) if getattr(args, "config", None) else {}
+    return RunConfig.from_dict({**(base or {}), **from_file, **flags})
 
 
 class _Progress:
@@ -263,5 +262,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["main", "build_parser", "Path"]

@@ -116,13 +116,19 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> RunConfig:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise BlocktuneError(f"cannot read config {path} ({type(error).__name__}): pass a "
-                                 "YAML file of RunConfig keys") from error
-        values.update(overrides or {})
-        return cls.from_dict(values)
+        return cls.from_dict({**read_yaml(path), **(overrides or {})})
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The keys of a YAML config file (validated when they become a RunConfig)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise BlocktuneError(f"cannot read config {path} ({type(error).__name__}): pass a "
+                             "YAML file of RunConfig keys") from error
+    if not isinstance(values, dict):
+        raise BlocktuneError(f"config {path} is not a mapping of RunConfig keys to values")
+    return values
 
 
 # Keys whose change makes earlier results meaningless for this folder.
