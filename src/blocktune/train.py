@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from blocktune.cache import Feed
+from blocktune.cache import Feed, to_model_layout
 from blocktune.layers import ModelWalk, SpineRunner
 from blocktune.models import BlockModel
 
@@ -36,6 +36,7 @@ class TrainConfig:
     plateau_patience: int = 1  # ReduceLROnPlateau on val accuracy
     plateau_factor: float = 0.3
     seed: int = 0
+    channels_last: bool = True  # memory layout of the trained net and its input batches
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -203,6 +204,11 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
     return result
 
 
+def _in_layout(prepare: Callable[[torch.Tensor], torch.Tensor]
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda batch: to_model_layout(prepare(batch))
+
+
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
                 val_split: str = "val", on_epoch=None) -> tuple[TrainResult, nn.Module, int]:
@@ -215,15 +221,18 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     device = device_for()
     frozen_norms = freeze(model, walk, group)
     cut = 0 if group is None else walk.cut_for(group)
-    # channels_last on every device: the feeds hand over batches in that layout too.
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
     net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(
-        device, memory_format=torch.channels_last)
+        device, memory_format=layout)
     train_x, train_y = feed.inputs(cut, train_split)
     val_x, val_y = feed.inputs(cut, val_split)
+    prepare, prepare_train = feed.prepare(cut, device), feed.prepare(cut, device, training=True)
+    if config.channels_last:
+        prepare, prepare_train = _in_layout(prepare), _in_layout(prepare_train)
     try:
-        result = fit(net, train_x, train_y, val_x, val_y, feed.prepare(cut, device), frozen_norms,
-                     config, head=model.head, on_epoch=on_epoch, device=device,
-                     prepare_train=feed.prepare(cut, device, training=True))
+        result = fit(net, train_x, train_y, val_x, val_y, prepare, frozen_norms, config,
+                     head=model.head, on_epoch=on_epoch, device=device,
+                     prepare_train=prepare_train)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         result = TrainResult(status="failed", error=f"out of memory: {error}"[:200])
     return result, net, cut
