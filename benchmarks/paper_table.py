@@ -110,7 +110,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
     columns = list(zip(*[[m for m, _ in cells] for _, cells, _ in table_rows], strict=True))
     lines.append("| mean | " + " | ".join(f"{statistics.fmean(c):.3f}" for c in columns) + " |")
-    lines.append("| variance (across models) | " + " | ".join(
+    lines.append("| variance (across rows) | " + " | ".join(
         f"{statistics.pvariance(c):.4f}" for c in columns) + " |")
     lines += ["", "Quarter of the model where each chosen group lies (per seed):", "",
               "| model | " + " | ".join(label(m) for m in METHODS[2:]) + " |",
