@@ -288,6 +288,24 @@ class SeedRun:
                 out.append((method, group, float(chosen["val_acc"])))
         return out
 
+    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path, on_epoch,
+                  feed=None) -> tuple[TrainResult, float]:
+        """Train ``group`` from the pretrained weights on search+train (val for the schedule,
+        early stopping and the kept weights), then score it once on test and save it."""
+        feed = feed or self.feed(("search", "train", "val", "test"))
+        model = self.reset()
+        result, net, cut = train_group(model, self.walk, group, feed,
+                                       self.config.final_training(),
+                                       train_split=("search", "train"), on_epoch=on_epoch)
+        if result.status != "ok":
+            return result, math.nan
+        # The one and only use of the test split: after every choice was made on val.
+        test_x, test_y = feed.inputs(cut, "test")
+        device = next(net.parameters()).device
+        test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, device), device=device)
+        atomic_save_safetensors(weights_path, model.state_dict(), {"model": self.config.model})
+        return result, test_acc
+
     def finals(self, rows: list[dict]) -> list[dict]:
         path = self.folder / "finals.csv"
         finished = read_csv(path)
@@ -297,19 +315,8 @@ class SeedRun:
             if method in done:
                 continue
             self.events.on_phase(f"final fine-tune: {label(method)}")
-            model = self.reset()
-            result, net, cut = train_group(model, self.walk, group, feed,
-                                           self.config.final_training(),
-                                           train_split=("search", "train"),
-                                           on_epoch=self.events.on_epoch)
-            test_acc = math.nan
-            if result.status == "ok":
-                # The one and only use of the test split: after every choice was made on val.
-                test_x, test_y = feed.inputs(cut, "test")
-                test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, _device(net)),
-                                          device=_device(net))
-                atomic_save_safetensors(self.folder / f"{method}.safetensors", model.state_dict(),
-                                        {"method": method, "model": self.config.model})
+            result, test_acc = self.fit_final(group, self.folder / f"{method}.safetensors",
+                                              self.events.on_epoch, feed)
             finished.append({
                 "method": method,
                 "group": "all layers" if group is None else
@@ -330,10 +337,6 @@ def rungs(epochs: int, eta: int = PRUNE_ETA) -> list[int]:
     while ladder[0] // eta >= 1:
         ladder.insert(0, ladder[0] // eta)
     return ladder
-
-
-def _device(net: torch.nn.Module) -> torch.device:
-    return next(net.parameters()).device
 
 
 def _indices(group) -> str:
@@ -457,7 +460,6 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
         seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
         write_config(folder, config)
         group = parse_train_spec(train_spec, seed_run.walk)
-        feed = seed_run.feed(("search", "train", "val", "test"))
         epochs: list[dict] = []
 
         def on_epoch(epoch, loss, acc, seconds):
@@ -466,21 +468,13 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
             atomic_write_csv(folder / "metrics.csv", epochs, list(epochs[0]))
             events.on_epoch(epoch, loss, acc, seconds)
 
-        model = seed_run.reset()
-        result, net, cut = train_group(model, seed_run.walk, group, feed,
-                                       config.final_training(), train_split=("search", "train"),
-                                       on_epoch=on_epoch)
+        result, test_acc = seed_run.fit_final(group, folder / "model.safetensors", on_epoch)
         if result.status != "ok":
             raise BlocktuneError(f"training failed ({result.error}): lower --lr or check the data")
-        test_x, test_y = feed.inputs(cut, "test")
-        test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, _device(net)),
-                                  device=_device(net))
         summary = {"train": train_spec, "layers": len(seed_run.walk.layers) if group is None
                    else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
                    "test_acc": test_acc}
         atomic_write_json(folder / "result.json", summary)
-        atomic_save_safetensors(folder / "model.safetensors", model.state_dict(),
-                                {"model": config.model, "train": train_spec})
         atomic_write_json(folder / "model.json", model_card(config, images, data_cfg,
                                                             seed_run.weights_source, train_spec))
     return summary
