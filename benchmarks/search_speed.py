@@ -1,41 +1,41 @@
-"""Naive vs optimized search: the same candidates, epochs and seed, in one process.
+"""Naive vs optimized vs pruned search: the same candidates, epochs and seed, in one process.
 
     python benchmarks/search_speed.py --data tf_flowers --image-size 160 --epochs 5 \
-        --strategies layer,block --sample 6
+        --strategies layer,block --sample 12
 
-Modes (``--modes``, all from the decoded-image store, which favours the baselines: the paper
-also decodes JPEGs every epoch):
+Each mode is blocktune's own search (:class:`blocktune.search.SeedRun`) on the same split,
+candidates, epochs and seed, one after the other in a fresh run folder:
 
-* *plain*: what a plain PyTorch loop does: NCHW tensors, the whole network every batch.
-* *naive*: the whole network every batch, in the channels_last layout blocktune uses.
-* *optimized*: channels_last plus the frozen-prefix activation cache (fp16), prepared in one
-  pass for all cuts. ``naive`` → ``optimized`` isolates the cache; ``plain`` → ``optimized``
-  is what blocktune's fast path buys over a plain implementation.
+* *naive*: ``cache: false``: the whole network runs for every candidate, every batch (the
+  paper's way; images come from the decoded-image store, which favours it: the paper decodes
+  JPEGs every epoch, a cost this benchmark prints on its own).
+* *optimized*: the default fast path: the frozen-prefix activation cache (fp16), prepared in
+  one pass for all cuts. Results must match naive.
+* *pruned*: the fast path plus ``prune: true``: successive halving, rungs at 1, 3, 9 … epochs;
+  survivors continue from their rung state, so their rows must match naive exactly too.
 
-Ratios are against the first mode given.
-
-Prints a table: wall time of each, the ratio, peak memory (RSS high-water mark, reset between
-the two), the largest difference in any candidate's val accuracy, and the candidate each picks.
+Prints a table (wall and CPU time, the ratio against the first mode, peak RSS, the candidate
+each picks), the largest difference in any candidate's val accuracy between modes (for pruned,
+over the candidates it trained to the end), and where the pruned winner ranks in the full one.
 ``--sample N`` keeps N candidates per strategy spread evenly from the output end to the input
-(a naive full search takes hours on a CPU); both modes run exactly the same ones.
+(a naive full search takes hours on a CPU); every mode runs exactly the same ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
-from blocktune.data import decode_folder, resolve_data, scan_folder, stratified_split
-from blocktune.groups import StrategyOptions, candidates, group_params
-from blocktune.layers import walk
-from blocktune.models import build_model, data_config
-from blocktune.search import subsample
-from blocktune.train import TrainConfig, train_group
+from blocktune.config import RunConfig
+from blocktune.data import decode_folder, resolve_data, scan_folder
+from blocktune.search import Events, SeedRun, choose, label, load_images
+
+MODES = {"naive": {"cache": False}, "optimized": {"cache": True},
+         "pruned": {"cache": True, "prune": True}}
 
 
 def peak_rss_mb() -> float:
@@ -59,6 +59,33 @@ def evenly(items: list, n: int | None) -> list:
     return [items[round(i * step)] for i in range(n)]
 
 
+class SampledRun(SeedRun):
+    """A seed run whose strategies keep ``sample`` candidates each, spread evenly."""
+
+    sample: int | None = None
+
+    def planned(self, strategy, rows):
+        return evenly(super().planned(strategy, rows), self.sample)
+
+
+def decode_seconds(data: str, image_size: int, interpolation: str, count: int) -> float:
+    """What decoding ``count`` JPEGs costs once (a per-epoch cost without a store)."""
+    import os
+
+    with tempfile.TemporaryDirectory() as store:
+        old = os.environ.get("BLOCKTUNE_CACHE_DIR")
+        os.environ["BLOCKTUNE_CACHE_DIR"] = store
+        try:
+            started = time.perf_counter()
+            decoded = decode_folder(scan_folder(resolve_data(data)), image_size, interpolation)
+            return (time.perf_counter() - started) * count / len(decoded.files)
+        finally:
+            if old is None:
+                os.environ.pop("BLOCKTUNE_CACHE_DIR")
+            else:
+                os.environ["BLOCKTUNE_CACHE_DIR"] = old
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tf_efficientnet_lite0")
@@ -69,125 +96,81 @@ def main() -> None:
     parser.add_argument("--sample", type=int, help="candidates per strategy, spread evenly")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images-per-class", type=int)
-    parser.add_argument("--modes", default="naive,optimized",
-                        help="comma-separated from plain, naive, optimized")
-    parser.add_argument("--prune", action="store_true",
-                        help="also run successive halving on the cache and compare rankings")
+    parser.add_argument("--modes", default="naive,optimized,pruned",
+                        help=f"comma-separated from {', '.join(MODES)}; ratios against the first")
+    parser.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
 
-    model, source = build_model(args.model, 5, "linear", args.image_size)
-    cfg = data_config(model.body.model if hasattr(model.body, "model") else model.body)
-    started = time.perf_counter()
-    images = decode_folder(scan_folder(resolve_data(args.data)), args.image_size,
-                           cfg.interpolation)
-    decode_seconds = time.perf_counter() - started
-    if args.max_images_per_class:
-        images = subsample(images, args.max_images_per_class, args.seed)
-    model, source = build_model(args.model, len(images.classes), "linear", args.image_size,
-                                head_seed=args.seed)
-    split = stratified_split(images.labels.tolist(), seed=args.seed)
-    w = walk(model.body, input_size=(3, args.image_size, args.image_size))
-    plan = [c for s in args.strategies.split(",")
-            for c in evenly(candidates(w, s, StrategyOptions(seed=args.seed)), args.sample)]
-    pristine = copy.deepcopy(model.state_dict())
-    print(f"{args.model} ({source}), {args.image_size}px, {len(images.files)} images, "
-          f"search {len(split['search'])} / val {len(split['val'])}, {len(plan)} candidates, "
-          f"{args.epochs} epochs each, {torch.get_num_threads()} threads; "
-          f"decoding all images once took {decode_seconds:.1f}s")
-
-    results = {}
+    base = RunConfig(model=args.model, data=args.data, strategies=args.strategies.split(","),
+                     image_size=args.image_size, epochs=args.epochs, seeds=[args.seed],
+                     max_images_per_class=args.max_images_per_class, baselines=False,
+                     patience=args.epochs)
+    images, data_cfg = load_images(base)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="search-speed-"))
     modes = args.modes.split(",")
+    results = {}
     for mode in modes:
+        config = RunConfig(**{**base.to_dict(), **MODES[mode]})
         reset_peak_rss()
-        layout = torch.contiguous_format if mode == "plain" else torch.channels_last
-        model.to(memory_format=layout)
-        config = TrainConfig(epochs=args.epochs, patience=args.epochs, seed=args.seed,
-                             channels_last=mode != "plain")
-        images_feed = ImageFeed(model.body, w, images.pixels, images.labels, split, cfg.mean,
-                                cfg.std)
-        feed = images_feed
         started, cpu_started = time.perf_counter(), time.process_time()
-        if mode == "optimized":
-            model.load_state_dict(pristine)
-            cache = ActivationCache(model.body, w, images.pixels, images.labels, split, cfg.mean,
-                                    cfg.std, cover=("search", "val"))
-            cache.prepare_cuts([w.cut_for(c.layers) for c in plan])
-            feed = CachedFeed(images_feed, cache)
-        accs = {}
-        for cand in plan:
-            model.load_state_dict(pristine)
-            torch.manual_seed(args.seed)
-            result, _, _ = train_group(model, w, cand.layers, feed, config)
-            accs[(cand.strategy, cand.index)] = result.best_val_acc
-            print(f"  {mode:9s} {cand.strategy:6s} #{cand.index:<3d} val {result.best_val_acc:.4f}"
-                  f"  {result.seconds:6.1f}s", flush=True)
-        wall = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-        best = {}
-        for strategy in args.strategies.split(","):
-            mine = [c for c in plan if c.strategy == strategy]
-            chosen = min(mine, key=lambda c: (-accs[(c.strategy, c.index)],
-                                              group_params(w, c.layers), c.index))
-            best[strategy] = f"#{chosen.index} {w.names(chosen.layers)[0]}"
-        results[mode] = {"wall": wall, "cpu": cpu, "peak": peak_rss_mb(), "accs": accs,
-                         "best": best}
+        seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
+                              data_cfg, Events(on_candidate_end=lambda row, best, mode=mode: print(
+                                  f"  {mode:9s} {row['strategy']:6s} #{row['index']!s:<3} "
+                                  f"rung {row['rung']!s:>2} val {float(row['val_acc']):.4f} "
+                                  f"{float(row['seconds']):7.1f}s", flush=True)))
+        seed_run.sample = args.sample
+        if mode == modes[0]:
+            split = seed_run.split
+            planned = sum(len(seed_run.planned(s, [])) for s in config.strategies)
+            print(f"{args.model} ({seed_run.weights_source}), {args.image_size}px, "
+                  f"{len(images.files)} images, search {len(split['search'])} / val "
+                  f"{len(split['val'])}, {planned} candidates, {args.epochs} epochs each, "
+                  f"{torch.get_num_threads()} threads", flush=True)
+        rows, _ = seed_run.search()
+        seed_run.close()
+        results[mode] = {"wall": time.perf_counter() - started,
+                         "cpu": time.process_time() - cpu_started, "peak": peak_rss_mb(),
+                         "rows": rows}
 
-    naive, fast = results[modes[0]], results[modes[-1]]
-    diff = max(abs(r["accs"][k] - naive["accs"][k]) for r in results.values() for k in r["accs"])
+    def finished(rows):
+        return {(r["strategy"], r["layer_indices"]): float(r["val_acc"]) for r in rows
+                if r["status"] == "ok"}
+
+    reference = results[modes[0]]
+    full = finished(reference["rows"])
     print()
-    # CPU time of this process is reported beside wall time: it is what a busy machine
-    # disturbs least.
     print("| mode | wall time (s) | speed-up (wall) | CPU time (s) | speed-up (CPU) | "
-          "peak RSS (MB) | best candidate per strategy |")
-    print("|---|---|---|---|---|---|---|")
+          "peak RSS (MB) | candidates trained to the end | largest val acc difference (points) "
+          "| chosen per strategy |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode in modes:
         r = results[mode]
-        print(f"| {mode} | {r['wall']:.1f} | {naive['wall'] / r['wall']:.2f}× | {r['cpu']:.1f} | "
-              f"{naive['cpu'] / r['cpu']:.2f}× | {r['peak']:.0f} | "
-              + "; ".join(f"{s}: {b}" for s, b in r["best"].items()) + " |")
-    print(f"\nlargest val accuracy difference over {len(plan)} candidates: {diff * 100:.2f} points;"
-          f" same best candidate in every mode: {all(r['best'] == naive['best'] for r in results.values())}")
-    if args.prune and "optimized" in results:
-        model.to(memory_format=torch.channels_last)
-        compare_pruned(args, model, w, plan, pristine, images, split, cfg, fast)
-
-
-def compare_pruned(args, model, w, plan, pristine, images, split, cfg, full) -> None:
-    """Successive halving on the cache: its winner's place in the full ranking, and its time."""
-    import math
-
-    from blocktune.search import PRUNE_ETA, rungs
-
-    cache = ActivationCache(model.body, w, images.pixels, images.labels, split, cfg.mean,
-                            cfg.std, cover=("search", "val"))
-    started = time.perf_counter()
-    model.load_state_dict(pristine)
-    cache.prepare_cuts([w.cut_for(c.layers) for c in plan])
-    feed = CachedFeed(ImageFeed(model.body, w, images.pixels, images.labels, split, cfg.mean,
-                                cfg.std), cache)
-    print("\n| strategy | pruned winner | its rank in the full search | full winner |")
-    print("|---|---|---|---|")
-    for strategy in args.strategies.split(","):
-        alive = [c for c in plan if c.strategy == strategy]
-        for epochs in rungs(args.epochs):
-            scores = {}
-            for cand in alive:
-                model.load_state_dict(pristine)
-                torch.manual_seed(args.seed)
-                config = TrainConfig(epochs=epochs, patience=epochs, seed=args.seed)
-                scores[cand] = train_group(model, w, cand.layers, feed, config)[0].best_val_acc
-            alive.sort(key=lambda c: (-scores[c], group_params(w, c.layers)))
-            if epochs != args.epochs:
-                alive = alive[:max(1, math.ceil(len(alive) / PRUNE_ETA))]
-        winner = alive[0]
-        mine = sorted((c for c in plan if c.strategy == strategy),
-                      key=lambda c: (-full["accs"][(c.strategy, c.index)],
-                                     group_params(w, c.layers), c.index))
-        print(f"| {strategy} | #{winner.index} | {mine.index(winner) + 1} of {len(mine)} | "
-              f"#{mine[0].index} |")
-    seconds = time.perf_counter() - started
-    print(f"\npruned search: {seconds:.1f}s vs {full['wall']:.1f}s for the full optimized search"
-          f" ({full['wall'] / seconds:.2f}×)")
+        mine = finished(r["rows"])
+        diff = max(abs(acc - full[key]) for key, acc in mine.items())
+        chosen = "; ".join(f"{label(s)} #{choose(r['rows'], s)['index']}"
+                           for s in base.strategies if choose(r["rows"], s))
+        print(f"| {mode} | {r['wall']:.1f} | {reference['wall'] / r['wall']:.2f}× | "
+              f"{r['cpu']:.1f} | {reference['cpu'] / r['cpu']:.2f}× | {r['peak']:.0f} | "
+              f"{len(mine)} of {len(full)} | {diff * 100:.2f} | {chosen} |")
+    for mode in modes[1:]:
+        print()
+        print(f"{mode}: rank of its choice in the {modes[0]} search's ranking")
+        for strategy in base.strategies:
+            ranking = sorted((r for r in reference["rows"]
+                              if r["strategy"] == strategy and r["status"] == "ok"),
+                             key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]),
+                                            int(r["index"])))
+            pick = choose(results[mode]["rows"], strategy)
+            if pick is None:
+                continue
+            rank = [r["layer_indices"] for r in ranking].index(pick["layer_indices"]) + 1
+            print(f"  {label(strategy)}: #{pick['index']} ranks {rank} of {len(ranking)}"
+                  f" ({modes[0]} picks #{ranking[0]['index']})")
+    seconds = decode_seconds(args.data, args.image_size, data_cfg.interpolation,
+                             len(split["search"]) + len(split["val"]))
+    print(f"\ndecoding the search and val JPEGs once takes {seconds:.1f}s: a pipeline without "
+          f"a decoded-image store pays it every epoch of every candidate "
+          f"({seconds * args.epochs * planned:.0f}s for this benchmark's naive search).")
 
 
 if __name__ == "__main__":

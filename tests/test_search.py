@@ -194,8 +194,13 @@ def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path,
 def test_rungs():
     from blocktune.search import rungs
 
-    assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 5] and rungs(3) == [1, 3]
-    assert rungs(1) == [1] and rungs(2) == [2]
+    assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 3, 5] and rungs(3) == [1, 3]
+    assert rungs(1) == [1] and rungs(2) == [1, 2] and rungs(10) == [1, 3, 9, 10]
+
+
+def run_rows(config, folder):
+    run(config, folder)
+    return read_csv(folder / "seed_0" / "candidates.csv")
 
 
 def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, tmp_path):
@@ -212,6 +217,12 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
     ranked = sorted(first, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"])))
     assert {r["layer_indices"] for r in second} == {r["layer_indices"] for r in ranked[:5]}
     assert choose(rows, "block") in second
+    # survivors continued from their rung state: their rows are the unpruned search's rows
+    unpruned = run_rows(tiny_config(image_folder, epochs=3, baselines=False), tmp_path / "u")
+    by_group = {r["layer_indices"]: r for r in unpruned}
+    for row in second:
+        assert stable([row]) == stable([by_group[row["layer_indices"]]])
+    assert not (tmp_path / "a" / "seed_0" / "rungs").exists()  # pruned states cleared
 
     (tmp_path / "b").mkdir()
     for name in ("config.yaml", "seed_0"):

@@ -118,3 +118,34 @@ def test_fit_uses_lower_lr_for_pretrained_layers(tiny_setup, monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", spy)
     train_group(model, w, (6, 7), feed, TrainConfig(epochs=1, lr=1e-2, body_lr_scale=0.1))
     assert seen["lrs"] == pytest.approx([1e-3, 1e-2])
+
+
+@pytest.mark.parametrize("group", [(6, 7), (2, 3)])
+def test_paused_and_continued_training_equals_uninterrupted(tiny_setup, group):
+    """A rung of successive halving pauses training; continuing must change nothing."""
+    import io
+
+    model, w, feed = tiny_setup
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(epochs=4, lr=0.05, patience=4)
+    torch.manual_seed(0)
+    straight, _, _ = train_group(model, w, group, feed, config)
+    straight_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(pristine)
+    torch.manual_seed(0)
+    first, _, _ = train_group(model, w, group, feed, config, stop_after=1)
+    assert first.epochs == 1 and first.checkpoint is not None
+    buffer = io.BytesIO()  # the checkpoint goes to disk between rungs
+    torch.save(first.checkpoint, buffer)
+    buffer.seek(0)
+    model.load_state_dict(pristine)  # the next rung starts from a reset model
+    torch.manual_seed(123)  # and whatever the global RNG did meanwhile
+    second, _, _ = train_group(model, w, group, feed, config, stop_after=3,
+                               checkpoint=torch.load(buffer, weights_only=True))
+    third, _, _ = train_group(model, w, group, feed, config, checkpoint=second.checkpoint)
+    assert third.checkpoint is None and third.epochs == 4
+    for field in ("best_val_acc", "best_val_loss", "best_epoch", "val_curve", "loss_curve"):
+        assert getattr(third, field) == getattr(straight, field), field
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, straight_state[key]), key

@@ -238,12 +238,21 @@ def create_timm(name: str, weights: str | Path | None = None, pretrained: bool =
     return model, "random"
 
 
-def data_config(model: nn.Module, paper_scaling: bool = False) -> DataConfig:
-    """Normalisation and interpolation from timm's pretrained config (or [0, 1] for the paper)."""
+def data_config(model: nn.Module | str, paper_scaling: bool = False) -> DataConfig:
+    """Normalisation and interpolation from timm's pretrained config (or [0, 1] for the paper).
+
+    ``model`` is a network or a timm model name (read from timm's registry, nothing built).
+    """
     import timm
 
     try:
-        cfg = timm.data.resolve_model_data_config(model)
+        if isinstance(model, str):
+            pretrained = timm.models.get_pretrained_cfg(model)
+            if pretrained is None:
+                raise LookupError(model)
+            cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict())
+        else:
+            cfg = timm.data.resolve_model_data_config(model)
     except Exception:  # noqa: BLE001 - not a timm model: ImageNet defaults
         cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                "interpolation": "bilinear"}

@@ -15,7 +15,8 @@ Running the same command on the same folder skips what is finished and gives the
 from __future__ import annotations
 
 import copy
-import dataclasses
+import hashlib
+import io
 import logging
 import math
 import platform
@@ -42,6 +43,7 @@ from blocktune.groups import Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
     RunLock,
     atomic_save_safetensors,
+    atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_yaml,
@@ -112,17 +114,16 @@ def write_config(folder: Path, config: RunConfig) -> None:
 def clear_results(folder: Path) -> None:
     """``--force-new``: forget the finished work of an earlier run in this folder."""
     for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
+                  *folder.glob("seed_*/rungs/*.pt"),
                   folder / "metrics.csv", folder / "splits.json", folder / "summary.csv"]:
         stale.unlink(missing_ok=True)
 
 
 def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
     """Decode the data once for all seeds; return (images, data config of the model)."""
-    import timm
-
     check_model_name(config.model)
     folder = scan_folder(resolve_data(config.data))
-    cfg = data_config(timm.create_model(config.model, pretrained=False), config.paper_settings)
+    cfg = data_config(config.model, config.paper_settings)
     images = decode_folder(folder, config.image_size, cfg.interpolation, strict=config.strict)
     if config.max_images_per_class:
         images = subsample(images, config.max_images_per_class, seed=0)
@@ -212,8 +213,11 @@ class SeedRun:
         """Train every candidate not yet in ``candidates.csv``; returns (rows, complete).
 
         With ``prune``, a strategy's candidates climb rungs of :func:`rungs` epochs; after each
-        rung only the best third (by val accuracy, ties to fewer parameters) goes on. Every
-        rung's result is a row (``status`` ``rung``), so a resume picks up mid-rung.
+        rung only the best third (by val accuracy, ties to fewer parameters) goes on, and goes
+        on from where it stopped: its training state is saved at the rung (``rungs/``), so a
+        survivor's row is exactly the row an unpruned search gives it. Every rung's result is
+        a row (``status`` ``rung``), so a resume picks up mid-rung; a lost rung state is
+        recomputed from the pretrained weights, with the same result.
         """
         path = self.folder / "candidates.csv"
         rows = read_csv(path)
@@ -244,10 +248,13 @@ class SeedRun:
                                     "resume", budget, len(todo) - position)
                         return rows, False
                     self.events.on_candidate_start(method, position, len(todo))
-                    training = dataclasses.replace(self.config.search_training(),
-                                                   epochs=rung_epochs)
+                    training = self.config.search_training()
+                    previous = self._rung_state(method, cand) if rung_index else None
                     result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
-                                               training, on_epoch=self.events.on_epoch)
+                                               training, on_epoch=self.events.on_epoch,
+                                               checkpoint=previous, stop_after=rung_epochs)
+                    if result.checkpoint is not None and not final:
+                        self._save_rung_state(method, cand, result.checkpoint)
                     row = self._candidate_row(method, cand, result, rung_epochs, final)
                     rows.append(row)
                     done[(method, row["layer_indices"], str(rung_epochs))] = row
@@ -262,7 +269,28 @@ class SeedRun:
                     scored.sort(key=lambda item: (-float(item[0]["val_acc"]),
                                                   int(item[0]["trained_params"])))
                     plan = [mc for _, mc in scored[:max(1, math.ceil(len(scored) / PRUNE_ETA))]]
+        shutil.rmtree(self.folder / "rungs", ignore_errors=True)  # the pruned ones' states
         return rows, True
+
+    def _rung_path(self, method: str, cand: Candidate) -> Path:
+        digest = hashlib.sha1(_indices(cand.layers).encode()).hexdigest()[:12]
+        return self.folder / "rungs" / f"{method}-{cand.layers[0] if cand.layers else 'head'}-{digest}.pt"
+
+    def _save_rung_state(self, method: str, cand: Candidate, state: dict) -> None:
+        path = self._rung_path(method, cand)
+        path.parent.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def _rung_state(self, method: str, cand: Candidate) -> dict | None:
+        """The training state a candidate paused with at the last rung, taken from disk."""
+        path = self._rung_path(method, cand)
+        if not path.exists():
+            return None
+        state = torch.load(path, weights_only=True)
+        path.unlink()  # the row of the next rung replaces it
+        return state
 
     def _candidate_row(self, method: str, cand: Candidate, result: TrainResult, rung: int,
                        final: bool = True) -> dict:
@@ -332,11 +360,12 @@ class SeedRun:
 
 
 def rungs(epochs: int, eta: int = PRUNE_ETA) -> list[int]:
-    """Successive-halving rungs ending at ``epochs``: 9 → [1, 3, 9], 5 → [1, 5], 1 → [1]."""
-    ladder = [epochs]
-    while ladder[0] // eta >= 1:
-        ladder.insert(0, ladder[0] // eta)
-    return ladder
+    """Successive-halving rungs at 1, eta, eta², … epochs, ending at ``epochs``:
+    9 → [1, 3, 9], 5 → [1, 3, 5], 2 → [1, 2], 1 → [1]."""
+    ladder = [1]
+    while ladder[-1] * eta < epochs:
+        ladder.append(ladder[-1] * eta)
+    return ladder if ladder[-1] == epochs else [*ladder, epochs]
 
 
 def _indices(group) -> str:

@@ -9,7 +9,6 @@ suffix of the spine and the head, and does not know how its inputs were produced
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -62,9 +61,11 @@ class TrainResult:
     loss_curve: list[float] = field(default_factory=list)
     status: str = "ok"  # ok | failed
     error: str = ""
+    # set when fit() paused at ``stop_after`` with epochs to go: pass it back to continue
+    checkpoint: dict | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "checkpoint"}
 
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase,)
@@ -128,12 +129,25 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def trained_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``net``'s state that training can change: every parameter and buffer of
+    the modules with a trainable parameter (a trained BatchNorm's running statistics too)."""
+    out = {}
+    for prefix, module in net.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, tensor in [*module.named_parameters(recurse=False),
+                                 *module.named_buffers(recurse=False)]:
+                out[f"{prefix}.{name}" if prefix else name] = tensor.detach().clone()
+    return out
+
+
 def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
         val_y: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
         frozen_norms: Sequence[nn.Module], config: TrainConfig, head: nn.Module | None = None,
         on_epoch: Callable[[int, float, float, float], None] | None = None,
         device: torch.device | None = None,
-        prepare_train: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+        prepare_train: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        checkpoint: dict | None = None, stop_after: int | None = None) -> TrainResult:
     """Train the parameters of ``net`` that require grad; keep the best-val weights.
 
     Args:
@@ -143,6 +157,11 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         frozen_norms: norm modules kept in eval mode while training.
         head: parameters of this module get ``config.lr``; all others ``lr * body_lr_scale``.
         on_epoch: called with (epoch, train loss, val acc, seconds) after each epoch.
+        stop_after: pause after this epoch (a rung of successive halving). When training would
+            go on, the result carries a ``checkpoint``: passed back here, training continues
+            exactly as if it had never stopped (weights, optimizer, schedule, early-stopping
+            count, data order and the global RNG of dropout all restored), so a pruned search
+            scores its survivors exactly as an unpruned one does.
     """
     device = device or torch.device("cpu")
     started = time.perf_counter()
@@ -156,11 +175,25 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
     result = TrainResult(trainable_params=sum(p.numel() for p in params))
-    best_state = copy.deepcopy(net.state_dict())
     generator = torch.Generator().manual_seed(config.seed)
     prepare_train = prepare_train or prepare
-    since_best = 0
-    for epoch in range(1, config.epochs + 1):
+    since_best, first_epoch = 0, 1
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["weights"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["rng"])
+        best_state = checkpoint["best"]
+        since_best, first_epoch = checkpoint["since_best"], checkpoint["epoch"] + 1
+        saved = checkpoint["result"]
+        result = TrainResult(**{**saved, "seconds": 0.0})
+        started -= saved["seconds"]
+    else:
+        best_state = trained_state(net)
+    last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    stopped_early = False
+    for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
         set_train_mode(net, frozen_norms)
         order = torch.randperm(len(train_y), generator=generator)
@@ -190,7 +223,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         if val_acc > result.best_val_acc or (val_acc == result.best_val_acc
                                              and val_loss < result.best_val_loss) or epoch == 1:
             result.best_val_acc, result.best_val_loss, result.best_epoch = val_acc, val_loss, epoch
-            best_state = copy.deepcopy(net.state_dict())
+            best_state = trained_state(net)
             since_best = 0
         else:
             since_best += 1
@@ -198,9 +231,16 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         if on_epoch is not None:
             on_epoch(epoch, result.loss_curve[-1], val_acc, time.perf_counter() - epoch_start)
         if since_best >= config.patience:
+            stopped_early = True
             break
-    net.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
+    if result.status == "ok" and not stopped_early and result.epochs < config.epochs:
+        result.checkpoint = {
+            "weights": trained_state(net), "best": best_state, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+            "rng": torch.get_rng_state(), "since_best": since_best, "epoch": result.epochs,
+            "result": result.to_dict()}
+    net.load_state_dict(best_state, strict=False)
     return result
 
 
@@ -211,8 +251,11 @@ def _in_layout(prepare: Callable[[torch.Tensor], torch.Tensor]
 
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
-                val_split: str = "val", on_epoch=None) -> tuple[TrainResult, nn.Module, int]:
+                val_split: str = "val", on_epoch=None, checkpoint: dict | None = None,
+                stop_after: int | None = None) -> tuple[TrainResult, nn.Module, int]:
     """Train ``group`` (None: every layer; empty: the head only) of ``model`` from ``feed``.
+
+    ``checkpoint`` and ``stop_after`` pause and continue training (see :func:`fit`).
 
     Returns:
         (result, net, cut): ``net`` maps the feed's inputs at ``cut`` to logits, with the best
@@ -232,7 +275,7 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     try:
         result = fit(net, train_x, train_y, val_x, val_y, prepare, frozen_norms, config,
                      head=model.head, on_epoch=on_epoch, device=device,
-                     prepare_train=prepare_train)
+                     prepare_train=prepare_train, checkpoint=checkpoint, stop_after=stop_after)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         result = TrainResult(status="failed", error=f"out of memory: {error}"[:200])
     return result, net, cut
