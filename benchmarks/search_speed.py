@@ -10,7 +10,8 @@ candidates, epochs and seed, one after the other in a fresh run folder:
   paper's way; images come from the decoded-image store, which favours it: the paper decodes
   JPEGs every epoch, a cost this benchmark prints on its own).
 * *optimized*: the default fast path: the frozen-prefix activation cache (fp16), prepared in
-  one pass for all cuts. Results must match naive.
+  one pass for all cuts, and frozen BatchNorms folded into frozen convolutions. Results must
+  match naive (up to float rounding).
 * *pruned*: the fast path plus ``prune: true``: successive halving, rungs at 1, 3, 9 … epochs;
   survivors continue from their rung state, so their rows must match naive exactly too.
 
@@ -34,8 +35,9 @@ from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
 from blocktune.search import Events, SeedRun, choose, label, load_images
 
-MODES = {"naive": {"cache": False}, "optimized": {"cache": True},
-         "pruned": {"cache": True, "prune": True}}
+MODES = {"naive": {"cache": False, "fold_norms": False},
+         "optimized": {"cache": True, "fold_norms": True},
+         "pruned": {"cache": True, "fold_norms": True, "prune": True}}
 
 
 def peak_rss_mb() -> float:
@@ -168,7 +170,7 @@ def main() -> None:
                   f" ({modes[0]} picks #{ranking[0]['index']})")
     seconds = decode_seconds(args.data, args.image_size, data_cfg.interpolation,
                              len(split["search"]) + len(split["val"]))
-    print(f"\ndecoding the search and val JPEGs once takes {seconds:.1f}s: a pipeline without "
+    print(f"\ndecoding the search and val JPEGs once takes {seconds:.2f}s: a pipeline without "
           f"a decoded-image store pays it every epoch of every candidate "
           f"({seconds * args.epochs * planned:.0f}s for this benchmark's naive search).")
 

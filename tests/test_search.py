@@ -238,3 +238,26 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
     run(config, tmp_path / "b")
     assert stable(read_csv(tmp_path / "b" / "seed_0" / "candidates.csv"), STABLE + ["rung"]) == \
         stable(rows, STABLE + ["rung"])
+
+
+def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_path):
+    from blocktune.io import atomic_write_csv
+    from blocktune.search import FINAL_FIELDS
+
+    out = tmp_path / "r"
+    run(tiny_config(image_folder, max_candidates=2, baselines=False), out)
+    finals = read_csv(out / "seed_0" / "finals.csv")
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    assert finals[0]["layer_indices"] == choose(rows, "block")["layer_indices"]
+    run(tiny_config(image_folder, max_candidates=5, baselines=False), out)
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    assert len(rows) == 5
+    finals = read_csv(out / "seed_0" / "finals.csv")
+    assert [r["layer_indices"] for r in finals] == [choose(rows, "block")["layer_indices"]]
+    # a final of a group that is no longer the choice is fitted again, not reported
+    stale = [{**finals[0], "layer_indices": "0", "test_acc": "0.123"}]
+    atomic_write_csv(out / "seed_0" / "finals.csv", stale, FINAL_FIELDS)
+    run(tiny_config(image_folder, max_candidates=5, baselines=False), out)
+    refit = read_csv(out / "seed_0" / "finals.csv")
+    assert len(refit) == 1 and stable(refit, ["layer_indices", "test_acc"]) == \
+        stable(finals, ["layer_indices", "test_acc"])

@@ -58,6 +58,8 @@ class RunConfig:
     cache: bool = True
     cache_dtype: str = "float16"
     cache_max_gb: float = 4.0
+    fold_norms: bool = field(default=True, metadata={
+        "help": "fold frozen BatchNorms into frozen convolutions while training"})
     augment: bool = False
     strict: bool = False
 
@@ -135,9 +137,12 @@ def read_yaml(path: str | Path) -> dict:
 RESUME_KEYS = ("model", "data", "strategies", "head", "image_size", "weights", "pretrained",
                "fractions", "max_images_per_class", "epochs", "final_epochs", "batch_size", "lr",
                "body_lr_scale", "patience", "paper_settings", "delimiters", "window", "stride",
-               "ranked_k", "random_k", "native", "quarter", "prune", "cache_dtype", "augment")
+               "ranked_k", "random_k", "native", "quarter", "prune", "cache_dtype", "fold_norms",
+               "augment")
 
 
 def differing_keys(saved: dict, current: RunConfig) -> list[str]:
-    now = current.to_dict()
-    return [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    """Result-changing keys whose values differ; a key the saved config predates counts as
+    its default."""
+    now, default = current.to_dict(), RunConfig().to_dict()
+    return [k for k in RESUME_KEYS if saved.get(k, default[k]) != now.get(k)]

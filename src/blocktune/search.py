@@ -39,6 +39,7 @@ from blocktune.data import (
     scan_folder,
 )
 from blocktune.errors import BlocktuneError
+from blocktune.fold import foldable_pairs
 from blocktune.groups import Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
     RunLock,
@@ -164,6 +165,7 @@ class SeedRun:
                                     self.split, data_cfg.mean, data_cfg.std,
                                     augment=config.augment, seed=seed)
         self._caches: dict[tuple[str, ...], ActivationCache] = {}
+        self.fold = foldable_pairs(self.model.body, self.walk) if config.fold_norms else []
 
     # -- feeds -------------------------------------------------------------------------
     def feed(self, cover: tuple[str, ...]):
@@ -252,7 +254,8 @@ class SeedRun:
                     previous = self._rung_state(method, cand) if rung_index else None
                     result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
                                                training, on_epoch=self.events.on_epoch,
-                                               checkpoint=previous, stop_after=rung_epochs)
+                                               checkpoint=previous, stop_after=rung_epochs,
+                                               fold=self.fold)
                     if result.checkpoint is not None and not final:
                         self._save_rung_state(method, cand, result.checkpoint)
                     row = self._candidate_row(method, cand, result, rung_epochs, final)
@@ -324,7 +327,8 @@ class SeedRun:
         model = self.reset()
         result, net, cut = train_group(model, self.walk, group, feed,
                                        self.config.final_training(),
-                                       train_split=("search", "train"), on_epoch=on_epoch)
+                                       train_split=("search", "train"), on_epoch=on_epoch,
+                                       fold=self.fold)
         if result.status != "ok":
             return result, math.nan
         # The one and only use of the test split: after every choice was made on val.
@@ -337,11 +341,14 @@ class SeedRun:
     def finals(self, rows: list[dict]) -> list[dict]:
         path = self.folder / "finals.csv"
         finished = read_csv(path)
-        done = {r["method"] for r in finished}
         feed = self.feed(("search", "train", "val", "test"))
         for method, group, search_acc in self.methods(rows):
-            if method in done:
+            indices = "" if group is None else _indices(group)
+            if any(r["method"] == method and r["layer_indices"] == indices for r in finished):
                 continue
+            # A resume with a larger budget (--max-candidates, --time-budget) can change a
+            # strategy's choice: its earlier final no longer belongs to the table.
+            finished = [r for r in finished if r["method"] != method]
             self.events.on_phase(f"final fine-tune: {label(method)}")
             result, test_acc = self.fit_final(group, self.folder / f"{method}.safetensors",
                                               self.events.on_epoch, feed)
@@ -349,7 +356,7 @@ class SeedRun:
                 "method": method,
                 "group": "all layers" if group is None else
                 ("head only" if not group else describe(self.walk, group)),
-                "layer_indices": "" if group is None else _indices(group),
+                "layer_indices": indices,
                 "trained_params": result.trainable_params,
                 "search_val_acc": "" if math.isnan(search_acc) else f"{search_acc:.6f}",
                 "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from blocktune.cache import Feed, to_model_layout
+from blocktune.fold import FoldPair, folded
 from blocktune.layers import ModelWalk, SpineRunner
 from blocktune.models import BlockModel
 
@@ -252,10 +253,13 @@ def _in_layout(prepare: Callable[[torch.Tensor], torch.Tensor]
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
                 val_split: str = "val", on_epoch=None, checkpoint: dict | None = None,
-                stop_after: int | None = None) -> tuple[TrainResult, nn.Module, int]:
+                stop_after: int | None = None, fold: Sequence[FoldPair] = ()
+                ) -> tuple[TrainResult, nn.Module, int]:
     """Train ``group`` (None: every layer; empty: the head only) of ``model`` from ``feed``.
 
-    ``checkpoint`` and ``stop_after`` pause and continue training (see :func:`fit`).
+    ``checkpoint`` and ``stop_after`` pause and continue training (see :func:`fit`). ``fold``:
+    (conv, norm) pairs from :func:`blocktune.fold.foldable_pairs`, folded while training when
+    both are frozen (the model's weights are restored before returning).
 
     Returns:
         (result, net, cut): ``net`` maps the feed's inputs at ``cut`` to logits, with the best
@@ -273,9 +277,11 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     if config.channels_last:
         prepare, prepare_train = _in_layout(prepare), _in_layout(prepare_train)
     try:
-        result = fit(net, train_x, train_y, val_x, val_y, prepare, frozen_norms, config,
-                     head=model.head, on_epoch=on_epoch, device=device,
-                     prepare_train=prepare_train, checkpoint=checkpoint, stop_after=stop_after)
+        with folded(model.body, walk, fold, group):
+            result = fit(net, train_x, train_y, val_x, val_y, prepare, frozen_norms, config,
+                         head=model.head, on_epoch=on_epoch, device=device,
+                         prepare_train=prepare_train, checkpoint=checkpoint,
+                         stop_after=stop_after)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         result = TrainResult(status="failed", error=f"out of memory: {error}"[:200])
     return result, net, cut
