@@ -223,6 +223,8 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
     for row in second:
         assert stable([row]) == stable([by_group[row["layer_indices"]]])
     assert not (tmp_path / "a" / "seed_0" / "rungs").exists()  # pruned states cleared
+    text = build_report(tmp_path / "a").read_text()
+    assert "### BW: 13 candidates, 5 trained to the end (successive halving)" in text
 
     (tmp_path / "b").mkdir()
     for name in ("config.yaml", "seed_0"):

@@ -46,11 +46,24 @@ def plot_layer_params(walk: ModelWalk, groups: Sequence[Sequence[int]], path: st
 
 def _candidate_plot(rows: list[dict], method: str, path: Path, title: str) -> Path:
     """Figs. 4–6: val accuracy per candidate in model order, the chosen one marked."""
-    mine = sorted((r for r in rows if r["strategy"] == method and r["status"] == "ok"),
-                  key=lambda r: (int(r["first"]), int(r["last"])))
+    def at(status: str, rung: str | None = None) -> list[dict]:
+        return sorted((r for r in rows if r["strategy"] == method and r["status"] == status
+                       and (rung is None or str(r.get("rung", "")) == rung)),
+                      key=lambda r: (int(r["first"]), int(r["last"])))
+
+    def x(r: dict) -> float:
+        return (int(r["first"]) + int(r["last"])) / 2
+
+    mine = at("ok")
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    xs = [(int(r["first"]) + int(r["last"])) / 2 for r in mine]
-    ax.plot(xs, [float(r["val_acc"]) for r in mine], marker="o", ms=3, lw=1)
+    first_rung = at("rung", min((str(r["rung"]) for r in rows if r["status"] == "rung"),
+                                key=int, default=None))
+    if first_rung:  # a pruned search: every candidate's score at the first rung, for context
+        ax.plot([x(r) for r in first_rung], [float(r["val_acc"]) for r in first_rung],
+                marker=".", ms=3, lw=0.8, color="0.6",
+                label=f"after {first_rung[0]['rung']} epoch(s), all candidates")
+    ax.plot([x(r) for r in mine], [float(r["val_acc"]) for r in mine], marker="o", ms=3, lw=1,
+            label="trained to the end" if first_rung else None)
     best = choose(rows, method)
     if best is not None:
         ax.scatter([(int(best["first"]) + int(best["last"])) / 2], [float(best["val_acc"])],
@@ -129,13 +142,17 @@ def build_report(folder: str | Path) -> Path:
         for method in dict.fromkeys(r["strategy"] for r in rows):
             mine = [r for r in rows if r["strategy"] == method]
             chosen = choose(rows, method)
-            failed = sum(r["status"] != "ok" for r in mine)
-            parts += ["", f"### {label(method)}: {len(mine)} candidates"
-                      + (f", {failed} failed" if failed else ""), ""]
+            groups = {r["layer_indices"] for r in mine}
+            failed = sum(r["status"] == "failed" for r in mine)
+            finished = sum(r["status"] == "ok" for r in mine)
+            pruned = any(r["status"] == "rung" for r in mine)
+            parts += ["", f"### {label(method)}: {len(groups)} candidates"
+                      + (f", {finished} trained to the end (successive halving)" if pruned
+                         else "") + (f", {failed} failed" if failed else ""), ""]
             if chosen is not None:
                 parts.append(f"Chosen: **{chosen['layers']}** (val {float(chosen['val_acc']):.3f}, "
                              f"{int(chosen['trained_params']):,} trained parameters).")
-            if len(mine) > 1:  # ranked and random are one group each: nothing to plot
+            if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
                 _candidate_plot(rows, method, plots / name,
                                 f"{label(method)} ({method}), seed {seed}")
