@@ -147,28 +147,42 @@ def flower_like(tmp_path):
     return make_image_folder(tmp_path / "kill-images", per_class=16)
 
 
-def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, tmp_path):
+@pytest.mark.parametrize("extra, rows_range, default_points", [
+    ((), (1, 40), 3),
+    # pruned: layer's first rung is rows 1-30 (one per layer); rows 31-40 are its second
+    # rung, where the survivors continue from rung states saved on disk
+    (("--prune",), (31, 40), 2),
+], ids=["full", "pruned"])
+def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, tmp_path, extra,
+                                                                   rows_range, default_points):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
-    subprocess.run(cli_run(flower_like, reference), env=env, check=True,
+    subprocess.run(cli_run(flower_like, reference, *extra), env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    expected = stable(read_csv(reference / "seed_0" / "candidates.csv"))
+    fields = STABLE + ["rung"]
+    expected = stable(read_csv(reference / "seed_0" / "candidates.csv"), fields)
     expected_finals = stable(read_csv(reference / "seed_0" / "finals.csv"),
                              ["method", "group", "val_acc", "test_acc"])
     rng = random.Random(7)
-    count = int(os.environ.get("BLOCKTUNE_KILL_POINTS", "3"))  # more for a thorough check
-    points = [(rng.randint(1, 40), rng.uniform(0, 0.3)) for _ in range(count)]
+    # more for a thorough check
+    count = int(os.environ.get("BLOCKTUNE_KILL_POINTS", str(default_points)))
+    points = [(rng.randint(*rows_range), rng.uniform(0, 0.3)) for _ in range(count)]
+    states_at_kill = []
     for number, (rows, delay) in enumerate(points):
         out = tmp_path / f"killed{number}"
-        kill_after_rows(cli_run(flower_like, out), out / "seed_0" / "candidates.csv", rows,
-                        delay, env)
+        kill_after_rows(cli_run(flower_like, out, *extra), out / "seed_0" / "candidates.csv",
+                        rows, delay, env)
+        states_at_kill.append(len(list((out / "seed_0" / "rungs").glob("*.pt"))))
         if (out / "config.yaml").exists():
             build_report(out)  # a killed folder is readable as it stands
-        subprocess.run(cli_run(flower_like, out), env=env, check=True,
+        subprocess.run(cli_run(flower_like, out, *extra), env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert stable(read_csv(out / "seed_0" / "candidates.csv")) == expected, (rows, delay)
+        assert stable(read_csv(out / "seed_0" / "candidates.csv"), fields) == expected, \
+            (rows, delay)
         assert stable(read_csv(out / "seed_0" / "finals.csv"),
                       ["method", "group", "val_acc", "test_acc"]) == expected_finals
+    if extra:  # the resumes really continued from saved rung states
+        assert any(states_at_kill), states_at_kill
 
 
 def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path, monkeypatch):
