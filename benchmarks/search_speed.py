@@ -168,11 +168,60 @@ def main() -> None:
             rank = [r["layer_indices"] for r in ranking].index(pick["layer_indices"]) + 1
             print(f"  {label(strategy)}: #{pick['index']} ranks {rank} of {len(ranking)}"
                   f" ({modes[0]} picks #{ranking[0]['index']})")
+    if "optimized" in results:
+        simulate_pruning(results["optimized"]["rows"], base.strategies, args.epochs)
     seconds = decode_seconds(args.data, args.image_size, data_cfg.interpolation,
                              len(split["search"]) + len(split["val"]))
     print(f"\ndecoding the search and val JPEGs once takes {seconds:.2f}s: a pipeline without "
           f"a decoded-image store pays it every epoch of every candidate "
           f"({seconds * args.epochs * planned:.0f}s for this benchmark's naive search).")
+
+
+def simulate_pruning(rows: list[dict], strategies: list[str], epochs: int) -> None:
+    """What other successive-halving schedules would pick, from the full search's val curves.
+
+    A survivor continues exactly where it paused, so a pruned search is a function of the full
+    search's per-epoch val accuracies: its score at a rung of ``e`` epochs is the best of the
+    first ``e``. Cost: each candidate's seconds per epoch (from the full search) times the
+    epochs it would train.
+    """
+    import math
+
+    full = {s: [r for r in rows if r["strategy"] == s and r["status"] == "ok"]
+            for s in strategies}
+    if not all(r.get("val_curve") for group in full.values() for r in group):
+        return
+
+    def ranking(group: list[dict], upto: int) -> list[dict]:
+        return sorted(group, key=lambda r: (-max(map(float, r["val_curve"].split()[:upto])),
+                                            int(r["trained_params"]), int(r["index"])))
+
+    print("\nsuccessive halving simulated on the full search's val curves "
+          "(rank 1 = the full search's pick):")
+    print("| rungs (epochs) | keep | epochs trained | est. time vs full | "
+          + " | ".join(f"{label(s)} pick (rank)" for s in strategies) + " |")
+    print("|---|---|---|---|" + "---|" * len(strategies))
+    for ladder in ([1, 3], [2], [1, 2, 4], [3]):
+        ladder = [e for e in ladder if e < epochs] + [epochs]
+        for eta in (2, 3):
+            trained, seconds, full_seconds, picks = 0, 0.0, 0.0, []
+            for strategy in strategies:
+                alive = full[strategy]
+                done = {r["index"]: 0 for r in alive}
+                for rung in ladder:
+                    for r in alive:
+                        per_epoch = float(r["seconds"]) / int(r["epochs"])
+                        seconds += per_epoch * (rung - done[r["index"]])
+                        trained += rung - done[r["index"]]
+                        done[r["index"]] = rung
+                    if rung != epochs:
+                        alive = ranking(alive, rung)[:max(1, math.ceil(len(alive) / eta))]
+                full_seconds += sum(float(r["seconds"]) for r in full[strategy])
+                pick = ranking(alive, epochs)[0]
+                picks.append(f"#{pick['index']} ({ranking(full[strategy], epochs).index(pick) + 1})")
+            total = sum(len(g) for g in full.values()) * epochs
+            print(f"| {', '.join(map(str, ladder))} | 1/{eta} | {trained} of {total} | "
+                  f"{seconds / full_seconds:.2f} | " + " | ".join(picks) + " |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Everything a run finishes is on disk the moment it finishes, written atomically:
 
     RUN/config.yaml, environment.json        what was asked, and with which versions
     RUN/seed_<s>/splits.json                 the split, reused on resume
-    RUN/seed_<s>/candidates.csv              one row per finished search candidate
+    RUN/seed_<s>/candidates.csv              one row per finished search candidate (with its
+                                             val accuracy after every epoch)
     RUN/seed_<s>/finals.csv                  one row per method: val and test accuracy
     RUN/seed_<s>/<method>.safetensors        the fine-tuned models
     RUN/summary.csv                          mean and std over seeds per method
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
                     "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
-                    "status", "error"]
+                    "status", "error", "val_curve"]
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
                 "val_acc", "test_acc", "epochs", "seconds", "status"]
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
@@ -304,7 +305,8 @@ class SeedRun:
                 "val_acc": f"{result.best_val_acc:.6f}", "val_loss": f"{result.best_val_loss:.6f}",
                 "epochs": result.epochs, "best_epoch": result.best_epoch,
                 "seconds": f"{result.seconds:.2f}", "status": status,
-                "error": result.error}
+                "error": result.error,
+                "val_curve": " ".join(f"{acc:.6f}" for acc in result.val_curve)}
 
     # -- selection and final fine-tunes -------------------------------------------------
     def methods(self, rows: list[dict]) -> list[tuple[str, tuple[int, ...] | None, float]]:
