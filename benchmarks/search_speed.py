@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--max-images-per-class", type=int)
     parser.add_argument("--modes", default="naive,optimized,pruned",
                         help=f"comma-separated from {', '.join(MODES)}; ratios against the first")
+    parser.add_argument("--prune-grace", type=int, default=1,
+                        help="epochs of the pruned mode's first rung")
     parser.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -112,7 +114,7 @@ def main() -> None:
     modes = args.modes.split(",")
     results = {}
     for mode in modes:
-        config = RunConfig(**{**base.to_dict(), **MODES[mode]})
+        config = RunConfig(**{**base.to_dict(), **MODES[mode], "prune_grace": args.prune_grace})
         reset_peak_rss()
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,

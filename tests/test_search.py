@@ -210,6 +210,8 @@ def test_rungs():
 
     assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 3, 5] and rungs(3) == [1, 3]
     assert rungs(1) == [1] and rungs(2) == [1, 2] and rungs(10) == [1, 3, 9, 10]
+    assert rungs(5, grace=2) == [2, 5] and rungs(9, grace=3) == [3, 9]
+    assert rungs(2, grace=4) == [2]
 
 
 def run_rows(config, folder):

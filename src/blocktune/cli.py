@@ -129,6 +129,8 @@ def cmd_run(args) -> int:
         extra["quarter"] = True
     if args.prune:
         extra["prune"] = True
+    if args.prune_grace is not None:
+        extra["prune_grace"] = args.prune_grace
     if args.max_candidates is not None:
         extra["max_candidates"] = args.max_candidates
     if args.time_budget is not None:
@@ -212,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quarter", action="store_true", help="search only the last quarter")
     run.add_argument("--max-candidates", type=int, help="per strategy, from the output end")
     run.add_argument("--prune", action="store_true",
-                     help="successive halving over candidates (rungs of epochs/9, /3, all)")
+                     help="successive halving over candidates (rungs at 1, 3, 9 … epochs)")
+    run.add_argument("--prune-grace", type=int,
+                     help="epochs of the first rung of --prune (default 1)")
     run.add_argument("--time-budget", type=float, help="seconds of search per seed")
     run.add_argument("--force-new", action="store_true",
                      help="start the run folder over even if its config differs")

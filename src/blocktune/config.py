@@ -50,7 +50,10 @@ class RunConfig:
     native: str = "fine"
     quarter: bool = False
     prune: bool = field(default=False, metadata={
-        "help": "successive halving: rungs of epochs/9, epochs/3, epochs; the best third go on"})
+        "help": "successive halving: rungs at grace, 3·grace, 9·grace … epochs, capped at "
+                "epochs; the best third go on"})
+    prune_grace: int = field(default=1, metadata={
+        "help": "epochs of the first rung of --prune (Ray Tune's grace_period)"})
     max_candidates: int | None = None
     time_budget: float | None = field(default=None, metadata={
         "help": "seconds of search per seed; candidates not started in time are left for a resume"})
@@ -137,7 +140,8 @@ def read_yaml(path: str | Path) -> dict:
 RESUME_KEYS = ("model", "data", "strategies", "head", "image_size", "weights", "pretrained",
                "fractions", "max_images_per_class", "epochs", "final_epochs", "batch_size", "lr",
                "body_lr_scale", "patience", "paper_settings", "delimiters", "window", "stride",
-               "ranked_k", "random_k", "native", "quarter", "prune", "cache_dtype", "fold_norms",
+               "ranked_k", "random_k", "native", "quarter", "prune", "prune_grace",
+               "cache_dtype", "fold_norms",
                "augment")
 
 

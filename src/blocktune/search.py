@@ -229,7 +229,7 @@ class SeedRun:
         started = time.perf_counter()
         best = max((float(r["val_acc"]) for r in rows), default=0.0)
         epochs = self.config.search_training().epochs
-        ladder = rungs(epochs) if self.config.prune else [epochs]
+        ladder = rungs(epochs, grace=self.config.prune_grace) if self.config.prune else [epochs]
         for strategy in self.config.strategies:
             if strategy == "ranked" and not any(r["strategy"] == "layer" for r in rows):
                 continue
@@ -368,10 +368,10 @@ class SeedRun:
         return finished
 
 
-def rungs(epochs: int, eta: int = PRUNE_ETA) -> list[int]:
-    """Successive-halving rungs at 1, eta, eta², … epochs, ending at ``epochs``:
-    9 → [1, 3, 9], 5 → [1, 3, 5], 2 → [1, 2], 1 → [1]."""
-    ladder = [1]
+def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
+    """Successive-halving rungs at grace, grace·eta, grace·eta², … epochs, ending at ``epochs``:
+    9 → [1, 3, 9], 5 → [1, 3, 5], 2 → [1, 2], 1 → [1]; with grace 2, 5 → [2, 5]."""
+    ladder = [max(1, min(grace, epochs))]
     while ladder[-1] * eta < epochs:
         ladder.append(ladder[-1] * eta)
     return ladder if ladder[-1] == epochs else [*ladder, epochs]
