@@ -6,16 +6,20 @@
 Each mode is blocktune's own search (:class:`blocktune.search.SeedRun`) on the same split,
 candidates, epochs and seed, one after the other in a fresh run folder:
 
-* *naive*: ``cache: false``: the whole network runs for every candidate, every batch (the
-  paper's way; images come from the decoded-image store, which favours it: the paper decodes
-  JPEGs every epoch, a cost this benchmark prints on its own).
+* *naive*: ``cache: false, fold_norms: false, keep_freed_memory: false``: the whole network
+  runs for every candidate, every batch, in a process whose C allocator is left as PyTorch
+  finds it (the paper's way; images come from the decoded-image store, which favours it: the
+  paper decodes JPEGs every epoch, a cost this benchmark prints on its own).
+* *naive+heap*: naive in a process where freed memory is kept for reuse
+  (:func:`blocktune.train.keep_freed_memory`): how much of the speed-up is the allocator's.
 * *optimized*: the default fast path: the frozen-prefix activation cache (fp16), prepared in
-  one pass for all cuts, and frozen BatchNorms folded into frozen convolutions. Results must
-  match naive (up to float rounding).
+  one pass for all cuts, frozen BatchNorms folded into frozen convolutions, freed memory kept
+  for reuse. Results must match naive (up to float rounding).
 * *pruned*: the fast path plus ``prune: true``: successive halving, rungs at 1, 3, 9 … epochs;
   survivors continue from their rung state, so their rows must match naive exactly too.
 
-Prints a table (wall and CPU time, the ratio against the first mode, peak RSS, the candidate
+The allocator setting is one-way, so modes that leave it alone must come first. Prints a
+table (wall and CPU time, the ratio against the first mode, RSS at the start and peak, the candidate
 each picks), the largest difference in any candidate's val accuracy between modes (for pruned,
 over the candidates it trained to the end), and where the pruned winner ranks in the full one.
 ``--sample N`` keeps N candidates per strategy spread evenly from the output end to the input
@@ -35,16 +39,26 @@ from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
 from blocktune.search import Events, SeedRun, choose, label, load_images
 
-MODES = {"naive": {"cache": False, "fold_norms": False},
-         "optimized": {"cache": True, "fold_norms": True},
-         "pruned": {"cache": True, "fold_norms": True, "prune": True}}
+MODES = {"naive": {"cache": False, "fold_norms": False, "keep_freed_memory": False},
+         "naive+heap": {"cache": False, "fold_norms": False, "keep_freed_memory": True},
+         "optimized": {"cache": True, "fold_norms": True, "keep_freed_memory": True},
+         "pruned": {"cache": True, "fold_norms": True, "keep_freed_memory": True,
+                    "prune": True}}
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def reset_peak_rss() -> None:
@@ -112,10 +126,17 @@ def main() -> None:
     images, data_cfg = load_images(base)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="search-speed-"))
     modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode {unknown[0]!r}: choose from {', '.join(MODES)}")
+    heap = [MODES[m]["keep_freed_memory"] for m in modes]
+    if heap != sorted(heap):
+        parser.error("modes that keep freed memory are one-way: list naive before them")
     results = {}
     for mode in modes:
         config = RunConfig(**{**base.to_dict(), **MODES[mode], "prune_grace": args.prune_grace})
         reset_peak_rss()
+        start_rss = rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
                               data_cfg, Events(on_candidate_end=lambda row, best, mode=mode: print(
@@ -134,7 +155,7 @@ def main() -> None:
         seed_run.close()
         results[mode] = {"wall": time.perf_counter() - started,
                          "cpu": time.process_time() - cpu_started, "peak": peak_rss_mb(),
-                         "rows": rows}
+                         "start_rss": start_rss, "rows": rows}
 
     def finished(rows):
         return {(r["strategy"], r["layer_indices"]): float(r["val_acc"]) for r in rows
@@ -144,9 +165,9 @@ def main() -> None:
     full = finished(reference["rows"])
     print()
     print("| mode | wall time (s) | speed-up (wall) | CPU time (s) | speed-up (CPU) | "
-          "peak RSS (MB) | candidates trained to the end | largest val acc difference (points) "
-          "| chosen per strategy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "RSS at start (MB) | peak RSS (MB) | candidates trained to the end | "
+          "largest val acc difference (points) | chosen per strategy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in modes:
         r = results[mode]
         mine = finished(r["rows"])
@@ -154,7 +175,8 @@ def main() -> None:
         chosen = "; ".join(f"{label(s)} #{choose(r['rows'], s)['index']}"
                            for s in base.strategies if choose(r["rows"], s))
         print(f"| {mode} | {r['wall']:.1f} | {reference['wall'] / r['wall']:.2f}× | "
-              f"{r['cpu']:.1f} | {reference['cpu'] / r['cpu']:.2f}× | {r['peak']:.0f} | "
+              f"{r['cpu']:.1f} | {reference['cpu'] / r['cpu']:.2f}× | {r['start_rss']:.0f} | "
+              f"{r['peak']:.0f} | "
               f"{len(mine)} of {len(full)} | {diff * 100:.2f} | {chosen} |")
     for mode in modes[1:]:
         print()

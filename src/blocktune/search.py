@@ -53,7 +53,7 @@ from blocktune.io import (
 )
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model, check_model_name, data_config
-from blocktune.train import TrainResult, evaluate, train_group
+from blocktune.train import TrainResult, evaluate, keep_freed_memory, train_group
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class SeedRun:
         self.config, self.seed, self.folder, self.images = config, seed, folder, images
         self.data_cfg = data_cfg
         self.events = events or Events()
+        if config.keep_freed_memory:
+            keep_freed_memory()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
         torch.manual_seed(seed)  # random-weight bodies (--no-pretrained) are seeded too

@@ -9,7 +9,9 @@ suffix of the spine and the head, and does not know how its inputs were produced
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -94,6 +96,31 @@ def set_train_mode(net: nn.Module, frozen_norms: Sequence[nn.Module]) -> None:
     net.train()
     for module in frozen_norms:
         module.eval()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    A CPU training step allocates and frees activations of tens of MB; glibc serves each from a
+    fresh ``mmap`` and unmaps it on free, so every step pays page faults to zero new memory (a
+    fifth of a lite0 training step at 160 px, half of a no-grad forward). Served from the heap
+    and never trimmed below 1 GiB, freed blocks are reused: same results, faster steps; the
+    process keeps its peak memory until it exits. Process-wide and one-way: glibc's own
+    defaults (a dynamic mmap threshold) cannot be put back.
+
+    Returns:
+        whether it was applied (False where the C library is not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def device_for(preference: str = "auto") -> torch.device:
