@@ -10,7 +10,7 @@ import sys
 from blocktune.errors import BlocktuneError
 
 # The embedded default: Google's packaged ImageNet weights on all 3,670 flower photos, the
-# block strategy, sized for about 10 minutes on 2 CPU cores (see README, "Results").
+# block strategy, sized for about 7 minutes on 2 CPU cores (see README, "Results").
 DEMO = {"model": "tf_efficientnet_lite0", "data": "tf_flowers", "strategies": ["block"],
         "image_size": 128, "epochs": 4, "final_epochs": 3}
 
