@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, help="candidates per strategy, spread evenly")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images-per-class", type=int)
+    parser.add_argument("--quarter", action="store_true",
+                        help="only candidates in the last quarter of the model (conference paper)")
     parser.add_argument("--modes", default="naive,optimized,pruned",
                         help=f"comma-separated from {', '.join(MODES)}; ratios against the first")
     parser.add_argument("--prune-grace", type=int, default=1,
@@ -122,6 +124,7 @@ def main() -> None:
     base = RunConfig(model=args.model, data=args.data, strategies=args.strategies.split(","),
                      image_size=args.image_size, epochs=args.epochs, seeds=[args.seed],
                      max_images_per_class=args.max_images_per_class, baselines=False,
+                     quarter=args.quarter,
                      patience=args.epochs)
     images, data_cfg = load_images(base)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="search-speed-"))
