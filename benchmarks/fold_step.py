@@ -3,20 +3,24 @@
     python benchmarks/fold_step.py --model tf_efficientnet_lite0 --image-size 160
 
 For a few single-layer candidates from the stem to the output end, times a forward + backward
-+ Adam step on a random batch (the whole network from the input, as a stem candidate trains),
-plain, folded and folded under CPU bf16 autocast, alternately, and prints the best of
-``--repeats`` for each with the ratio and the largest difference between the plain and folded
-networks' outputs. Freed memory is kept for reuse, as in a blocktune run.
++ Adam step on a random batch (the whole network from the input, as a stem candidate trains):
+with timm's own layers, plain (with blocktune's exact fast layers, as built:
+:mod:`blocktune.fastlayers`),
+folded, and folded under CPU bf16 autocast, alternately, and prints the best of ``--repeats``
+for each with the ratios and the largest difference from the plain network's outputs. Freed
+memory is kept for reuse, as in a blocktune run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
 from torch import nn
 
+from blocktune.fastlayers import use_fast_layers
 from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import SpineRunner, walk
 from blocktune.models import build_model
@@ -54,34 +58,51 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (args.batch_size,), generator=generator)
+    timm_model = copy.deepcopy(model)
+    swapped = use_fast_layers(timm_model, enabled=False)
+    timm_walk = walk(timm_model.body, input_size=(3, args.image_size, args.image_size))
     print(f"{args.model} ({source}), {args.image_size}px, batch {args.batch_size}, "
-          f"{len(pairs)} foldable pairs, {torch.get_num_threads()} threads\n")
-    print("| trained layer | plain step (s) | folded step (s) | speed-up | max output diff | "
+          f"{len(pairs)} foldable pairs, {swapped} layers swapped back to timm's, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| trained layer | timm layers step (s) | plain step (s) | speed-up | "
+          "folded step (s) | speed-up | max output diff (timm; folded) | "
           "folded + bf16 autocast (s) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    pristine = copy.deepcopy(model.state_dict())
     n = len(w.layers)
     for index in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
-        frozen = freeze(model, w, (index,))
-        net = nn.Sequential(SpineRunner(model.body, w), model.head)
-        optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5)
-
-        times = {"plain": [], "folded": [], "bf16": []}
-        step(net, frozen, optimizer, x, y)  # warm-ups
+        model.load_state_dict(pristine)  # undo the earlier rows' steps
+        timm_model.load_state_dict(pristine)
+        runs = {}
+        for key, (m, mw) in {"timm": (timm_model, timm_walk), "plain": (model, w)}.items():
+            frozen = freeze(m, mw, (index,))
+            net = nn.Sequential(SpineRunner(m.body, mw), m.head)
+            optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad],
+                                         lr=1e-5)
+            runs[key] = (net, frozen, optimizer)
+        with torch.no_grad():  # before any step moves the trained layer
+            for net, _, _ in runs.values():
+                net.eval()
+            reference = runs["plain"][0](x)
+            timm_diff = (runs["timm"][0](x) - reference).abs().max().item()
+            with folded(model.body, w, pairs, (index,)):
+                fold_diff = (runs["plain"][0](x) - reference).abs().max().item()
+        times = {"timm": [], "plain": [], "folded": [], "bf16": []}
+        for key in ("timm", "plain"):  # warm-ups
+            step(*runs[key], x, y)
         with folded(model.body, w, pairs, (index,)):
-            step(net, frozen, optimizer, x, y, bf16=True)
+            step(*runs["plain"], x, y, bf16=True)
         for _ in range(args.repeats):
-            times["plain"].append(step(net, frozen, optimizer, x, y))
+            times["timm"].append(step(*runs["timm"], x, y))
+            times["plain"].append(step(*runs["plain"], x, y))
             with folded(model.body, w, pairs, (index,)):
-                times["folded"].append(step(net, frozen, optimizer, x, y))
-                times["bf16"].append(step(net, frozen, optimizer, x, y, bf16=True))
-        net.eval()
-        with torch.no_grad():
-            reference = net(x)
-            with folded(model.body, w, pairs, (index,)):
-                diff = (net(x) - reference).abs().max().item()
-        plain, fast = min(times["plain"]), min(times["folded"])
-        print(f"| {index} `{w.layers[index].name}` | {plain:.3f} | {fast:.3f} | "
-              f"{plain / fast:.2f}× | {diff:.1e} | {min(times['bf16']):.3f} |")
+                times["folded"].append(step(*runs["plain"], x, y))
+                times["bf16"].append(step(*runs["plain"], x, y, bf16=True))
+        best = {key: min(value) for key, value in times.items()}
+        print(f"| {index} `{w.layers[index].name}` | {best['timm']:.3f} | {best['plain']:.3f} | "
+              f"{best['timm'] / best['plain']:.2f}× | {best['folded']:.3f} | "
+              f"{best['plain'] / best['folded']:.2f}× | {timm_diff:.1e}; {fold_diff:.1e} | "
+              f"{best['bf16']:.3f} |")
 
 
 if __name__ == "__main__":

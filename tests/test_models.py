@@ -120,3 +120,4 @@ def test_packaged_lite0_weights_recognise_daisies(lite0, flowers):
     with torch.no_grad():
         top1 = lite0(normalize(pixels, cfg.mean, cfg.std)).argmax(1)
     assert (top1 == 985).float().mean() >= 0.8
+

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from blocktune.errors import BlocktuneError
+from blocktune.fastlayers import use_fast_layers
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +289,7 @@ def build_model(name: str, num_classes: int, head: str = "linear", image_size: i
         (model, weights_source) where weights_source says where the body's weights came from.
     """
     model, source = create_timm(name, weights=weights, pretrained=pretrained)
+    use_fast_layers(model)  # exact; see fastlayers.py
     body = build_body(model, head)
     try:
         shape = body_output_shape(body, image_size)
