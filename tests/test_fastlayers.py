@@ -78,3 +78,24 @@ def test_built_models_use_the_fast_layers_and_keep_timms_names():
     assert list(model.body.model.state_dict()) == list(timm_model.state_dict())
     assert use_fast_layers(model, enabled=False) == 38
     assert {SameConv2d, InplaceReLU6}.isdisjoint(type(m) for m in model.modules())
+
+
+def test_a_relu6_output_changed_in_place_keeps_pytorchs_relu6():
+    torch.manual_seed(0)
+    changes_output = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(inplace=True),
+                                   nn.Dropout(0.5, inplace=True), nn.Conv2d(4, 2, 1),
+                                   nn.ReLU6(inplace=True), nn.Flatten())
+    example = torch.randn(2, 3, 8, 8)
+    assert use_fast_layers(copy.deepcopy(changes_output)) == 2  # unchecked: both swapped
+    unchecked = copy.deepcopy(changes_output)
+    use_fast_layers(unchecked)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        unchecked(example.clone().requires_grad_(True)).sum().backward()
+    assert use_fast_layers(changes_output, example=example) == 0
+    assert [type(m) for m in changes_output if "ReLU6" in type(m).__name__] == [nn.ReLU6] * 2
+    changes_output(example.clone().requires_grad_(True)).sum().backward()  # trains as before
+    assert all(p.grad is not None for p in changes_output.parameters())
+
+    fine = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(inplace=True), nn.Flatten())
+    assert use_fast_layers(fine, example=example) == 1 and type(fine[1]) is InplaceReLU6
+    assert all(p.grad is None for p in fine.parameters())  # the check trained a copy

@@ -15,16 +15,23 @@ them into a model; :func:`blocktune.models.build_model` does so for every model 
   computes its gradient from the *input*, so under autograd it first clones the input it is
   about to overwrite: a copy of every activation, 8% of a lite0 training step. The gradient
   mask is the same computed from the output (``0 < x < 6`` exactly when ``0 < relu6(x) < 6``),
-  so this one saves the output and copies nothing.
+  so this one saves the output and copies nothing. That output must then stay as it is until
+  the backward pass; a model that changes it in place (an in-place dropout right after the
+  activation) makes autograd refuse, so :func:`use_fast_layers` tries a training step on a copy
+  of the model and keeps PyTorch's ReLU6 where that fails.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -90,18 +97,32 @@ def _replacements() -> dict[type, tuple[type, Callable]]:
     return {Conv2dSame: (SameConv2d, conv), nn.ReLU6: (InplaceReLU6, relu6)}
 
 
-def use_fast_layers(model: nn.Module, enabled: bool = True) -> int:
+def use_fast_layers(model: nn.Module, enabled: bool = True,
+                    example: torch.Tensor | None = None) -> int:
     """Swap the layers above for their fast stand-ins in ``model`` (``enabled=False``: back).
 
     Parameters are shared, not copied. Call it before walking the model: modules are replaced,
-    so references to the old ones go stale. Returns how many modules were swapped.
+    so references to the old ones go stale. With an ``example`` input, a forward and backward
+    pass in training mode on a copy of the model checks that nothing changes an
+    :class:`InplaceReLU6`'s output in place; if something does, PyTorch's ReLU6 is put back.
+
+    Returns:
+        how many modules are swapped in the end.
     """
-    pairs = [(slow, fast, make) for slow, (fast, make) in _replacements().items()]
+    swapped = _swap(model, enabled, _replacements())
+    relus = sum(isinstance(m, InplaceReLU6) for m in model.modules())
+    if enabled and relus and example is not None and not _backward_works(model, example):
+        log.info("an output of ReLU6 is changed in place: keeping PyTorch's ReLU6")
+        swapped -= _swap(model, False, {nn.ReLU6: _replacements()[nn.ReLU6]})
+    return swapped
+
+
+def _swap(model: nn.Module, enabled: bool, replacements: dict) -> int:
     swapped = 0
     for name, module in list(model.named_modules()):
         if not name:
             continue  # the model itself: nothing to put it in
-        for slow, fast, make in pairs:
+        for slow, (fast, make) in replacements.items():
             source, target = (slow, fast) if enabled else (fast, slow)
             if type(module) is not source:
                 continue
@@ -111,3 +132,15 @@ def use_fast_layers(model: nn.Module, enabled: bool = True) -> int:
                 model.set_submodule(name, replacement)
                 swapped += 1
     return swapped
+
+
+def _backward_works(model: nn.Module, example: torch.Tensor) -> bool:
+    """False when autograd refuses a training step because a saved output was changed."""
+    probe = copy.deepcopy(model).train()
+    x = example.clone().requires_grad_(True)
+    try:
+        output = probe(x)
+        torch.autograd.grad(output.float().sum(), x)
+    except RuntimeError as error:
+        return "inplace operation" not in str(error)  # other failures are not ours to judge
+    return True

@@ -289,7 +289,8 @@ def build_model(name: str, num_classes: int, head: str = "linear", image_size: i
         (model, weights_source) where weights_source says where the body's weights came from.
     """
     model, source = create_timm(name, weights=weights, pretrained=pretrained)
-    use_fast_layers(model)  # exact; see fastlayers.py
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    use_fast_layers(model, example=example)  # exact; see fastlayers.py
     body = build_body(model, head)
     try:
         shape = body_output_shape(body, image_size)
