@@ -279,3 +279,41 @@ def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_p
     refit = read_csv(out / "seed_0" / "finals.csv")
     assert len(refit) == 1 and stable(refit, ["layer_indices", "test_acc"]) == \
         stable(finals, ["layer_indices", "test_acc"])
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_folder, tmp_path,
+                                                                         monkeypatch, prune):
+    import blocktune.search as search_module
+
+    searched = []
+    real_train_group = search_module.train_group
+
+    def counting(model, walk_result, group, *args, **kwargs):
+        if "stop_after" in kwargs:  # the search's calls; final fine-tunes pass none
+            searched.append(tuple(group))
+        return real_train_group(model, walk_result, group, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "train_group", counting)
+    run(tiny_config(image_folder, strategies=["block", "quarter"], baselines=False,
+                    prune=prune, epochs=3), tmp_path / "both")
+    rows = read_csv(tmp_path / "both" / "seed_0" / "candidates.csv")
+    block = [r for r in rows if r["strategy"] == "block"]
+    quarter = [r for r in rows if r["strategy"] == "quarter"]
+    first = [r for r in quarter if r["rung"] == "1"] if prune else quarter
+    assert first and all(r["same_as"].startswith("block #") for r in first)
+    assert all(r["seconds"] == "0.00" for r in first)
+    if not prune:
+        assert len(searched) == len(set(searched)) == len(block)  # each group trained once
+    else:  # a later rung is trained again only where the block twin was pruned there
+        block_rungs = {(r["layer_indices"], r["rung"]) for r in block}
+        assert all(bool(r["same_as"]) == ((r["layer_indices"], r["rung"]) in block_rungs)
+                   for r in quarter)
+
+    run(tiny_config(image_folder, strategies=["quarter"], baselines=False, prune=prune,
+                    epochs=3), tmp_path / "alone")
+    computed = read_csv(tmp_path / "alone" / "seed_0" / "candidates.csv")
+    fields = ["index", "rung", "layer_indices", "status", "val_acc", "val_loss", "best_epoch",
+              "val_curve"]
+    assert stable(quarter, fields) == stable(computed, fields)
+    assert all(not r["same_as"] for r in computed)

@@ -86,7 +86,8 @@ class _Progress:
             if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
                 self.console.log(f"{label(row['strategy'])} #{row['index']} {row['layers']}: "
                                  f"val {float(row['val_acc']):.3f} ({row['status']}, "
-                                 f"{row['seconds']}s) · best {best:.3f}")
+                                 + (f"same as {row['same_as']}" if row.get("same_as")
+                                    else f"{row['seconds']}s") + f") · best {best:.3f}")
 
         def epoch(e, loss, acc, seconds):
             if self.verbose:

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
                     "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
-                    "status", "error", "val_curve"]
+                    "status", "error", "val_curve", "same_as"]
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
                 "val_acc", "test_acc", "epochs", "seconds", "status"]
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
@@ -223,6 +223,11 @@ class SeedRun:
         survivor's row is exactly the row an unpruned search gives it. Every rung's result is
         a row (``status`` ``rung``), so a resume picks up mid-rung; a lost rung state is
         recomputed from the pretrained weights, with the same result.
+
+        A candidate whose group another strategy has already trained for as many epochs (the
+        ``quarter`` candidates in a ``block`` search, a timm stage that is also a block) is
+        not trained again: training depends only on the group, the seed and the data, so its
+        row is that one's, with ``same_as`` naming it and no seconds of its own.
         """
         path = self.folder / "candidates.csv"
         rows = read_csv(path)
@@ -253,20 +258,25 @@ class SeedRun:
                                     "resume", budget, len(todo) - position)
                         return rows, False
                     self.events.on_candidate_start(method, position, len(todo))
-                    training = self.config.search_training()
-                    previous = self._rung_state(method, cand) if rung_index else None
-                    result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
-                                               training, on_epoch=self.events.on_epoch,
-                                               checkpoint=previous, stop_after=rung_epochs,
-                                               fold=self.fold)
-                    if result.checkpoint is not None and not final:
-                        self._save_rung_state(method, cand, result.checkpoint)
-                    row = self._candidate_row(method, cand, result, rung_epochs, final)
+                    twin = _trained_twin(rows, _indices(cand.layers), rung_epochs)
+                    if twin is not None:
+                        row = {**twin, "strategy": method, "index": cand.index, "seconds": "0.00",
+                               "same_as": f"{twin['strategy']} #{twin['index']}"}
+                    else:
+                        training = self.config.search_training()
+                        previous = self._rung_state(method, cand) if rung_index else None
+                        result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
+                                                   training, on_epoch=self.events.on_epoch,
+                                                   checkpoint=previous, stop_after=rung_epochs,
+                                                   fold=self.fold)
+                        if result.checkpoint is not None and not final:
+                            self._save_rung_state(method, cand, result.checkpoint)
+                        row = self._candidate_row(method, cand, result, rung_epochs, final)
                     rows.append(row)
                     done[(method, row["layer_indices"], str(rung_epochs))] = row
                     atomic_write_csv(path, rows, CANDIDATE_FIELDS)
-                    if result.status == "ok" and final:
-                        best = max(best, result.best_val_acc)
+                    if row["status"] == "ok":
+                        best = max(best, float(row["val_acc"]))
                     self.events.on_candidate_end(row, best)
                 if not final:
                     scored = [(done[(m, _indices(c.layers), str(rung_epochs))], (m, c))
@@ -377,6 +387,15 @@ def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
     while ladder[-1] * eta < epochs:
         ladder.append(ladder[-1] * eta)
     return ladder if ladder[-1] == epochs else [*ladder, epochs]
+
+
+def _trained_twin(rows: list[dict], indices: str, rung_epochs: int) -> dict | None:
+    """A row that trained this group for this many epochs and did not fail (not itself reused)."""
+    for row in rows:
+        if row["layer_indices"] == indices and str(row["rung"]) == str(rung_epochs) \
+                and row["status"] in ("ok", "rung") and not row.get("same_as"):
+            return row
+    return None
 
 
 def _indices(group) -> str:
