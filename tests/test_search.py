@@ -317,3 +317,29 @@ def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_f
               "val_curve"]
     assert stable(quarter, fields) == stable(computed, fields)
     assert all(not r["same_as"] for r in computed)
+
+
+def test_a_final_of_a_group_another_method_chose_is_reused(image_folder, tmp_path, monkeypatch):
+    import blocktune.search as search_module
+
+    finals = []
+    real_train_group = search_module.train_group
+
+    def counting(model, walk_result, group, *args, **kwargs):
+        if "stop_after" not in kwargs:
+            finals.append(group)
+        return real_train_group(model, walk_result, group, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "train_group", counting)
+    # quarter=True restricts block to the last quarter too: both strategies choose alike.
+    run(tiny_config(image_folder, strategies=["block", "quarter"], quarter=True), tmp_path / "r")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "r" / "seed_0" / "finals.csv")}
+    block, quarter = rows["block"], rows["quarter"]
+    assert quarter["same_as"] == "block" and quarter["seconds"] == "0.00"
+    fields = ["group", "layer_indices", "val_acc", "test_acc", "epochs", "status"]
+    assert {k: quarter[k] for k in fields} == {k: block[k] for k in fields}
+    assert rows[BASELINE_II]["same_as"] == "" and rows[BASELINE_I]["same_as"] == ""
+    assert len(finals) == 3  # Baseline I, Baseline II, one fine-tune for both strategies
+    folder = tmp_path / "r" / "seed_0"
+    assert (folder / "quarter.safetensors").read_bytes() == \
+        (folder / "block.safetensors").read_bytes()

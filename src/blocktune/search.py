@@ -61,7 +61,7 @@ CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "fir
                     "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
                     "status", "error", "val_curve", "same_as"]
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
-                "val_acc", "test_acc", "epochs", "seconds", "status"]
+                "val_acc", "test_acc", "epochs", "seconds", "status", "same_as"]
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
 PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
@@ -363,21 +363,41 @@ class SeedRun:
             # A resume with a larger budget (--max-candidates, --time-budget) can change a
             # strategy's choice: its earlier final no longer belongs to the table.
             finished = [r for r in finished if r["method"] != method]
+            group_text = "all layers" if group is None else \
+                ("head only" if not group else describe(self.walk, group))
+            search_text = "" if math.isnan(search_acc) else f"{search_acc:.6f}"
+            twin = self._final_twin(finished, group_text, indices)
+            if twin is not None:  # another strategy chose the same group: same fine-tune
+                tmp = self.folder / f".{method}.safetensors.tmp"
+                shutil.copyfile(self.folder / f"{twin['method']}.safetensors", tmp)
+                tmp.replace(self.folder / f"{method}.safetensors")
+                finished.append({**twin, "method": method, "search_val_acc": search_text,
+                                 "seconds": "0.00", "same_as": twin["method"]})
+                atomic_write_csv(path, finished, FINAL_FIELDS)
+                continue
             self.events.on_phase(f"final fine-tune: {label(method)}")
             result, test_acc = self.fit_final(group, self.folder / f"{method}.safetensors",
                                               self.events.on_epoch, feed)
             finished.append({
                 "method": method,
-                "group": "all layers" if group is None else
-                ("head only" if not group else describe(self.walk, group)),
+                "group": group_text,
                 "layer_indices": indices,
                 "trained_params": result.trainable_params,
-                "search_val_acc": "" if math.isnan(search_acc) else f"{search_acc:.6f}",
+                "search_val_acc": search_text,
                 "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
                 "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
                 "status": result.status})
             atomic_write_csv(path, finished, FINAL_FIELDS)
         return finished
+
+    def _final_twin(self, finished: list[dict], group_text: str, indices: str) -> dict | None:
+        """A finished final of the same group, trained (not copied), with its weights on disk."""
+        for row in finished:
+            if row["group"] == group_text and row["layer_indices"] == indices \
+                    and row["status"] == "ok" and not row.get("same_as") \
+                    and (self.folder / f"{row['method']}.safetensors").exists():
+                return row
+        return None
 
 
 def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
