@@ -99,3 +99,19 @@ def test_a_relu6_output_changed_in_place_keeps_pytorchs_relu6():
     fine = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(inplace=True), nn.Flatten())
     assert use_fast_layers(fine, example=example) == 1 and type(fine[1]) is InplaceReLU6
     assert all(p.grad is None for p in fine.parameters())  # the check trained a copy
+
+
+class _TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 4, 3), nn.ReLU6(inplace=True)
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        return y.mean((2, 3)), y.amax((2, 3))
+
+
+def test_the_check_reads_the_first_of_several_outputs():
+    model = _TupleOut()
+    assert use_fast_layers(model, example=torch.randn(2, 3, 8, 8)) == 1
+    assert type(model.act) is InplaceReLU6

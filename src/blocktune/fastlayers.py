@@ -140,7 +140,11 @@ def _backward_works(model: nn.Module, example: torch.Tensor) -> bool:
     x = example.clone().requires_grad_(True)
     try:
         output = probe(x)
+        while isinstance(output, (tuple, list, dict)):  # e.g. (logits, distilled logits)
+            output = next(iter(output.values() if isinstance(output, dict) else output))
         torch.autograd.grad(output.float().sum(), x)
     except RuntimeError as error:
         return "inplace operation" not in str(error)  # other failures are not ours to judge
+    except Exception:  # noqa: BLE001 - an output that is no tensor: nothing to check with
+        return True
     return True
