@@ -41,16 +41,40 @@ def step(net: nn.Module, frozen, optimizer, x: torch.Tensor, y: torch.Tensor,
     return time.perf_counter() - started
 
 
+def profile_folded_step(model, w, pairs, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The operators of a folded training step by their own CPU time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    frozen = freeze(model, w, (index,))
+    net = nn.Sequential(SpineRunner(model.body, w), model.head)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    with folded(model.body, w, pairs, (index,)):
+        for _ in range(3):  # warm-ups
+            step(net, frozen, optimizer, x, y)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step(net, frozen, optimizer, x, y)
+    print(f"folded step training layer {index} `{w.layers[index].name}`, 5 steps:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", type=int, metavar="LAYER",
+                        help="instead: profile 5 folded steps training this layer index and "
+                             "print the operators by their own CPU time")
+    parser.add_argument("--timm-layers", action="store_true",
+                        help="with --profile: profile timm's layers, not the fast ones")
     args = parser.parse_args()
     keep_freed_memory()
 
     model, source = build_model(args.model, 5, "linear", args.image_size)
+    if args.profile is not None and args.timm_layers:
+        use_fast_layers(model, enabled=False)
     model.to(memory_format=torch.channels_last)
     w = walk(model.body, input_size=(3, args.image_size, args.image_size))
     pairs = foldable_pairs(model.body, w)
@@ -58,6 +82,9 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (args.batch_size,), generator=generator)
+    if args.profile is not None:
+        profile_folded_step(model, w, pairs, args.profile, x, y)
+        return
     timm_model = copy.deepcopy(model)
     swapped = use_fast_layers(timm_model, enabled=False)
     timm_walk = walk(timm_model.body, input_size=(3, args.image_size, args.image_size))
