@@ -41,13 +41,19 @@ def step(net: nn.Module, frozen, optimizer, x: torch.Tensor, y: torch.Tensor,
     return time.perf_counter() - started
 
 
+def trainable(model, w, index: int) -> tuple[nn.Module, list, torch.optim.Optimizer]:
+    """(net, frozen norms, optimizer) for training layer ``index`` of ``model`` alone."""
+    frozen = freeze(model, w, (index,))
+    net = nn.Sequential(SpineRunner(model.body, w), model.head)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    return net, frozen, optimizer
+
+
 def profile_folded_step(model, w, pairs, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
     """The operators of a folded training step by their own CPU time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    frozen = freeze(model, w, (index,))
-    net = nn.Sequential(SpineRunner(model.body, w), model.head)
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    net, frozen, optimizer = trainable(model, w, index)
     with folded(model.body, w, pairs, (index,)):
         for _ in range(3):  # warm-ups
             step(net, frozen, optimizer, x, y)
@@ -100,13 +106,8 @@ def main() -> None:
     for index in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
         model.load_state_dict(pristine)  # undo the earlier rows' steps
         timm_model.load_state_dict(pristine)
-        runs = {}
-        for key, (m, mw) in {"timm": (timm_model, timm_walk), "plain": (model, w)}.items():
-            frozen = freeze(m, mw, (index,))
-            net = nn.Sequential(SpineRunner(m.body, mw), m.head)
-            optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad],
-                                         lr=1e-5)
-            runs[key] = (net, frozen, optimizer)
+        runs = {"timm": trainable(timm_model, timm_walk, index),
+                "plain": trainable(model, w, index)}
         with torch.no_grad():  # before any step moves the trained layer
             for net, _, _ in runs.values():
                 net.eval()

@@ -12,7 +12,7 @@ import pytest
 
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.io import RunLock, read_csv
+from blocktune.io import RunLock, atomic_copy, read_csv
 from blocktune.report import build_report
 from blocktune.search import BASELINE_I, BASELINE_II, choose, run
 
@@ -343,3 +343,18 @@ def test_a_final_of_a_group_another_method_chose_is_reused(image_folder, tmp_pat
     folder = tmp_path / "r" / "seed_0"
     assert (folder / "quarter.safetensors").read_bytes() == \
         (folder / "block.safetensors").read_bytes()
+
+
+def test_atomic_copy_replaces_the_target_whole_and_leaves_no_temp_file(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(bytes(range(256)) * 4096)
+    target = tmp_path / "out" / "b.bin"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    atomic_copy(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(tmp_path / "missing.bin", target)
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]

@@ -84,10 +84,10 @@ class _Progress:
             self.bar.update(self.task, advance=1,
                             description=f"{label(row['strategy'])} search · best val {best:.3f}")
             if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
+                took = f"same as {row['same_as']}" if row.get("same_as") else f"{row['seconds']}s"
                 self.console.log(f"{label(row['strategy'])} #{row['index']} {row['layers']}: "
-                                 f"val {float(row['val_acc']):.3f} ({row['status']}, "
-                                 + (f"same as {row['same_as']}" if row.get("same_as")
-                                    else f"{row['seconds']}s") + f") · best {best:.3f}")
+                                 f"val {float(row['val_acc']):.3f} ({row['status']}, {took}) · "
+                                 f"best {best:.3f}")
 
         def epoch(e, loss, acc, seconds):
             if self.verbose:

@@ -10,28 +10,44 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 
 from blocktune.errors import BlocktuneError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextmanager
+def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file beside ``path`` that replaces it when the block ends."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with _atomic_file(path) as handle:
+        handle.write(data)
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy ``source`` to ``path`` (streamed: weights files can be large)."""
+    with open(source, "rb") as src, _atomic_file(path) as handle:
+        shutil.copyfileobj(src, handle)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -44,6 +44,7 @@ from blocktune.fold import foldable_pairs
 from blocktune.groups import Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
     RunLock,
+    atomic_copy,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_csv,
@@ -368,9 +369,8 @@ class SeedRun:
             search_text = "" if math.isnan(search_acc) else f"{search_acc:.6f}"
             twin = self._final_twin(finished, group_text, indices)
             if twin is not None:  # another strategy chose the same group: same fine-tune
-                tmp = self.folder / f".{method}.safetensors.tmp"
-                shutil.copyfile(self.folder / f"{twin['method']}.safetensors", tmp)
-                tmp.replace(self.folder / f"{method}.safetensors")
+                atomic_copy(self.folder / f"{twin['method']}.safetensors",
+                            self.folder / f"{method}.safetensors")
                 finished.append({**twin, "method": method, "search_val_acc": search_text,
                                  "seconds": "0.00", "same_as": twin["method"]})
                 atomic_write_csv(path, finished, FINAL_FIELDS)
@@ -482,10 +482,7 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[dict], images: D
     if not ok:
         return
     best = max(ok, key=lambda r: (float(r["val_acc"]), -int(r["trained_params"])))
-    source = seed_run.folder / f"{best['method']}.safetensors"
-    tmp = folder / ".model.safetensors.tmp"
-    shutil.copyfile(source, tmp)
-    tmp.replace(folder / "model.safetensors")
+    atomic_copy(seed_run.folder / f"{best['method']}.safetensors", folder / "model.safetensors")
     atomic_write_json(folder / "model.json", model_card(seed_run.config, images, data_cfg,
                                                         seed_run.weights_source, best["method"]))
 
