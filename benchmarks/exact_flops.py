@@ -1,0 +1,92 @@
+"""How much work an exact frozen-prefix cache can remove from a search, counted in FLOPs.
+
+    python benchmarks/exact_flops.py --model tf_efficientnet_lite0 --image-size 160
+
+For every candidate of each strategy (or ``--sample N`` spread evenly, as in
+``search_speed.py``), counts with :class:`torch.utils.flop_counter.FlopCounterMode` the
+FLOPs of one image's training step (forward, and the backward autograd runs with the
+candidate's layers trainable, the rest frozen, as :func:`blocktune.train.freeze` leaves them)
+and one val image's forward, twice: from the input (the naive search) and from the
+candidate's spine cut (the cached search). The ratio of the sums over the candidates is the
+speed-up an exact cache gives where time follows FLOPs (a compute-bound device): an exact
+method still runs everything above the cut forward and backward, so no cache does better.
+
+Counted are the operators FlopCounterMode knows (convolutions, matrix products); norms and
+activations are not, and on a CPU they cost more per FLOP near the input, where the cache
+removes the most, so CPU speed-ups exceed this ratio. ``--val-per-search`` is the number of
+val images per search image (METHOD.md's split: 10% search, 10% val: 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from blocktune.groups import StrategyOptions, candidates
+from blocktune.layers import SpineRunner, walk
+from blocktune.models import build_model
+from blocktune.train import freeze
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_speed import evenly  # noqa: E402  (same candidate sample as the timed benchmark)
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def step_flops(model, w, group, cut: int, x: torch.Tensor) -> tuple[int, int]:
+    """(training step, val forward) FLOPs of one image for ``group`` run from spine cut ``cut``."""
+    freeze(model, w, group)
+    net = nn.Sequential(SpineRunner(model.body, w, cut), model.head)
+    with torch.no_grad():
+        inputs = SpineRunner(model.body, w, 0, cut)(x)
+    train = flops(lambda: net(inputs).sum().backward())
+    with torch.no_grad():
+        val = flops(lambda: net(inputs))
+    return train, val
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--strategies", default="layer,block")
+    parser.add_argument("--sample", type=int, help="candidates per strategy, spread evenly")
+    parser.add_argument("--quarter", action="store_true", help="only the last quarter's groups")
+    parser.add_argument("--val-per-search", type=float, default=1.0)
+    args = parser.parse_args()
+
+    model, source = build_model(args.model, 5, "linear", args.image_size)
+    model.eval()
+    w = walk(model.body, input_size=(3, args.image_size, args.image_size))
+    x = torch.randn(1, 3, args.image_size, args.image_size)
+    print(f"{args.model} ({source}), {args.image_size}px, val/search images "
+          f"{args.val_per_search:g}{', last quarter only' if args.quarter else ''}\n")
+    print("| strategy | candidates | naive GFLOPs per image-epoch | cached | ratio |")
+    print("|---|---|---|---|---|")
+    for strategy in args.strategies.split(","):
+        groups = evenly(candidates(w, strategy, StrategyOptions(quarter=args.quarter)),
+                        args.sample)
+        naive = cached = 0.0
+        for candidate in groups:
+            for cut, total in ((0, "naive"), (w.cut_for(candidate.layers), "cached")):
+                train, val = step_flops(model, w, candidate.layers, cut, x)
+                work = train + args.val_per_search * val
+                if total == "naive":
+                    naive += work
+                else:
+                    cached += work
+        print(f"| {strategy} | {len(groups)} | {naive / 1e9:.2f} | {cached / 1e9:.2f} | "
+              f"{naive / cached:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
