@@ -68,6 +68,10 @@ def reset_peak_rss() -> None:
         pass
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+
+
 def evenly(items: list, n: int | None) -> list:
     if n is None or n >= len(items):
         return items
@@ -119,12 +123,14 @@ def main() -> None:
     parser.add_argument("--prune-grace", type=int, default=1,
                         help="epochs of the pruned mode's first rung")
     parser.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu or cuda: where every mode trains")
     args = parser.parse_args()
 
     base = RunConfig(model=args.model, data=args.data, strategies=args.strategies.split(","),
                      image_size=args.image_size, epochs=args.epochs, seeds=[args.seed],
                      max_images_per_class=args.max_images_per_class, baselines=False,
-                     quarter=args.quarter,
+                     quarter=args.quarter, device=args.device,
                      patience=args.epochs)
     images, data_cfg = load_images(base)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="search-speed-"))
@@ -139,6 +145,8 @@ def main() -> None:
     for mode in modes:
         config = RunConfig(**{**base.to_dict(), **MODES[mode], "prune_grace": args.prune_grace})
         reset_peak_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         start_rss = rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
@@ -153,12 +161,15 @@ def main() -> None:
             print(f"{args.model} ({seed_run.weights_source}), {args.image_size}px, "
                   f"{len(images.files)} images, search {len(split['search'])} / val "
                   f"{len(split['val'])}, {planned} candidates, {args.epochs} epochs each, "
-                  f"{torch.get_num_threads()} threads", flush=True)
+                  f"{torch.get_num_threads()} threads, on {_device_name(seed_run.device)}",
+                  flush=True)
         rows, _ = seed_run.search()
         seed_run.close()
         results[mode] = {"wall": time.perf_counter() - started,
                          "cpu": time.process_time() - cpu_started, "peak": peak_rss_mb(),
-                         "start_rss": start_rss, "rows": rows}
+                         "start_rss": start_rss, "rows": rows,
+                         "gpu_peak": torch.cuda.max_memory_allocated() / 2**20
+                         if seed_run.device.type == "cuda" else None}
 
     def finished(rows):
         return {(r["strategy"], r["layer_indices"]): float(r["val_acc"]) for r in rows
@@ -180,7 +191,8 @@ def main() -> None:
         print(f"| {mode} | {r['wall']:.1f} | {reference['wall'] / r['wall']:.2f}× | "
               f"{r['cpu']:.1f} | {reference['cpu'] / r['cpu']:.2f}× | {r['start_rss']:.0f} | "
               f"{r['peak']:.0f} | "
-              f"{len(mine)} of {len(full)} | {diff * 100:.2f} | {chosen} |")
+              f"{len(mine)} of {len(full)} | {diff * 100:.2f} | {chosen} |"
+              + (f" peak GPU memory {r['gpu_peak']:.0f} MB" if r["gpu_peak"] else ""))
     for mode in modes[1:]:
         print()
         print(f"{mode}: rank of its choice in the {modes[0]} search's ranking")

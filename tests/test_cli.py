@@ -54,6 +54,8 @@ def bad_inputs(tmp_path):
          "unknown strategy 'blocks'"),
         ("unknown config key", [*run, "--data", str(good), "--config",
                                 str(tmp_path / "bad.yaml")], "unknown config key 'modle'"),
+        ("absent device", [*run, "--data", str(good), "--device", "cuda:99"],
+         "not available on this machine"),
         ("not a run folder", ["report", str(tmp_path)], "not a run folder"),
         ("predict without a model", ["predict", "--run", str(tmp_path), "x.jpg"],
          "holds no saved model"),

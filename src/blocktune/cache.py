@@ -17,6 +17,9 @@ random augmentation, they give the same output every epoch. Design:
 * **Storage** is fp16 by default (half the memory; the search's val accuracies match the fp32
   path, see tests/test_cache.py), fp32 or bf16 on request. Past ``max_bytes`` in memory, new
   cuts go to memory-mapped files on disk; a failed allocation falls back to disk and says so.
+* **Device.** The prefix pass runs where the model lives. On CUDA the activations are kept in
+  GPU memory (``max_bytes`` then counts GPU memory), so a training step copies nothing from the
+  host; elsewhere they are kept in host memory.
 * Exactness: the prefix runs in eval mode under ``no_grad`` in both the naive and the cached
   feed, so the cached numbers are the numbers the naive path computes, up to storage dtype.
 """
@@ -93,10 +96,10 @@ class ImageFeed:
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                x = normalize(batch.cpu(), self.mean, self.std)
-                if augment is not None:
-                    x = augment(x)
-                x = x.to(device)
+                if augment is not None:  # flips drawn on the CPU: the same on every device
+                    batch = augment(batch.cpu())
+                # uint8 goes to the device (a quarter of float32's bytes), is normalised there
+                x = normalize(batch.to(device), self.mean, self.std)
                 return prefix(x) if len(prefix.parts) else x
         return run
 
@@ -122,6 +125,8 @@ class ActivationCache:
         self.dtype = STORAGE_DTYPES[dtype]
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.spill_dir = Path(spill_dir) if spill_dir else None
+        self.device = next((p.device for p in body.parameters()), torch.device("cpu"))
+        self.store_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.store: dict[int, torch.Tensor] = {}
         self.bytes_in_memory = 0
         self.on_disk: list[int] = []
@@ -132,10 +137,10 @@ class ActivationCache:
         size = n * math.prod(shape) * self.dtype.itemsize
         if self.bytes_in_memory + size <= self.max_bytes:
             try:
-                tensor = torch.empty((n, *shape), dtype=self.dtype)
+                tensor = torch.empty((n, *shape), dtype=self.dtype, device=self.store_device)
                 self.bytes_in_memory += size
                 return tensor
-            except (RuntimeError, MemoryError):
+            except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
                 log.warning("activation cache: out of memory for cut %d, storing it on disk", cut)
         return self._allocate_on_disk(cut, (n, *shape))
 
@@ -171,9 +176,10 @@ class ActivationCache:
             batch = order[first:first + self.batch_size]
             rows = torch.tensor([self.rows[g] for g in batch])
             if source is None:
-                x = normalize(self.pixels[torch.tensor(batch)], self.mean, self.std)
+                x = normalize(self.pixels[torch.tensor(batch)].to(self.device), self.mean,
+                              self.std)
             else:
-                x = source[rows].float()
+                x = source[rows.to(source.device)].to(self.device, torch.float32)
             x = to_model_layout(x)
             for offset, part in enumerate(runner.parts):
                 cut = start + offset
@@ -185,14 +191,17 @@ class ActivationCache:
     def _put(self, cut: int, rows: torch.Tensor, x: torch.Tensor) -> None:
         if cut not in self.store:
             self.store[cut] = self._allocate(cut, tuple(x.shape[1:]))
-        self.store[cut][rows] = x.to(self.store[cut].dtype)
+        store = self.store[cut]
+        store[rows.to(store.device)] = x.to(store.device, store.dtype)
 
     def inputs(self, cut: int, split) -> tuple[torch.Tensor, torch.Tensor]:
         if cut not in self.store:
             self.prepare_cuts([cut])
         global_index = _indices(self.splits, split)
-        rows = torch.tensor([self.rows[g] for g in global_index], dtype=torch.long)
-        return self.store[cut][rows], self.labels[torch.tensor(global_index, dtype=torch.long)]
+        store = self.store[cut]
+        rows = torch.tensor([self.rows[g] for g in global_index], dtype=torch.long,
+                            device=store.device)
+        return store[rows], self.labels[torch.tensor(global_index, dtype=torch.long)]
 
     def prepare(self, cut: int, device: torch.device, training: bool = False
                 ) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -38,6 +38,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="run the whole network every batch (the naive path)")
     parser.add_argument("--no-fold-norms", dest="fold_norms", action="store_false", default=None,
                         help="keep frozen BatchNorms as they are (no folding into convolutions)")
+    parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
+                        "or mps")
     parser.add_argument("--strict", action="store_true", default=None,
                         help="refuse unreadable images instead of skipping them")
     parser.add_argument("--out", required=True, help="run folder (created, or resumed)")

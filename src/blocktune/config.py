@@ -17,7 +17,7 @@ from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS
-from blocktune.train import PAPER, TrainConfig
+from blocktune.train import PAPER, TrainConfig, device_for
 
 
 @dataclass
@@ -68,6 +68,8 @@ class RunConfig:
                 "steps, same results; the process keeps its peak memory)"})
     augment: bool = False
     strict: bool = False
+    device: str = field(default="auto", metadata={
+        "help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"})
 
     def __post_init__(self):
         if isinstance(self.strategies, str):
@@ -97,6 +99,7 @@ class RunConfig:
             raise BlocktuneError("epochs must be at least 1")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise BlocktuneError("cache dtype must be float16, bfloat16 or float32")
+        device_for(self.device)  # an unknown or absent device is refused before any work
 
     def search_training(self) -> TrainConfig:
         return self._training(self.epochs)

@@ -325,6 +325,6 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 ``N×3×H×W`` → float, scaled to [0, 1] then standardised."""
     x = pixels.float().div_(255.0)
-    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)

@@ -130,7 +130,8 @@ def walk(model: nn.Module, example: torch.Tensor | None = None,
         example: an input batch; defaults to ``zeros(1, *input_size)``.
     """
     if example is None:
-        example = torch.zeros(1, *input_size)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        example = torch.zeros(1, *input_size, device=device)
     names = {module: name for name, module in model.named_modules()}
     calls: dict[str, _Call] = {}
     events: list[tuple[str, str]] = []  # ("layer", name) or ("delim:<kind>", name)

@@ -54,7 +54,7 @@ from blocktune.io import (
 )
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model, check_model_name, data_config
-from blocktune.train import TrainResult, evaluate, keep_freed_memory, train_group
+from blocktune.train import TrainResult, device_for, evaluate, keep_freed_memory, train_group
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def environment() -> dict:
 
     return {"blocktune": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else False,
+            "threads": torch.get_num_threads()}
 
 
 def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> None:
@@ -162,14 +163,18 @@ class SeedRun:
             config.model, len(images.classes), config.head, config.image_size,
             weights=config.weights, pretrained=config.pretrained, head_seed=seed)
         self.model.to(memory_format=torch.channels_last)  # the cache pass and prefix too
-        self.pristine = copy.deepcopy(self.model.state_dict())
         self.walk: ModelWalk = walk(self.model.body,
                                     input_size=(3, config.image_size, config.image_size))
+        self.fold = foldable_pairs(self.model.body, self.walk) if config.fold_norms else []
+        # The model lives on the run's device from here on: every candidate, the activation
+        # cache's prefix pass and the finals train and run there.
+        self.device = device_for(config.device)
+        self.model.to(self.device)
+        self.pristine = copy.deepcopy(self.model.state_dict())
         self.image_feed = ImageFeed(self.model.body, self.walk, images.pixels, images.labels,
                                     self.split, data_cfg.mean, data_cfg.std,
                                     augment=config.augment, seed=seed)
         self._caches: dict[tuple[str, ...], ActivationCache] = {}
-        self.fold = foldable_pairs(self.model.body, self.walk) if config.fold_norms else []
 
     # -- feeds -------------------------------------------------------------------------
     def feed(self, cover: tuple[str, ...]):
@@ -305,7 +310,7 @@ class SeedRun:
         path = self._rung_path(method, cand)
         if not path.exists():
             return None
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         path.unlink()  # the row of the next rung replaces it
         return state
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from blocktune.cache import Feed, to_model_layout
+from blocktune.errors import BlocktuneError
 from blocktune.fold import FoldPair, folded
 from blocktune.layers import ModelWalk, SpineRunner
 from blocktune.models import BlockModel
@@ -124,9 +125,29 @@ def keep_freed_memory() -> bool:
 
 
 def device_for(preference: str = "auto") -> torch.device:
+    """The device a run trains on: ``auto`` is CUDA when present, else the CPU."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError as error:
+        raise BlocktuneError(f"unknown device {preference!r}: use auto, cpu, cuda, cuda:N "
+                             "or mps") from error
+    if device.type == "cuda" and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise BlocktuneError(f"{preference} is not available on this machine "
+                             f"({torch.cuda.device_count()} CUDA devices): use --device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BlocktuneError("mps is not available on this machine: use --device auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise BlocktuneError(f"device {preference!r} is not supported: use auto, cpu, cuda, "
+                             "cuda:N or mps")
+    return device
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
@@ -188,7 +209,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         stop_after: pause after this epoch (a rung of successive halving). When training would
             go on, the result carries a ``checkpoint``: passed back here, training continues
             exactly as if it had never stopped (weights, optimizer, schedule, early-stopping
-            count, data order and the global RNG of dropout all restored), so a pruned search
+            count, data order and the global RNGs of dropout, CPU and CUDA, all restored), so a pruned search
             scores its survivors exactly as an unpruned one does.
     """
     device = device or torch.device("cpu")
@@ -210,8 +231,10 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         net.load_state_dict(checkpoint["weights"], strict=False)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        generator.set_state(checkpoint["generator"])
-        torch.set_rng_state(checkpoint["rng"])
+        generator.set_state(checkpoint["generator"].cpu())  # RNG states are CPU byte tensors
+        torch.set_rng_state(checkpoint["rng"].cpu())
+        if checkpoint.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
         best_state = checkpoint["best"]
         since_best, first_epoch = checkpoint["since_best"], checkpoint["epoch"] + 1
         saved = checkpoint["result"]
@@ -230,7 +253,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
             idx = order[start:start + config.batch_size]
             if len(idx) < 2 and seen:  # a batch of one breaks trainable BatchNorm
                 continue
-            x = prepare_train(train_x[idx])
+            x = prepare_train(train_x[idx.to(train_x.device)])
             y = train_y[idx].to(device)
             with _autocast(device):
                 loss = nn.functional.cross_entropy(net(x).float(), y)
@@ -267,6 +290,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
             "weights": trained_state(net), "best": best_state, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
             "rng": torch.get_rng_state(), "since_best": since_best, "epoch": result.epochs,
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "result": result.to_dict()}
     net.load_state_dict(best_state, strict=False)
     return result
@@ -288,11 +312,13 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     (conv, norm) pairs from :func:`blocktune.fold.foldable_pairs`, folded while training when
     both are frozen (the model's weights are restored before returning).
 
+    Trains where ``model`` lives (move it to the GPU first to train there; bf16 autocast on CUDA).
+
     Returns:
         (result, net, cut): ``net`` maps the feed's inputs at ``cut`` to logits, with the best
         val weights loaded (they are ``model``'s own modules, trained in place).
     """
-    device = device_for()
+    device = device_of(model)
     frozen_norms = freeze(model, walk, group)
     cut = 0 if group is None else walk.cut_for(group)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
