@@ -75,8 +75,11 @@ def main() -> None:
                              "print the operators by their own CPU time")
     parser.add_argument("--timm-layers", action="store_true",
                         help="with --profile: profile timm's layers, not the fast ones")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
     args = parser.parse_args()
     keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, source = build_model(args.model, 5, "linear", args.image_size)
     if args.profile is not None and args.timm_layers:
