@@ -7,9 +7,12 @@ For every candidate of each strategy (or ``--sample N`` spread evenly, as in
 FLOPs of one image's training step (forward, and the backward autograd runs with the
 candidate's layers trainable, the rest frozen, as :func:`blocktune.train.freeze` leaves them)
 and one val image's forward, twice: from the input (the naive search) and from the
-candidate's spine cut (the cached search). The ratio of the sums over the candidates is the
-speed-up an exact cache gives where time follows FLOPs (a compute-bound device): an exact
-method still runs everything above the cut forward and backward, so no cache does better.
+candidate's spine cut (the cached search, which cuts where a single tensor flows). A third
+count removes the forward FLOPs of every layer below the candidate's lowest layer, as a cache
+holding every tensor at that layer would (inside residual blocks too): the limit of any exact
+cache, since everything from that layer up still runs forward and backward. The ratios of
+the sums over the candidates are the speed-ups where time follows FLOPs (a compute-bound
+device).
 
 Counted are the operators FlopCounterMode knows (convolutions, matrix products); norms and
 activations are not, and on a CPU they cost more per FLOP near the input, where the cache
@@ -54,6 +57,15 @@ def step_flops(model, w, group, cut: int, x: torch.Tensor) -> tuple[int, int]:
     return train, val
 
 
+def layer_forward_flops(model, w, x: torch.Tensor) -> dict[int, int]:
+    """Forward FLOPs of each walk layer (by module, as FlopCounterMode attributes them)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.body(x)
+    per_module = {name.split(".", 1)[1]: sum(ops.values())
+                  for name, ops in counter.get_flop_counts().items() if "." in name}
+    return {layer.index: per_module.get(layer.name, 0) for layer in w.layers}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tf_efficientnet_lite0")
@@ -70,22 +82,26 @@ def main() -> None:
     x = torch.randn(1, 3, args.image_size, args.image_size)
     print(f"{args.model} ({source}), {args.image_size}px, val/search images "
           f"{args.val_per_search:g}{', last quarter only' if args.quarter else ''}\n")
-    print("| strategy | candidates | naive GFLOPs per image-epoch | cached | ratio |")
-    print("|---|---|---|---|---|")
+    per_layer = layer_forward_flops(model, w, x)
+    print("| strategy | candidates | naive GFLOPs per image-epoch | cached (spine cut) | ratio | "
+          "limit of any exact cache | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for strategy in args.strategies.split(","):
         groups = evenly(candidates(w, strategy, StrategyOptions(quarter=args.quarter)),
                         args.sample)
-        naive = cached = 0.0
+        naive = cached = limit = 0.0
         for candidate in groups:
             for cut, total in ((0, "naive"), (w.cut_for(candidate.layers), "cached")):
                 train, val = step_flops(model, w, candidate.layers, cut, x)
                 work = train + args.val_per_search * val
                 if total == "naive":
                     naive += work
+                    below = sum(f for i, f in per_layer.items() if i < min(candidate.layers))
+                    limit += work - (1 + args.val_per_search) * below
                 else:
                     cached += work
         print(f"| {strategy} | {len(groups)} | {naive / 1e9:.2f} | {cached / 1e9:.2f} | "
-              f"{naive / cached:.2f}× |")
+              f"{naive / cached:.2f}× | {limit / 1e9:.2f} | {naive / limit:.2f}× |")
 
 
 if __name__ == "__main__":
