@@ -209,8 +209,8 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         stop_after: pause after this epoch (a rung of successive halving). When training would
             go on, the result carries a ``checkpoint``: passed back here, training continues
             exactly as if it had never stopped (weights, optimizer, schedule, early-stopping
-            count, data order and the global RNGs of dropout, CPU and CUDA, all restored), so a pruned search
-            scores its survivors exactly as an unpruned one does.
+            count, data order and dropout's global RNGs, CPU and CUDA, all restored), so a
+            pruned search scores its survivors exactly as an unpruned one does.
     """
     device = device or torch.device("cpu")
     started = time.perf_counter()
