@@ -38,6 +38,7 @@ import torch
 from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
 from blocktune.search import Events, SeedRun, choose, label, load_images
+from blocktune.train import device_for
 
 MODES = {"naive": {"cache": False, "fold_norms": False, "keep_freed_memory": False},
          "naive+heap": {"cache": False, "fold_norms": False, "keep_freed_memory": True},
@@ -132,6 +133,7 @@ def main() -> None:
                      max_images_per_class=args.max_images_per_class, baselines=False,
                      quarter=args.quarter, device=args.device,
                      patience=args.epochs)
+    device = device_for(base.device)
     images, data_cfg = load_images(base)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="search-speed-"))
     modes = args.modes.split(",")
@@ -145,8 +147,8 @@ def main() -> None:
     for mode in modes:
         config = RunConfig(**{**base.to_dict(), **MODES[mode], "prune_grace": args.prune_grace})
         reset_peak_rss()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start_rss = rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
@@ -161,15 +163,15 @@ def main() -> None:
             print(f"{args.model} ({seed_run.weights_source}), {args.image_size}px, "
                   f"{len(images.files)} images, search {len(split['search'])} / val "
                   f"{len(split['val'])}, {planned} candidates, {args.epochs} epochs each, "
-                  f"{torch.get_num_threads()} threads, on {_device_name(seed_run.device)}",
+                  f"{torch.get_num_threads()} threads, on {_device_name(device)}",
                   flush=True)
         rows, _ = seed_run.search()
         seed_run.close()
         results[mode] = {"wall": time.perf_counter() - started,
                          "cpu": time.process_time() - cpu_started, "peak": peak_rss_mb(),
                          "start_rss": start_rss, "rows": rows,
-                         "gpu_peak": torch.cuda.max_memory_allocated() / 2**20
-                         if seed_run.device.type == "cuda" else None}
+                         "gpu_peak": torch.cuda.max_memory_allocated(device) / 2**20
+                         if device.type == "cuda" else None}
 
     def finished(rows):
         return {(r["strategy"], r["layer_indices"]): float(r["val_acc"]) for r in rows

@@ -14,8 +14,9 @@ from blocktune.cache import ActivationCache
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.io import read_csv
+from blocktune.layers import device_of
 from blocktune.search import choose, run
-from blocktune.train import device_for, device_of
+from blocktune.train import device_for
 
 from .test_search import tiny_config
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from blocktune.data import normalize
-from blocktune.layers import ModelWalk, SpineRunner
+from blocktune.layers import ModelWalk, SpineRunner, device_of
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ActivationCache:
         self.dtype = STORAGE_DTYPES[dtype]
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.spill_dir = Path(spill_dir) if spill_dir else None
-        self.device = next((p.device for p in body.parameters()), torch.device("cpu"))
+        self.device = device_of(body)
         self.store_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.store: dict[int, torch.Tensor] = {}
         self.bytes_in_memory = 0

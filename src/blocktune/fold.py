@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from blocktune.layers import ModelWalk
+from blocktune.layers import ModelWalk, device_of
 
 FoldPair = tuple[int, int]  # (conv layer index, norm layer index)
 
@@ -63,7 +63,7 @@ def foldable_pairs(body: nn.Module, walk: ModelWalk, example: torch.Tensor | Non
     """The (conv, norm) layer pairs of ``body`` that fold without changing its output."""
     if example is None:
         example = torch.randn(2, *walk.input_shape, generator=torch.Generator().manual_seed(0))
-        example = example.to(next((p.device for p in body.parameters()), example.device))
+        example = example.to(device_of(body))
     was_training = body.training
     body.eval()
     try:

@@ -91,6 +91,11 @@ class ModelWalk:
         return min(self.layers[i].segment for i in layer_indices)
 
 
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 def delimiter_kind(module: nn.Module) -> str:
     if isinstance(module, nn.Identity):
         return "identity"
@@ -130,8 +135,7 @@ def walk(model: nn.Module, example: torch.Tensor | None = None,
         example: an input batch; defaults to ``zeros(1, *input_size)``.
     """
     if example is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        example = torch.zeros(1, *input_size, device=device)
+        example = torch.zeros(1, *input_size, device=device_of(model))
     names = {module: name for name, module in model.named_modules()}
     calls: dict[str, _Call] = {}
     events: list[tuple[str, str]] = []  # ("layer", name) or ("delim:<kind>", name)

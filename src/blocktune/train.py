@@ -22,7 +22,7 @@ from torch import nn
 from blocktune.cache import Feed, to_model_layout
 from blocktune.errors import BlocktuneError
 from blocktune.fold import FoldPair, folded
-from blocktune.layers import ModelWalk, SpineRunner
+from blocktune.layers import ModelWalk, SpineRunner, device_of
 from blocktune.models import BlockModel
 
 
@@ -143,11 +143,6 @@ def device_for(preference: str = "auto") -> torch.device:
         raise BlocktuneError(f"device {preference!r} is not supported: use auto, cpu, cuda, "
                              "cuda:N or mps")
     return device
-
-
-def device_of(module: nn.Module) -> torch.device:
-    """Where ``module``'s parameters live (the CPU for a module without any)."""
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
