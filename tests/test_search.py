@@ -39,7 +39,13 @@ def test_run_writes_every_artifact(image_folder, tmp_path):
     summary = run(tiny_config(image_folder, strategies=["layer", "block", "ranked"],
                               max_candidates=4, ranked_k=[2]), out)
     rows = read_csv(out / "seed_0" / "candidates.csv")
-    assert [r["strategy"] for r in rows] == ["layer"] * 4 + ["ranked-2"] + ["block"] * 4
+    assert [r["strategy"] for r in rows] == \
+        [BASELINE_I, BASELINE_II] + ["layer"] * 4 + ["ranked-2"] + ["block"] * 4
+    # the baselines are searched like candidates: same epochs, scored on the same val images
+    assert [(r["layers"], r["layer_indices"], r["epochs"]) for r in rows[:2]] == \
+        [("head only", "", "2"), ("all layers", "all", "2")]
+    assert len({len(r["val_pred"].split()) for r in rows}) == 1
+    rows = rows[2:]
     assert [int(r["last"]) for r in rows[:4]] == [29, 28, 27, 26]  # from the output end
     finals = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
     assert set(finals) == {BASELINE_I, BASELINE_II, "layer", "block", "ranked-2"}
@@ -81,7 +87,7 @@ def test_time_budget_defers_finals_to_a_resume(image_folder, tmp_path):
     assert read_csv(out / "seed_0" / "candidates.csv") == []  # nothing started in no time
     assert not (out / "seed_0" / "finals.csv").exists()
     run(tiny_config(image_folder, time_budget=None), out)
-    assert len(read_csv(out / "seed_0" / "candidates.csv")) == 13
+    assert len(read_csv(out / "seed_0" / "candidates.csv")) == 2 + 13  # baselines, candidates
     assert (out / "seed_0" / "finals.csv").exists()
 
 
@@ -326,7 +332,7 @@ def test_a_final_of_a_group_another_method_chose_is_reused(image_folder, tmp_pat
     real_train_group = search_module.train_group
 
     def counting(model, walk_result, group, *args, **kwargs):
-        if "stop_after" not in kwargs:
+        if kwargs.get("train_split") == ("search", "train"):
             finals.append(group)
         return real_train_group(model, walk_result, group, *args, **kwargs)
 

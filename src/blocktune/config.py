@@ -17,6 +17,7 @@ from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS
+from blocktune.select import get_rule
 from blocktune.train import PAPER, TrainConfig, device_for
 
 
@@ -57,7 +58,10 @@ class RunConfig:
     max_candidates: int | None = None
     time_budget: float | None = field(default=None, metadata={
         "help": "seconds of search per seed; candidates not started in time are left for a resume"})
-    baselines: bool = True
+    baselines: bool = field(default=True, metadata={
+        "help": "train Baseline I (head only) and II (all layers) in the search and the finals"})
+    select: str = field(default="max-val", metadata={
+        "help": "selection rule: which candidate of each strategy is fine-tuned (val only)"})
     cache: bool = True
     cache_dtype: str = "float16"
     cache_max_gb: float = 4.0
@@ -99,19 +103,21 @@ class RunConfig:
             raise BlocktuneError("epochs must be at least 1")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise BlocktuneError("cache dtype must be float16, bfloat16 or float32")
+        get_rule(self.select)
         device_for(self.device)  # an unknown or absent device is refused before any work
 
-    def search_training(self) -> TrainConfig:
-        return self._training(self.epochs)
+    def search_training(self, seed: int = 0) -> TrainConfig:
+        return self._training(self.epochs, seed)
 
-    def final_training(self) -> TrainConfig:
-        return self._training(self.final_epochs)
+    def final_training(self, seed: int = 0) -> TrainConfig:
+        return self._training(self.final_epochs, seed)
 
-    def _training(self, epochs: int) -> TrainConfig:
+    def _training(self, epochs: int, seed: int) -> TrainConfig:
+        """The seed orders the batches too, so that seeds vary everything they can."""
         if self.paper_settings:
-            return PAPER
+            return dataclasses.replace(PAPER, seed=seed)
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                           body_lr_scale=self.body_lr_scale, patience=self.patience)
+                           body_lr_scale=self.body_lr_scale, patience=self.patience, seed=seed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

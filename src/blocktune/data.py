@@ -328,3 +328,12 @@ def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)
+
+
+def split_labels(path: Path) -> dict[str, np.ndarray]:
+    """Class ids of each split of a ``splits.json``, in its file order (the order predictions
+    are saved in); a file's class is its first folder, as :func:`scan_folder` reads it."""
+    saved = json.loads(Path(path).read_text())
+    index = {name: i for i, name in enumerate(saved["classes"])}
+    return {split: np.array([index[f.split("/")[0]] for f in files], dtype=np.int64)
+            for split, files in saved["files"].items()}

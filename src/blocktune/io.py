@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import yaml
 
 from blocktune.errors import BlocktuneError
@@ -124,3 +125,15 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def predictions_text(predictions) -> str:
+    """Per-image class ids as one CSV cell: ``"3 0 1 …"`` in the split's file order."""
+    return " ".join(str(int(p)) for p in predictions)
+
+
+def parse_predictions(text: str | None):
+    """The inverse of :func:`predictions_text`; None for a row written without predictions."""
+    if not text:
+        return None
+    return np.array([int(p) for p in text.split()], dtype=np.int64)

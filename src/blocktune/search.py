@@ -50,20 +50,24 @@ from blocktune.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_yaml,
+    predictions_text,
     read_csv,
 )
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model, check_model_name, data_config
+from blocktune.select import SearchView, get_rule, pick
 from blocktune.train import TrainResult, device_for, evaluate, keep_freed_memory, train_group
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
                     "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
-                    "status", "error", "val_curve", "same_as"]
+                    "status", "error", "val_curve", "same_as", "val_pred"]
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
-                "val_acc", "test_acc", "epochs", "seconds", "status", "same_as"]
+                "val_acc", "test_acc", "epochs", "seconds", "status", "same_as", "select",
+                "val_pred", "test_pred"]
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
+BASELINES = (BASELINE_I, BASELINE_II)
 PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
           "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
@@ -84,6 +88,8 @@ class Events:
     on_candidate_end: Callable[[dict, float], None] = lambda row, best: None
     on_epoch: Callable[[int, float, float, float], None] = lambda e, loss, acc, s: None
     on_phase: Callable[[str], None] = lambda text: None
+    # a finding the user must see, one line (e.g. no candidate beat Baseline I on val)
+    on_notice: Callable[[str], None] = lambda text: None
 
 
 def environment() -> dict:
@@ -240,9 +246,13 @@ class SeedRun:
         done = {(r["strategy"], r["layer_indices"], r["rung"]): r for r in rows}
         feed = self.feed(("search", "val"))
         started = time.perf_counter()
-        best = max((float(r["val_acc"]) for r in rows), default=0.0)
-        epochs = self.config.search_training().epochs
+        best = max((float(r["val_acc"]) for r in rows if r["strategy"] not in BASELINES),
+                   default=0.0)
+        epochs = self.config.search_training(self.seed).epochs
         ladder = rungs(epochs, grace=self.config.prune_grace) if self.config.prune else [epochs]
+        if self.config.baselines and not self._search_baselines(rows, done, feed, epochs,
+                                                                started):
+            return rows, False
         for strategy in self.config.strategies:
             if strategy == "ranked" and not any(r["strategy"] == "layer" for r in rows):
                 continue
@@ -269,7 +279,7 @@ class SeedRun:
                         row = {**twin, "strategy": method, "index": cand.index, "seconds": "0.00",
                                "same_as": f"{twin['strategy']} #{twin['index']}"}
                     else:
-                        training = self.config.search_training()
+                        training = self.config.search_training(self.seed)
                         previous = self._rung_state(method, cand) if rung_index else None
                         result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
                                                    training, on_epoch=self.events.on_epoch,
@@ -294,6 +304,34 @@ class SeedRun:
         shutil.rmtree(self.folder / "rungs", ignore_errors=True)  # the pruned ones' states
         return rows, True
 
+    def _search_baselines(self, rows: list[dict], done: dict, feed, epochs: int,
+                          started: float) -> bool:
+        """Baselines I and II trained and scored exactly like a candidate: the search's
+        reference lines (no pruning: they always train every epoch). False when the time
+        budget ran out first."""
+        path = self.folder / "candidates.csv"
+        todo = [(m, g) for m, g in ((BASELINE_I, ()), (BASELINE_II, None))
+                if (m, _indices(g), str(epochs)) not in done]
+        if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
+            self.reset()
+            feed.cache.prepare_cuts([self.walk.cut_for(())])
+        for position, (method, group) in enumerate(todo):
+            budget = self.config.time_budget
+            if budget is not None and time.perf_counter() - started > budget:
+                log.warning("time budget of %.0f s spent before the baselines were searched",
+                            budget)
+                return False
+            self.events.on_candidate_start(method, position, len(todo))
+            result, _, _ = train_group(self.reset(), self.walk, group, feed,
+                                       self.config.search_training(self.seed),
+                                       on_epoch=self.events.on_epoch, fold=self.fold)
+            row = self._row(method, 0, group, result, epochs, result.status)
+            rows.append(row)
+            done[(method, row["layer_indices"], str(epochs))] = row
+            atomic_write_csv(path, rows, CANDIDATE_FIELDS)
+            self.events.on_candidate_end(row, float(row["val_acc"]))
+        return True
+
     def _rung_path(self, method: str, cand: Candidate) -> Path:
         digest = hashlib.sha1(_indices(cand.layers).encode()).hexdigest()[:12]
         return self.folder / "rungs" / f"{method}-{cand.layers[0] if cand.layers else 'head'}-{digest}.pt"
@@ -317,72 +355,151 @@ class SeedRun:
     def _candidate_row(self, method: str, cand: Candidate, result: TrainResult, rung: int,
                        final: bool = True) -> dict:
         status = result.status if final or result.status != "ok" else "rung"
-        return {"strategy": method, "rung": rung, "index": cand.index, "layers": describe(self.walk, cand.layers),
-                "layer_indices": _indices(cand.layers), "first": cand.layers[0],
-                "last": cand.layers[-1], "trained_params": result.trainable_params,
+        return self._row(method, cand.index, cand.layers, result, rung, status)
+
+    def _row(self, method: str, index: int, group: tuple[int, ...] | None, result: TrainResult,
+             rung: int, status: str) -> dict:
+        return {"strategy": method, "rung": rung, "index": index,
+                "layers": self.group_text(group), "layer_indices": _indices(group),
+                "first": group[0] if group else "", "last": group[-1] if group else "",
+                "trained_params": result.trainable_params,
                 "val_acc": f"{result.best_val_acc:.6f}", "val_loss": f"{result.best_val_loss:.6f}",
                 "epochs": result.epochs, "best_epoch": result.best_epoch,
                 "seconds": f"{result.seconds:.2f}", "status": status,
                 "error": result.error,
-                "val_curve": " ".join(f"{acc:.6f}" for acc in result.val_curve)}
+                "val_curve": " ".join(f"{acc:.6f}" for acc in result.val_curve),
+                "val_pred": predictions_text(result.val_pred)}
+
+    def group_text(self, group: tuple[int, ...] | None) -> str:
+        if group is None:
+            return "all layers"
+        return describe(self.walk, group) if group else "head only"
+
+    # -- selection ---------------------------------------------------------------------
+    def view(self, rows: list[dict], method: str, refits: list[dict] | None = None) -> SearchView:
+        """What a selection rule sees of one strategy's search (val only)."""
+        val_labels = self.images.labels[torch.tensor(self.split["val"], dtype=torch.long)]
+        refit_rows = {r["layer_indices"]: r for r in (refits or []) if r["strategy"] == method}
+        return SearchView([r for r in rows if r["strategy"] == method and r["status"] == "ok"],
+                          num_layers=len(self.walk.layers), val_labels=val_labels.numpy(),
+                          refits=refit_rows)
+
+    def refit(self, rows: list[dict], rules: list[str] | None = None) -> list[dict]:
+        """Train the groups the selection rules ask for on the swapped fold (trained on val,
+        scored on search), once each; rows go to ``refits.csv``. Returns every refit row."""
+        path = self.folder / "refits.csv"
+        refits = read_csv(path)
+        have = {(r["strategy"], r["layer_indices"]) for r in refits}
+        feed = None
+        for method in _strategies(rows):
+            view = self.view(rows, method, refits)
+            wanted = dict.fromkeys(i for name in (rules or [self.config.select])
+                                   for i in get_rule(name).refits(view))
+            for indices in wanted:
+                if (method, indices) in have:
+                    continue
+                feed = feed or self.feed(("search", "val"))
+                row = next(r for r in view.rows if r["layer_indices"] == indices)
+                group = _group(indices)
+                self.events.on_phase(f"{label(method)}: {row['layers']} on the swapped fold")
+                result, _, _ = train_group(self.reset(), self.walk, group, feed,
+                                           self.config.search_training(self.seed),
+                                           train_split="val", val_split="search",
+                                           on_epoch=self.events.on_epoch, fold=self.fold)
+                refits.append(self._row(method, int(row["index"]), group, result,
+                                        result.epochs, result.status))
+                have.add((method, indices))
+                atomic_write_csv(path, refits, CANDIDATE_FIELDS)
+        return refits
+
+    def chosen(self, rows: list[dict], method: str, refits: list[dict] | None = None,
+               rule: str | None = None) -> dict | None:
+        """The row the selection rule picks for ``method``."""
+        return pick(rule or self.config.select, self.view(rows, method, refits))
+
+    def notices(self, rows: list[dict]) -> list[str]:
+        """One line per strategy none of whose candidates beat Baseline I on val."""
+        baseline = next((r for r in rows if r["strategy"] == BASELINE_I and r["status"] == "ok"),
+                        None)
+        if baseline is None:
+            return []
+        out = []
+        for method in _strategies(rows):
+            ok = [float(r["val_acc"]) for r in rows if r["strategy"] == method
+                  and r["status"] == "ok"]
+            if ok and max(ok) <= float(baseline["val_acc"]):
+                out.append(f"seed {self.seed}: no {label(method)} candidate beat Baseline I on "
+                           f"val (best {max(ok):.3f} vs {float(baseline['val_acc']):.3f}): "
+                           "training the head alone is as good here")
+        return out
 
     # -- selection and final fine-tunes -------------------------------------------------
-    def methods(self, rows: list[dict]) -> list[tuple[str, tuple[int, ...] | None, float]]:
+    def methods(self, rows: list[dict], refits: list[dict] | None = None
+                ) -> list[tuple[str, tuple[int, ...] | None, float]]:
         """(method, group, search val acc): baselines, then each strategy's chosen group."""
         out: list[tuple[str, tuple[int, ...] | None, float]] = []
         if self.config.baselines:
-            out += [(BASELINE_I, (), math.nan), (BASELINE_II, None, math.nan)]
-        for method in dict.fromkeys(r["strategy"] for r in rows):
-            chosen = choose(rows, method)
+            for method, group in ((BASELINE_I, ()), (BASELINE_II, None)):
+                searched = next((r for r in rows if r["strategy"] == method
+                                 and r["status"] == "ok"), None)
+                out.append((method, group,
+                            float(searched["val_acc"]) if searched else math.nan))
+        for method in _strategies(rows):
+            chosen = self.chosen(rows, method, refits)
             if chosen is not None:
-                group = tuple(int(i) for i in chosen["layer_indices"].split(","))
-                out.append((method, group, float(chosen["val_acc"])))
+                out.append((method, _group(chosen["layer_indices"]), float(chosen["val_acc"])))
         return out
 
-    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path, on_epoch,
-                  feed=None) -> tuple[TrainResult, float]:
+    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch,
+                  feed=None) -> tuple[TrainResult, float, list[int]]:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
-        early stopping and the kept weights), then score it once on test and save it."""
+        early stopping and the kept weights), then score it once on test and save it.
+
+        Returns:
+            (result, test accuracy, per-image test predictions in ``splits.json`` order).
+        """
         feed = feed or self.feed(("search", "train", "val", "test"))
         model = self.reset()
         result, net, cut = train_group(model, self.walk, group, feed,
-                                       self.config.final_training(),
+                                       self.config.final_training(self.seed),
                                        train_split=("search", "train"), on_epoch=on_epoch,
                                        fold=self.fold)
         if result.status != "ok":
-            return result, math.nan
+            return result, math.nan, []
         # The one and only use of the test split: after every choice was made on val.
         test_x, test_y = feed.inputs(cut, "test")
         device = next(net.parameters()).device
-        test_acc, _, _ = evaluate(net, test_x, test_y, feed.prepare(cut, device), device=device)
-        atomic_save_safetensors(weights_path, model.state_dict(), {"model": self.config.model})
-        return result, test_acc
+        test_acc, _, test_pred = evaluate(net, test_x, test_y, feed.prepare(cut, device),
+                                          device=device)
+        if weights_path is not None:
+            atomic_save_safetensors(weights_path, model.state_dict(), {"model": self.config.model})
+        return result, test_acc, test_pred.tolist()
 
-    def finals(self, rows: list[dict]) -> list[dict]:
+    def finals(self, rows: list[dict], refits: list[dict] | None = None) -> list[dict]:
         path = self.folder / "finals.csv"
         finished = read_csv(path)
         feed = self.feed(("search", "train", "val", "test"))
-        for method, group, search_acc in self.methods(rows):
+        for method, group, search_acc in self.methods(rows, refits):
             indices = "" if group is None else _indices(group)
             if any(r["method"] == method and r["layer_indices"] == indices for r in finished):
                 continue
             # A resume with a larger budget (--max-candidates, --time-budget) can change a
             # strategy's choice: its earlier final no longer belongs to the table.
             finished = [r for r in finished if r["method"] != method]
-            group_text = "all layers" if group is None else \
-                ("head only" if not group else describe(self.walk, group))
+            group_text = self.group_text(group)
             search_text = "" if math.isnan(search_acc) else f"{search_acc:.6f}"
             twin = self._final_twin(finished, group_text, indices)
             if twin is not None:  # another strategy chose the same group: same fine-tune
                 atomic_copy(self.folder / f"{twin['method']}.safetensors",
                             self.folder / f"{method}.safetensors")
                 finished.append({**twin, "method": method, "search_val_acc": search_text,
-                                 "seconds": "0.00", "same_as": twin["method"]})
+                                 "seconds": "0.00", "same_as": twin["method"],
+                                 "select": self._rule_of(method)})
                 atomic_write_csv(path, finished, FINAL_FIELDS)
                 continue
             self.events.on_phase(f"final fine-tune: {label(method)}")
-            result, test_acc = self.fit_final(group, self.folder / f"{method}.safetensors",
-                                              self.events.on_epoch, feed)
+            result, test_acc, test_pred = self.fit_final(
+                group, self.folder / f"{method}.safetensors", self.events.on_epoch, feed)
             finished.append({
                 "method": method,
                 "group": group_text,
@@ -391,9 +508,14 @@ class SeedRun:
                 "search_val_acc": search_text,
                 "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
                 "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
-                "status": result.status})
+                "status": result.status, "select": self._rule_of(method),
+                "val_pred": predictions_text(result.val_pred),
+                "test_pred": predictions_text(test_pred)})
             atomic_write_csv(path, finished, FINAL_FIELDS)
         return finished
+
+    def _rule_of(self, method: str) -> str:
+        return "" if method in BASELINES else self.config.select
 
     def _final_twin(self, finished: list[dict], group_text: str, indices: str) -> dict | None:
         """A finished final of the same group, trained (not copied), with its weights on disk."""
@@ -424,15 +546,24 @@ def _trained_twin(rows: list[dict], indices: str, rung_epochs: int) -> dict | No
 
 
 def _indices(group) -> str:
-    return ",".join(str(i) for i in group)
+    """A group as CSV text: ``"3,4,5"``; the head alone ``""``; every layer ``"all"``."""
+    return "all" if group is None else ",".join(str(i) for i in group)
+
+
+def _group(indices: str) -> tuple[int, ...] | None:
+    return None if indices == "all" else tuple(int(i) for i in indices.split(",") if i)
+
+
+def _strategies(rows: list[dict]) -> list[str]:
+    """The searched strategies (methods) of ``rows`` in search order, baselines left out."""
+    return [m for m in dict.fromkeys(r["strategy"] for r in rows) if m not in BASELINES]
 
 
 def choose(rows: list[dict], method: str) -> dict | None:
-    """Highest val accuracy; ties to fewer trained parameters, then to the earlier searched."""
-    ok = [r for r in rows if r["strategy"] == method and r["status"] == "ok"]
-    if not ok:
-        return None
-    return min(ok, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]), int(r["index"])))
+    """The paper's rule (max-val): highest val accuracy; ties to fewer trained parameters,
+    then to the earlier searched."""
+    return pick("max-val", SearchView([r for r in rows if r["strategy"] == method
+                                        and r["status"] == "ok"]))
 
 
 def summarize(folder: Path, seeds: list[int]) -> list[dict]:
@@ -472,7 +603,10 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
                 log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
                             seed)
                 continue
-            finals = seed_run.finals(rows)
+            for notice in seed_run.notices(rows):
+                (events or Events()).on_notice(notice)
+            refits = seed_run.refit(rows)
+            finals = seed_run.finals(rows, refits)
             seed_run.close()
             if seed == config.seeds[0]:
                 publish_model(folder, seed_run, finals, images, data_cfg)
@@ -549,7 +683,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
             atomic_write_csv(folder / "metrics.csv", epochs, list(epochs[0]))
             events.on_epoch(epoch, loss, acc, seconds)
 
-        result, test_acc = seed_run.fit_final(group, folder / "model.safetensors", on_epoch)
+        result, test_acc, _ = seed_run.fit_final(group, folder / "model.safetensors", on_epoch)
         if result.status != "ok":
             raise BlocktuneError(f"training failed ({result.error}): lower --lr or check the data")
         summary = {"train": train_spec, "layers": len(seed_run.walk.layers) if group is None

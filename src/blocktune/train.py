@@ -63,6 +63,7 @@ class TrainResult:
     seconds: float = 0.0
     val_curve: list[float] = field(default_factory=list)
     loss_curve: list[float] = field(default_factory=list)
+    val_pred: list[int] = field(default_factory=list)  # per val image, at the kept epoch
     status: str = "ok"  # ok | failed
     error: str = ""
     # set when fit() paused at ``stop_after`` with epochs to go: pass it back to continue
@@ -262,13 +263,14 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
             seen += len(idx)
         if result.status == "failed":
             break
-        val_acc, val_loss, _ = evaluate(net, val_x, val_y, prepare, device=device)
+        val_acc, val_loss, val_pred = evaluate(net, val_x, val_y, prepare, device=device)
         result.epochs = epoch
         result.loss_curve.append(loss_sum / max(1, seen))
         result.val_curve.append(val_acc)
         if val_acc > result.best_val_acc or (val_acc == result.best_val_acc
                                              and val_loss < result.best_val_loss) or epoch == 1:
             result.best_val_acc, result.best_val_loss, result.best_epoch = val_acc, val_loss, epoch
+            result.val_pred = val_pred.tolist()
             best_state = trained_state(net)
             since_best = 0
         else:

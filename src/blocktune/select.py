@@ -1,0 +1,183 @@
+"""Selection rules: which candidate of a strategy to fine-tune, from the search's rows alone.
+
+A rule is a pure function of what the search measured on val (never test): the candidates'
+rows of one strategy, the baselines' rows, and, for the rules that ask for them, re-trainings
+of a few candidates on the swapped fold (trained on val, scored on search). Each rule is
+registered under its name; ``--select NAME`` picks one, and ``benchmarks/selection.py``
+measures every registered rule against the oracle.
+
+Rows are the dicts of ``candidates.csv``; a rule returns one of them, or None when the strategy
+has no finished candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from blocktune.errors import BlocktuneError
+from blocktune.groups import in_last_quarter
+from blocktune.io import parse_predictions
+from blocktune.stats import standard_error
+
+
+@dataclass(frozen=True)
+class SearchView:
+    """What a rule may look at.
+
+    Args:
+        rows: the strategy's finished candidates (``status`` ok), in search order.
+        num_layers: layers of the model (for position-based rules).
+        val_labels: the val split's labels in ``splits.json`` order, to score ``val_pred``.
+        refits: ``layer_indices`` → the row of that group re-trained on the swapped fold.
+    """
+
+    rows: Sequence[dict]
+    num_layers: int = 0
+    val_labels: np.ndarray | None = None
+    refits: dict[str, dict] = field(default_factory=dict)
+
+    def val_correct(self, row: dict) -> np.ndarray | None:
+        """Per val image, whether the candidate's best epoch got it right (None if unsaved)."""
+        predictions = parse_predictions(row.get("val_pred", ""))
+        if self.val_labels is None or predictions is None \
+                or len(predictions) != len(self.val_labels):
+            return None
+        return predictions == self.val_labels
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    help: str
+    pick: Callable[[SearchView], dict | None]
+    # groups (``layer_indices``) the rule needs re-trained on the swapped fold before it picks
+    refits: Callable[[SearchView], list[str]] = lambda view: []
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(name: str, help: str, refits: Callable[[SearchView], list[str]] | None = None):
+    def wrap(pick: Callable[[SearchView], dict | None]):
+        RULES[name] = Rule(name, help, pick, refits or (lambda view: []))
+        return pick
+    return wrap
+
+
+def get_rule(name: str) -> Rule:
+    if name not in RULES:
+        raise BlocktuneError(f"unknown selection rule {name!r}: choose from {', '.join(RULES)}")
+    return RULES[name]
+
+
+def _acc(row: dict) -> float:
+    return float(row["val_acc"])
+
+
+def rank_key(row: dict) -> tuple:
+    """The paper's order: highest val accuracy; ties to fewer trained parameters, then to the
+    one searched first (nearer the output)."""
+    return (-_acc(row), int(row["trained_params"]), int(row["index"]))
+
+
+def group_of(row: dict) -> tuple[int, ...]:
+    return tuple(int(i) for i in row["layer_indices"].split(",") if i)
+
+
+@register_rule("max-val", "the paper's: highest val accuracy (ties: fewer trained parameters)")
+def max_val(view: SearchView) -> dict | None:
+    return min(view.rows, key=rank_key, default=None)
+
+
+@register_rule("val-loss", "lowest val cross-entropy at the kept epoch (ties: higher val accuracy)")
+def val_loss(view: SearchView) -> dict | None:
+    return min(view.rows, key=lambda r: (float(r["val_loss"]), *rank_key(r)), default=None)
+
+
+@register_rule("last-quarter", "the conference paper's: the best (max-val) candidate lying in the "
+               "last quarter of the layers; max-val when none does")
+def last_quarter(view: SearchView) -> dict | None:
+    late = [r for r in view.rows if in_last_quarter(group_of(r), view.num_layers)]
+    return max_val(SearchView(late or list(view.rows)))
+
+
+def within_one_se(view: SearchView) -> list[dict]:
+    """Candidates whose val accuracy is within one standard error of the best's.
+
+    Paired where per-image val predictions are saved: the standard error of the mean
+    per-image difference against the best candidate on the same val images (two candidates
+    that miss the same images differ less than their separate errors suggest); otherwise the
+    binomial standard error of the best's accuracy."""
+    best = max_val(view)
+    if best is None:
+        return []
+    best_correct = view.val_correct(best)
+    out = []
+    for row in view.rows:
+        correct = view.val_correct(row)
+        if best_correct is not None and correct is not None:
+            diff = best_correct.astype(np.float64) - correct.astype(np.float64)
+            gap = float(diff.mean())
+            se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        else:
+            gap = _acc(best) - _acc(row)
+            se = standard_error(_acc(best), len(view.val_labels) if view.val_labels is not None
+                                else 0) if view.val_labels is not None else 0.0
+        if gap <= se + 1e-12:
+            out.append(row)
+    return out
+
+
+@register_rule("one-se", "noise-aware: of the candidates within one paired standard error of "
+               "the best val accuracy, the one with the lowest val loss")
+def one_se(view: SearchView) -> dict | None:
+    return val_loss(SearchView(within_one_se(view)))
+
+
+SMOOTH_RADIUS = 1  # neighbours on each side in model order
+
+
+@register_rule("smooth", "noise-aware: val accuracy averaged with each candidate's neighbours in "
+               "model order (neighbouring groups train alike), highest wins")
+def smooth(view: SearchView) -> dict | None:
+    ordered = sorted(view.rows, key=lambda r: (min(group_of(r)), max(group_of(r))))
+    if not ordered:
+        return None
+    accs = [_acc(r) for r in ordered]
+    scores = []
+    for i in range(len(ordered)):
+        window = accs[max(0, i - SMOOTH_RADIUS):i + SMOOTH_RADIUS + 1]
+        scores.append(sum(window) / len(window))
+    best = min(range(len(ordered)), key=lambda i: (-scores[i], *rank_key(ordered[i])))
+    return ordered[best]
+
+
+TWO_FOLD_TOP = 5
+
+
+def _two_fold_candidates(view: SearchView) -> list[str]:
+    return [r["layer_indices"] for r in sorted(view.rows, key=rank_key)[:TWO_FOLD_TOP]]
+
+
+@register_rule("two-fold", f"noise-aware: the top {TWO_FOLD_TOP} by val accuracy are trained again "
+               "with search and val swapped; the best mean accuracy over both folds wins "
+               f"(+{TWO_FOLD_TOP} trainings)", refits=_two_fold_candidates)
+def two_fold(view: SearchView) -> dict | None:
+    scored = []
+    for indices in _two_fold_candidates(view):
+        row = next(r for r in view.rows if r["layer_indices"] == indices)
+        refit = view.refits.get(indices)
+        if refit is None or refit.get("status") != "ok":
+            continue
+        scored.append((-(_acc(row) + _acc(refit)) / 2, *rank_key(row), row))
+    if not scored:
+        return max_val(view)
+    return min(scored, key=lambda item: item[:-1])[-1]
+
+
+def pick(rule: str, view: SearchView) -> dict | None:
+    return get_rule(rule).pick(view)
