@@ -52,7 +52,8 @@ def collect(folder: Path, seeds: list[int]) -> dict:
     layers = None
     for seed in seeds:
         for row in read_csv(folder / f"seed_{seed}" / "candidates.csv"):
-            layers = max(layers or 0, int(row["last"]) + 1)
+            if row["last"]:  # the baselines' search rows have no layer range
+                layers = max(layers or 0, int(row["last"]) + 1)
         for row in read_csv(folder / f"seed_{seed}" / "finals.csv"):
             if row["status"] != "ok":
                 continue

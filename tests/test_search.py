@@ -12,7 +12,7 @@ import pytest
 
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.io import RunLock, atomic_copy, read_csv
+from blocktune.io import RunLock, atomic_copy, atomic_write_csv, read_csv
 from blocktune.report import build_report
 from blocktune.search import BASELINE_I, BASELINE_II, choose, run
 
@@ -364,3 +364,101 @@ def test_atomic_copy_replaces_the_target_whole_and_leaves_no_temp_file(tmp_path)
         atomic_copy(tmp_path / "missing.bin", target)
     assert target.read_bytes() == source.read_bytes()
     assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
+
+
+def test_two_fold_rule_refits_the_top_candidates_on_the_swapped_fold(image_folder, tmp_path,
+                                                                     monkeypatch):
+    import blocktune.search as search_module
+
+    splits = []
+    real_train_group = search_module.train_group
+
+    def spying(model, walk_result, group, feed, config, train_split="search", val_split="val",
+               **kwargs):
+        splits.append((train_split, val_split))
+        return real_train_group(model, walk_result, group, feed, config, train_split, val_split,
+                                **kwargs)
+
+    monkeypatch.setattr(search_module, "train_group", spying)
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, select="two-fold", max_candidates=7), out)
+    rows = [r for r in read_csv(out / "seed_0" / "candidates.csv") if r["strategy"] == "block"]
+    refits = read_csv(out / "seed_0" / "refits.csv")
+    top5 = sorted(rows, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]),
+                                       int(r["index"])))[:5]
+    assert [r["layer_indices"] for r in refits] == [r["layer_indices"] for r in top5]
+    assert splits.count(("val", "search")) == 5  # trained on val, scored on search
+    final = next(r for r in read_csv(out / "seed_0" / "finals.csv") if r["method"] == "block")
+    assert final["select"] == "two-fold"
+    by_group = {r["layer_indices"]: r for r in rows}
+    means = {i: (float(by_group[i]["val_acc"]) + float(r["val_acc"])) / 2
+             for i, r in ((r["layer_indices"], r) for r in refits)}
+    assert means[final["layer_indices"]] == max(means.values())
+    # resumed: nothing is trained again
+    splits.clear()
+    run(tiny_config(image_folder, select="two-fold", max_candidates=7), out)
+    assert splits == []
+
+
+def test_another_selection_rule_on_resume_refits_only_the_changed_choice(image_folder, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, max_candidates=8, baselines=False)
+    run(config, out)
+    before = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    by_loss = min((r for r in rows if r["status"] == "ok"),
+                  key=lambda r: (float(r["val_loss"]), -float(r["val_acc"]),
+                                 int(r["trained_params"]), int(r["index"])))
+    run(tiny_config(image_folder, max_candidates=8, baselines=False, select="val-loss"), out)
+    after = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
+    assert after["block"]["layer_indices"] == by_loss["layer_indices"]
+    assert after["block"]["select"] == "val-loss"
+    assert read_csv(out / "seed_0" / "candidates.csv") == rows  # the search is not redone
+    if by_loss["layer_indices"] == before["block"]["layer_indices"]:
+        assert after["block"] == {**before["block"], "select": "max-val"}
+
+
+def test_seeds_vary_the_batch_order(image_folder, tmp_path, monkeypatch):
+    import blocktune.search as search_module
+
+    seen = []
+    real_train_group = search_module.train_group
+
+    def spying(model, walk_result, group, feed, config, *args, **kwargs):
+        seen.append(config.seed)
+        return real_train_group(model, walk_result, group, feed, config, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "train_group", spying)
+    run(tiny_config(image_folder, seeds=[3, 7], max_candidates=1, baselines=False),
+        tmp_path / "r")
+    assert sorted(set(seen)) == [3, 7]
+
+
+def test_a_run_folder_from_before_baselines_and_predictions_resumes_and_reports(image_folder,
+                                                                               tmp_path):
+    """Written before this version: no baseline rows in the search, no per-image predictions,
+    no select column. It resumes (the baselines' search rows are added) and reports."""
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, max_candidates=3)
+    run(config, out)
+    old_candidates = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
+                      "trained_params", "val_acc", "val_loss", "epochs", "best_epoch",
+                      "seconds", "status", "error", "val_curve", "same_as"]
+    old_finals = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
+                  "val_acc", "test_acc", "epochs", "seconds", "status", "same_as"]
+    seed_dir = out / "seed_0"
+    rows = [r for r in read_csv(seed_dir / "candidates.csv")
+            if r["strategy"] not in (BASELINE_I, BASELINE_II)]
+    finals = read_csv(seed_dir / "finals.csv")
+    atomic_write_csv(seed_dir / "candidates.csv", rows, old_candidates)
+    atomic_write_csv(seed_dir / "finals.csv", finals, old_finals)
+    (seed_dir / "refits.csv").unlink(missing_ok=True)
+
+    run(config, out)
+    resumed = read_csv(seed_dir / "candidates.csv")
+    assert [r["strategy"] for r in resumed] == ["block"] * 3 + [BASELINE_I, BASELINE_II]
+    assert stable(resumed[:3]) == stable(rows)
+    assert [stable([r], ["method", "val_acc", "test_acc"]) for r in read_csv(seed_dir /
+            "finals.csv")] == [stable([r], ["method", "val_acc", "test_acc"]) for r in finals]
+    text = build_report(out).read_text()
+    assert "## Verdict" in text and "no interval (no per-image predictions saved)" in text

@@ -16,6 +16,8 @@ DEMO = {"model": "tf_efficientnet_lite0", "data": "tf_flowers", "strategies": ["
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    from blocktune.select import RULES
+
     parser.add_argument("--config", help="YAML file of run settings (flags override it)")
     parser.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
     parser.add_argument("--data", help="image folder with one sub-folder per class, or tf_flowers")
@@ -40,6 +42,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="keep frozen BatchNorms as they are (no folding into convolutions)")
     parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
                         "or mps")
+    parser.add_argument("--select", choices=sorted(RULES),
+                        help="selection rule: which candidate of each strategy is fine-tuned "
+                        "(from val only; see README, 'Can the search be trusted?')")
     parser.add_argument("--strict", action="store_true", default=None,
                         help="refuse unreadable images instead of skipping them")
     parser.add_argument("--out", required=True, help="run folder (created, or resumed)")
@@ -97,7 +102,8 @@ class _Progress:
                                  f"({seconds:.1f}s)")
 
         return Events(on_candidate_start=start, on_candidate_end=end, on_epoch=epoch,
-                      on_phase=lambda text: self.console.log(text))
+                      on_phase=lambda text: self.console.log(text),
+                      on_notice=lambda text: self.console.log(f"[bold]note:[/bold] {text}"))
 
 
 def cmd_groups(args) -> int:
@@ -124,7 +130,7 @@ def cmd_groups(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from blocktune.report import build_report
+    from blocktune.report import assess, build_report
     from blocktune.search import run
 
     extra = {}
@@ -143,21 +149,39 @@ def cmd_run(args) -> int:
     with progress.bar:
         summary = run(config, args.out, progress.events(), force_new=args.force_new)
     report = build_report(args.out)
-    _print_summary(summary)
+    _print_assessment(assess(args.out), summary)
     print(f"report: {report}")
     return 0
 
 
-def _print_summary(summary) -> None:
+def _print_assessment(assessment, summary) -> None:
+    """The recommendation and the verdicts first, then every method with its intervals."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="test accuracy (mean ± std over seeds)")
+    from blocktune.search import label
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for the intervals
+        console = Console(width=140)
+    seed = assessment.seeds[0]
+    results = assessment.per_seed[seed]
+    several = len(assessment.seeds) > 1
+    table = Table(title="final fine-tunes: accuracy with 95% intervals"
+                        + (f" (val: seed {seed}; test: mean over seeds)" if several else ""))
+    for column in ("method", "group", "trained params", "val", "test"):
+        table.add_column(column, justify="left" if column in ("method", "group") else "right")
     for row in summary:
-        table.add_column(row["label"], justify="right")
-    table.add_row(*[f"{float(r['test_acc_mean']):.3f} ± {float(r['test_acc_std']):.3f}"
-                    for r in summary])
-    Console().print(table)
+        method = row["method"]
+        if method not in results:
+            continue
+        mark = " (recommended)" if method == assessment.recommended else ""
+        table.add_row(label(method) + mark, results[method].group,
+                      f"{results[method].trained_params:,}", results[method].val.fraction(),
+                      assessment.test_over_seeds[method].fraction())
+    console.print(table)
+    for line in assessment.lines():
+        console.print(line.replace("**", ""), highlight=False, markup=False)
 
 
 def cmd_finetune(args) -> int:

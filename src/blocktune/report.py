@@ -6,18 +6,163 @@ import base64
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
-from blocktune.io import atomic_write_bytes, atomic_write_text, read_csv  # noqa: E402
+from blocktune.io import (  # noqa: E402
+    atomic_write_bytes,
+    atomic_write_text,
+    parse_predictions,
+    read_csv,
+)
 from blocktune.layers import ModelWalk  # noqa: E402
-from blocktune.search import BASELINE_I, BASELINE_II, choose, label, summarize  # noqa: E402
+from blocktune.search import (  # noqa: E402
+    BASELINE_I,
+    BASELINE_II,
+    BASELINES,
+    choose,
+    label,
+    notices,
+    summarize,
+)
+from blocktune.stats import (  # noqa: E402
+    Comparison,
+    Interval,
+    accuracy_interval,
+    compare,
+    compare_over_seeds,
+    mean_interval,
+)
+
+
+# -- what a run found, and how sure it is ---------------------------------------------------
+@dataclass
+class MethodResult:
+    """One method's final on one seed, with 95% intervals."""
+
+    method: str
+    group: str
+    trained_params: int
+    val: Interval
+    test: Interval
+    test_correct: np.ndarray | None  # per test image, for paired comparisons
+    search_val: str = ""
+
+
+@dataclass
+class Assessment:
+    """The answer a report and the CLI lead with, computed from the run folder's files."""
+
+    seeds: list[int]
+    per_seed: dict[int, dict[str, MethodResult]]
+    recommended: str | None  # the method saved as model.safetensors (best final val, 1st seed)
+    versus_baselines: list[Comparison]  # every method against each baseline
+    versus_recommended: list[Comparison]  # the recommendation against every other method
+    test_over_seeds: dict[str, Interval]  # mean test accuracy with its t interval
+    notices: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The verdict in plain words, most important first."""
+        out = []
+        if self.recommended is not None:
+            first = self.per_seed[self.seeds[0]]
+            best = first[self.recommended]
+            others = sorted((r for m, r in first.items() if m != self.recommended),
+                            key=lambda r: -r.val.value)
+            out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): the best final "
+                       f"val accuracy, {best.val.fraction()}"
+                       + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
+                          if others else "")
+                       + f". Its test accuracy: {best.test.fraction()}"
+                       + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "") + ".")
+        said = set()
+        for comparison in [*self.versus_recommended, *self.versus_baselines]:
+            pair = frozenset((comparison.a, comparison.b))
+            if pair not in said:  # BW vs Baseline I, or Baseline I vs BW: one of them
+                said.add(pair)
+                out.append(comparison.sentence())
+        return out + self.notices
+
+
+def _correct(row: dict, labels: np.ndarray | None) -> np.ndarray | None:
+    predictions = parse_predictions(row.get("test_pred", ""))
+    if predictions is None or labels is None or len(predictions) != len(labels):
+        return None
+    return predictions == labels
+
+
+def _method_results(seed_dir: Path) -> dict[str, MethodResult]:
+    finals = [r for r in read_csv(seed_dir / "finals.csv") if r["status"] == "ok"]
+    labels = split_labels(seed_dir / "splits.json") if (seed_dir / "splits.json").exists() \
+        else {}
+    n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
+    out = {}
+    for row in finals:
+        val_acc, test_acc = float(row["val_acc"]), float(row["test_acc"])
+        out[row["method"]] = MethodResult(
+            row["method"], row["group"], int(row["trained_params"]),
+            accuracy_interval(round(val_acc * n_val), n_val) if n_val else
+            Interval(val_acc, math.nan, math.nan),
+            accuracy_interval(round(test_acc * n_test), n_test) if n_test else
+            Interval(test_acc, math.nan, math.nan),
+            _correct(row, labels.get("test")), row.get("search_val_acc", ""))
+    return out
+
+
+def _paired(a: str, b: str, per_seed: dict[int, dict[str, MethodResult]], seeds: list[int]
+            ) -> Comparison | None:
+    """A − B on the same test images: paired per image on one seed, over seeds as the mean of
+    per-seed differences."""
+    both = [s for s in seeds if a in per_seed[s] and b in per_seed[s]]
+    if not both:
+        return None
+    if len(both) == 1:
+        ra, rb = per_seed[both[0]][a], per_seed[both[0]][b]
+        if ra.test_correct is None or rb.test_correct is None:  # a run before predictions
+            diff = ra.test.value - rb.test.value
+            return Comparison(label(a), label(b), Interval(diff, math.nan, math.nan), math.nan,
+                              0)
+        return compare(label(a), label(b), ra.test_correct, rb.test_correct, seed=both[0])
+    diffs = [per_seed[s][a].test.value - per_seed[s][b].test.value for s in both]
+    images = sum(len(per_seed[s][a].test_correct) for s in both
+                 if per_seed[s][a].test_correct is not None)
+    return compare_over_seeds(label(a), label(b), diffs, images)
+
+
+def assess(folder: str | Path) -> Assessment:
+    """Recommendation, paired verdicts and intervals of a run, from its files alone."""
+    folder = Path(folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    seeds = [int(s) for s in config["seeds"]]
+    per_seed = {s: _method_results(folder / f"seed_{s}") for s in seeds}
+    methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
+    first = per_seed[seeds[0]]
+    recommended = max(first.values(), key=lambda r: (r.val.value, -r.trained_params)).method \
+        if first else None
+    versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
+                        if (c := _paired(m, b, per_seed, seeds)) is not None]
+    if BASELINE_I in methods and BASELINE_II in methods:
+        versus_baselines.append(_paired(BASELINE_II, BASELINE_I, per_seed, seeds))
+    versus_recommended = [c for m in methods if recommended and m != recommended
+                          if (c := _paired(recommended, m, per_seed, seeds)) is not None]
+    test_over_seeds = {}
+    for m in methods:
+        values = [per_seed[s][m].test for s in seeds if m in per_seed[s]]
+        test_over_seeds[m] = values[0] if len(values) == 1 else \
+            mean_interval([v.value for v in values])
+    found = [n for s in seeds for n in notices(s, read_csv(folder / f"seed_{s}" /
+                                                            "candidates.csv"))]
+    return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
+                      test_over_seeds, found)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -44,8 +189,11 @@ def plot_layer_params(walk: ModelWalk, groups: Sequence[Sequence[int]], path: st
     return _save(fig, path)
 
 
-def _candidate_plot(rows: list[dict], method: str, path: Path, title: str) -> Path:
-    """Figs. 4–6: val accuracy per candidate in model order, the chosen one marked."""
+def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
+                    chosen: dict | None = None, val_images: int = 0) -> Path:
+    """Figs. 4–6: val accuracy per candidate in model order, the chosen one marked, the
+    baselines' search scores as reference lines and the best candidate's 95% interval as the
+    search's noise band: candidates inside it are not told apart by this val split."""
     def at(status: str, rung: str | None = None) -> list[dict]:
         return sorted((r for r in rows if r["strategy"] == method and r["status"] == status
                        and (rung is None or str(r.get("rung", "")) == rung)),
@@ -64,28 +212,42 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str) -> Pa
                 label=f"after {first_rung[0]['rung']} epoch(s), all candidates")
     ax.plot([x(r) for r in mine], [float(r["val_acc"]) for r in mine], marker="o", ms=3, lw=1,
             label="trained to the end" if first_rung else None)
-    best = choose(rows, method)
+    top = choose(rows, method)
+    if top is not None and val_images:
+        band = accuracy_interval(round(float(top["val_acc"]) * val_images), val_images)
+        ax.axhspan(band.low, band.high, color="C0", alpha=0.12,
+                   label=f"best candidate's 95% interval ({val_images} val images)")
+    for baseline, style in ((BASELINE_I, "--"), (BASELINE_II, ":")):
+        searched = next((r for r in rows if r["strategy"] == baseline and r["status"] == "ok"),
+                        None)
+        if searched is not None:
+            ax.axhline(float(searched["val_acc"]), color="0.3", ls=style, lw=1.2,
+                       label=f"{label(baseline)} {float(searched['val_acc']):.3f}")
+    best = chosen or top
     if best is not None:
         ax.scatter([(int(best["first"]) + int(best["last"])) / 2], [float(best["val_acc"])],
                    s=120, facecolors="none", edgecolors="C3", lw=2, label="chosen", zorder=3)
-        ax.legend(loc="lower left")
+    ax.legend(loc="best", fontsize=7, ncol=2)
     ax.set(xlabel="layer index of the candidate (input → output)", ylabel="val accuracy",
            title=title)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _comparison_plot(summary: list[dict], path: Path, title: str) -> Path:
-    """Fig. 7: test accuracy of every method side by side (mean ± std over seeds)."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(summary)), 3.5))
-    means = [float(r["test_acc_mean"]) for r in summary]
-    stds = [float(r["test_acc_std"]) for r in summary]
-    colors = ["0.6" if r["method"] in (BASELINE_I, BASELINE_II) else "C0" for r in summary]
-    ax.bar([r["label"] for r in summary], means, yerr=stds, color=colors, capsize=4)
+def _comparison_plot(tests: dict[str, Interval], path: Path, title: str) -> Path:
+    """Fig. 7: test accuracy of every method side by side with its 95% interval (one seed:
+    Wilson's on the test images; several: Student's t over the seeds' accuracies)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tests)), 3.5))
+    means = [t.value for t in tests.values()]
+    errors = [[0 if math.isnan(t.low) else t.value - t.low for t in tests.values()],
+              [0 if math.isnan(t.high) else t.high - t.value for t in tests.values()]]
+    colors = ["0.6" if m in BASELINES else "C0" for m in tests]
+    ax.bar([label(m) for m in tests], means, yerr=errors, color=colors, capsize=4)
     for i, m in enumerate(means):
-        ax.text(i, m + 0.005, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
-    low = min(means) if means else 0
-    ax.set(ylabel="test accuracy", title=title, ylim=(max(0, low - 0.1), 1.0))
+        ax.text(i + 0.08, m + 0.003, f"{m:.3f}", ha="left", va="bottom", fontsize=8)
+    low = min((t.low if not math.isnan(t.low) else t.value for t in tests.values()), default=0)
+    ax.set(ylabel="test accuracy (95% interval)", title=title,
+           ylim=(max(0, low - 0.05), 1.0))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -111,20 +273,31 @@ def build_report(folder: str | Path) -> Path:
                                          if m not in (BASELINE_I, BASELINE_II)]
     summary.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
 
+    assessment = assess(folder)
     parts = [f"# blocktune report: {config['model']} on {Path(str(config['data'])).name}", ""]
+    parts += ["## Verdict", ""]
+    verdict = assessment.lines()
+    parts += [f"- {line}" for line in verdict] or ["- No final fine-tune has finished yet."]
+    parts += ["", "Intervals are 95%. A difference is better or worse only when its whole "
+              "interval lies on one side of zero; paired on the same test images (bootstrap "
+              "interval, McNemar's exact test) for one seed, the mean of the seeds' differences "
+              "(Student's t) for several.", ""]
     parts.append(f"Head `{config['head']}`, image size {config['image_size']}, "
                  f"{config['epochs']} search epochs, {config['final_epochs']} final epochs, "
-                 f"seeds {', '.join(map(str, seeds))}. Search on the search split, choice on "
+                 f"seeds {', '.join(map(str, seeds))}, selection rule "
+                 f"`{config.get('select', 'max-val')}`. Search on the search split, choice on "
                  "val, test accuracy measured once at the end.")
     parts += ["", "## Test accuracy (Table I layout)", ""]
     if summary:
+        tests = {r["method"]: assessment.test_over_seeds[r["method"]] for r in summary}
         header = ["model"] + [r["label"] for r in summary]
         parts.append(_md_table(header, [
             [config["model"]] + [f"{float(r['test_acc_mean']):.3f}" for r in summary],
+            ["95% interval"] + [_interval_text(tests[r["method"]]) for r in summary],
             ["std over seeds"] + [f"{float(r['test_acc_std']):.3f}" for r in summary],
             ["variance"] + [f"{float(r['test_acc_var']):.4f}" for r in summary]]))
         parts += ["", "![test accuracy](plots/test_accuracy.png)", ""]
-        _comparison_plot(summary, plots / "test_accuracy.png", f"{config['model']}: test accuracy")
+        _comparison_plot(tests, plots / "test_accuracy.png", f"{config['model']}: test accuracy")
     else:
         parts.append("No final fine-tune has finished yet.")
 
@@ -133,15 +306,24 @@ def build_report(folder: str | Path) -> Path:
         rows = read_csv(seed_dir / "candidates.csv")
         finals = read_csv(seed_dir / "finals.csv")
         parts += ["", f"## Seed {seed}", ""]
+        results = assessment.per_seed[seed]
         if finals:
             parts.append(_md_table(
-                ["method", "group", "trained params", "search val", "val", "test"],
+                ["method", "group", "trained params", "search val", "val [95%]", "test [95%]"],
                 [[label(r["method"]), r["group"], f"{int(r['trained_params']):,}",
-                  r["search_val_acc"][:5] or "–", r["val_acc"][:5], r["test_acc"][:5]]
+                  r["search_val_acc"][:5] or "–",
+                  results[r["method"]].val.fraction() if r["method"] in results else "–",
+                  results[r["method"]].test.fraction() if r["method"] in results else "failed"]
                  for r in finals]))
-        for method in dict.fromkeys(r["strategy"] for r in rows):
+        val_images = len(split_labels(seed_dir / "splits.json")["val"]) \
+            if (seed_dir / "splits.json").exists() else 0
+        final_of = {r["method"]: r for r in finals}
+        for method in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] not in BASELINES):
             mine = [r for r in rows if r["strategy"] == method]
-            chosen = choose(rows, method)
+            # the group the run's selection rule chose is the one its final trained
+            chosen = next((r for r in mine if method in final_of and r["status"] == "ok"
+                           and r["layer_indices"] == final_of[method]["layer_indices"]),
+                          None) or choose(rows, method)
             groups = {r["layer_indices"] for r in mine}
             failed = sum(r["status"] == "failed" for r in mine)
             finished = sum(r["status"] == "ok" for r in mine)
@@ -155,12 +337,16 @@ def build_report(folder: str | Path) -> Path:
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
                 _candidate_plot(rows, method, plots / name,
-                                f"{label(method)} ({method}), seed {seed}")
+                                f"{label(method)} ({method}), seed {seed}", chosen, val_images)
                 parts += ["", f"![{method}](plots/{name})"]
     markdown = "\n".join(parts) + "\n"
     atomic_write_text(folder / "report.md", markdown)
     atomic_write_text(folder / "report.html", _to_html(markdown, folder))
     return folder / "report.md"
+
+
+def _interval_text(interval: Interval) -> str:
+    return "–" if math.isnan(interval.low) else f"[{interval.low:.3f}, {interval.high:.3f}]"
 
 
 def _methods(folder: Path, seeds: list[int]) -> list[str]:
@@ -173,7 +359,13 @@ def _methods(folder: Path, seeds: list[int]) -> list[str]:
 
 def _to_html(markdown: str, folder: Path) -> str:
     """A self-contained page: the same content, images inlined as base64."""
-    body, table = [], []
+    body, table, items = [], [], []
+
+    def flush_list():
+        if items:
+            body.append('<ul class="verdict">' + "".join(f"<li>{i}</li>" for i in items)
+                        + "</ul>")
+            items.clear()
 
     def flush_table():
         if table:
@@ -191,6 +383,10 @@ def _to_html(markdown: str, folder: Path) -> str:
             table.append(line)
             continue
         flush_table()
+        if line.startswith("- "):
+            items.append(_verdict_html(line[2:]))
+            continue
+        flush_list()
         if line.startswith("!["):
             src = line[line.index("(") + 1:line.rindex(")")]
             data = base64.b64encode((folder / src).read_bytes()).decode()
@@ -201,10 +397,24 @@ def _to_html(markdown: str, folder: Path) -> str:
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
     flush_table()
+    flush_list()
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:"
-             "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
+             "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
+             "ul.verdict{background:#f5f7fa;border-left:4px solid #4a6fa5;padding:.6em 1em .6em 2em}"
+             "ul.verdict li{margin:.25em 0}.better{color:#1a7f37;font-weight:bold}"
+             ".worse{color:#b42318;font-weight:bold}.tie{color:#555;font-weight:bold}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>blocktune report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _verdict_html(text: str) -> str:
+    """A verdict line with its word coloured: better, worse, or no clear difference."""
+    escaped = _inline(text)
+    for word, css in ((", better (", "better"), (", worse (", "worse"),
+                      (", no clear difference (", "tie")):
+        shown = word[2:-2]
+        escaped = escaped.replace(word, f', <span class="{css}">{shown}</span> (', 1)
+    return escaped
 
 
 def _inline(text: str) -> str:

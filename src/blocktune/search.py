@@ -418,20 +418,7 @@ class SeedRun:
         return pick(rule or self.config.select, self.view(rows, method, refits))
 
     def notices(self, rows: list[dict]) -> list[str]:
-        """One line per strategy none of whose candidates beat Baseline I on val."""
-        baseline = next((r for r in rows if r["strategy"] == BASELINE_I and r["status"] == "ok"),
-                        None)
-        if baseline is None:
-            return []
-        out = []
-        for method in _strategies(rows):
-            ok = [float(r["val_acc"]) for r in rows if r["strategy"] == method
-                  and r["status"] == "ok"]
-            if ok and max(ok) <= float(baseline["val_acc"]):
-                out.append(f"seed {self.seed}: no {label(method)} candidate beat Baseline I on "
-                           f"val (best {max(ok):.3f} vs {float(baseline['val_acc']):.3f}): "
-                           "training the head alone is as good here")
-        return out
+        return notices(self.seed, rows)
 
     # -- selection and final fine-tunes -------------------------------------------------
     def methods(self, rows: list[dict], refits: list[dict] | None = None
@@ -552,6 +539,23 @@ def _indices(group) -> str:
 
 def _group(indices: str) -> tuple[int, ...] | None:
     return None if indices == "all" else tuple(int(i) for i in indices.split(",") if i)
+
+
+def notices(seed: int, rows: list[dict]) -> list[str]:
+    """One line per strategy none of whose candidates beat Baseline I's search score on val."""
+    baseline = next((r for r in rows if r["strategy"] == BASELINE_I and r["status"] == "ok"),
+                    None)
+    if baseline is None:
+        return []
+    out = []
+    for method in _strategies(rows):
+        ok = [float(r["val_acc"]) for r in rows if r["strategy"] == method
+              and r["status"] == "ok"]
+        if ok and max(ok) <= float(baseline["val_acc"]):
+            out.append(f"seed {seed}: no {label(method)} candidate beat Baseline I on val in "
+                       f"the search (best {max(ok):.3f}, Baseline I "
+                       f"{float(baseline['val_acc']):.3f}): the head alone does as well here")
+    return out
 
 
 def _strategies(rows: list[dict]) -> list[str]:

@@ -138,11 +138,12 @@ def one_se(view: SearchView) -> dict | None:
     return val_loss(SearchView(within_one_se(view)))
 
 
-SMOOTH_RADIUS = 1  # neighbours on each side in model order
+SMOOTH_KERNEL = (0.25, 0.5, 0.25)  # left neighbour, the candidate, right neighbour
 
 
-@register_rule("smooth", "noise-aware: val accuracy averaged with each candidate's neighbours in "
-               "model order (neighbouring groups train alike), highest wins")
+@register_rule("smooth", "noise-aware: val accuracy smoothed over each candidate and its "
+               "neighbours in model order (weights 1/4, 1/2, 1/4: neighbouring groups train "
+               "alike), highest wins")
 def smooth(view: SearchView) -> dict | None:
     ordered = sorted(view.rows, key=lambda r: (min(group_of(r)), max(group_of(r))))
     if not ordered:
@@ -150,8 +151,11 @@ def smooth(view: SearchView) -> dict | None:
     accs = [_acc(r) for r in ordered]
     scores = []
     for i in range(len(ordered)):
-        window = accs[max(0, i - SMOOTH_RADIUS):i + SMOOTH_RADIUS + 1]
-        scores.append(sum(window) / len(window))
+        # at the ends the missing neighbour's weight is dropped and the rest renormalised
+        pairs = [(w, accs[i + offset]) for offset, w in zip((-1, 0, 1), SMOOTH_KERNEL,
+                                                            strict=True)
+                 if 0 <= i + offset < len(accs)]
+        scores.append(sum(w * a for w, a in pairs) / sum(w for w, _ in pairs))
     best = min(range(len(ordered)), key=lambda i: (-scores[i], *rank_key(ordered[i])))
     return ordered[best]
 

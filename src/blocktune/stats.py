@@ -32,10 +32,10 @@ class Interval:
     high: float
 
     def points(self) -> str:
-        """``+1.2 [-0.4, +2.9]`` in percentage points, for differences."""
+        """``+1.2 points [-0.4, +2.9]``, for differences of accuracies."""
         if math.isnan(self.low):
-            return f"{100 * self.value:+.1f}"
-        return f"{100 * self.value:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+            return f"{100 * self.value:+.1f} points"
+        return f"{100 * self.value:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
 
     def fraction(self) -> str:
         """``0.873 [0.847, 0.896]``, for accuracies."""
@@ -116,7 +116,7 @@ class Comparison:
     def word(self) -> str:
         """better / worse when the whole interval lies on one side of zero, else a tie."""
         if math.isnan(self.difference.low):
-            return "one seed: no interval" if self.seeds == 1 and math.isnan(self.p_value) \
+            return "no interval (no per-image predictions saved)" if self.images == 0 \
                 else "no interval"
         if self.difference.low > 0:
             return "better"
@@ -129,7 +129,7 @@ class Comparison:
         detail = f"McNemar p = {self.p_value:.3g}" if not math.isnan(self.p_value) else \
             f"mean over {self.seeds} seeds"
         text = self.difference.points().replace("-", "\u2212")
-        return f"{self.a} vs {self.b}: {text} points, {self.word} ({detail})"
+        return f"{self.a} vs {self.b}: {text}, {self.word} ({detail})"
 
 
 def compare(a: str, b: str, correct_a: Sequence[bool], correct_b: Sequence[bool],

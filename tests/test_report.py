@@ -1,0 +1,70 @@
+"""The report a user opens: verdict first, intervals, baseline lines; rendered in a real browser."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from blocktune.io import read_csv
+from blocktune.report import assess, build_report
+from blocktune.search import BASELINE_I, BASELINE_II, run
+
+from .test_search import tiny_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from .conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("report")
+    data = make_image_folder(root / "images", per_class=24)
+    out = root / "run"
+    run(tiny_config(data, strategies=["block"], max_candidates=5), out)
+    build_report(out)
+    return out
+
+
+def test_assessment_pairs_every_method_with_each_baseline(finished_run):
+    assessment = assess(finished_run)
+    finals = {r["method"]: r for r in read_csv(finished_run / "seed_0" / "finals.csv")}
+    best = max(finals.values(), key=lambda r: (float(r["val_acc"]), -int(r["trained_params"])))
+    assert assessment.recommended == best["method"]
+    pairs = {(c.a, c.b) for c in assessment.versus_baselines}
+    assert {("BW", "Baseline I"), ("BW", "Baseline II"), ("Baseline II", "Baseline I")} <= pairs
+    for comparison in assessment.versus_baselines:
+        assert comparison.images == len(finals[BASELINE_I]["test_pred"].split())
+        method = {"BW": "block", "Baseline I": BASELINE_I, "Baseline II": BASELINE_II}
+        expected = float(finals[method[comparison.a]]["test_acc"]) - \
+            float(finals[method[comparison.b]]["test_acc"])
+        assert comparison.difference.value == pytest.approx(expected, abs=1e-6)
+        assert comparison.difference.low <= comparison.difference.value <= \
+            comparison.difference.high
+    lines = assessment.lines()
+    assert lines[0].startswith("**Recommended: ")
+    assert any(line.startswith("BW vs Baseline I: ") for line in lines)
+
+
+def test_report_opens_with_the_verdict_and_intervals(finished_run):
+    text = (finished_run / "report.md").read_text()
+    assert text.index("## Verdict") < text.index("## Test accuracy")
+    assert "95% interval" in text and "val [95%]" in text
+    assert "BW vs Baseline I: " in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_html_renders_in_a_real_browser_with_the_verdict(finished_run, tmp_path):
+    page = (finished_run / "report.html").as_uri()
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert '<ul class="verdict">' in dom and "Recommended: " in dom
+    assert "BW vs Baseline I: " in dom
+    assert dom.index("Verdict") < dom.index("Test accuracy")
+    assert dom.count("data:image/png;base64,") >= 2  # the plots are inside the page
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, "--window-size=1100,1400", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
