@@ -70,13 +70,12 @@ def oracle(seed_run: SeedRun, rows: list[dict], path: Path) -> list[dict]:
     done = read_csv(path)
     have = {r["layer_indices"] for r in done}
     searched = [r for r in rows if r["status"] == "ok"]
-    feed = seed_run.feed(("search", "train", "val", "test"))
     for position, row in enumerate(searched):
         if row["layer_indices"] in have:
             continue
         group = None if row["layer_indices"] == "all" else \
             tuple(int(i) for i in row["layer_indices"].split(",") if i)
-        result, test_acc, test_pred = seed_run.fit_final(group, None, None, feed)
+        result, test_acc, test_pred = seed_run.fit_final(group, None, None)
         done.append({"method": row["strategy"], "index": row["index"], "layers": row["layers"],
                      "layer_indices": row["layer_indices"],
                      "trained_params": result.trainable_params,

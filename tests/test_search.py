@@ -192,7 +192,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
 
 
 def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path, monkeypatch):
-    import blocktune.search as search
+    import blocktune.workbench as search
     from blocktune.train import TrainResult
 
     real = search.train_group
@@ -212,7 +212,7 @@ def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path,
 
 
 def test_rungs():
-    from blocktune.search import rungs
+    from blocktune.plan import rungs
 
     assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 3, 5] and rungs(3) == [1, 3]
     assert rungs(1) == [1] and rungs(2) == [1, 2] and rungs(10) == [1, 3, 9, 10]
@@ -290,7 +290,7 @@ def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_p
 @pytest.mark.parametrize("prune", [False, True])
 def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_folder, tmp_path,
                                                                          monkeypatch, prune):
-    import blocktune.search as search_module
+    import blocktune.workbench as search_module
 
     searched = []
     real_train_group = search_module.train_group
@@ -326,7 +326,7 @@ def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_f
 
 
 def test_a_final_of_a_group_another_method_chose_is_reused(image_folder, tmp_path, monkeypatch):
-    import blocktune.search as search_module
+    import blocktune.workbench as search_module
 
     finals = []
     real_train_group = search_module.train_group
@@ -368,7 +368,7 @@ def test_atomic_copy_replaces_the_target_whole_and_leaves_no_temp_file(tmp_path)
 
 def test_two_fold_rule_refits_the_top_candidates_on_the_swapped_fold(image_folder, tmp_path,
                                                                      monkeypatch):
-    import blocktune.search as search_module
+    import blocktune.workbench as search_module
 
     splits = []
     real_train_group = search_module.train_group
@@ -419,7 +419,7 @@ def test_another_selection_rule_on_resume_refits_only_the_changed_choice(image_f
 
 
 def test_seeds_vary_the_batch_order(image_folder, tmp_path, monkeypatch):
-    import blocktune.search as search_module
+    import blocktune.workbench as search_module
 
     seen = []
     real_train_group = search_module.train_group

@@ -15,7 +15,6 @@ Running the same command on the same folder skips what is finished and gives the
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import logging
@@ -30,7 +29,6 @@ from pathlib import Path
 import torch
 
 from blocktune import __version__
-from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
 from blocktune.config import RunConfig, differing_keys
 from blocktune.data import (
     DecodedImages,
@@ -40,8 +38,9 @@ from blocktune.data import (
     scan_folder,
 )
 from blocktune.errors import BlocktuneError
-from blocktune.fold import foldable_pairs
-from blocktune.groups import Candidate, StrategyOptions, candidates, describe
+from blocktune.executors import Executor
+from blocktune.executors.local import LocalExecutor
+from blocktune.groups import Candidate, StrategyOptions, describe
 from blocktune.io import (
     RunLock,
     atomic_copy,
@@ -53,10 +52,26 @@ from blocktune.io import (
     predictions_text,
     read_csv,
 )
-from blocktune.layers import ModelWalk, walk
-from blocktune.models import BlockModel, build_model, check_model_name, data_config
+from blocktune.layers import ModelWalk
+from blocktune.models import BlockModel, check_model_name, data_config
+from blocktune.plan import (
+    BASELINE_I,
+    BASELINE_II,
+    BASELINES,
+    FinalTrial,
+    SearchSettings,
+    Trial,
+    final_group,
+    finals_plan,
+    indices_text,
+    parse_indices,
+    row_key,
+    search_wave,
+    strategy_candidates,
+)
 from blocktune.select import SearchView, get_rule, pick
-from blocktune.train import TrainResult, device_for, evaluate, keep_freed_memory, train_group
+from blocktune.train import TrainResult
+from blocktune.workbench import Workbench
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +81,6 @@ CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "fir
 FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
                 "val_acc", "test_acc", "epochs", "seconds", "status", "same_as", "select",
                 "val_pred", "test_pred"]
-BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
-BASELINES = (BASELINE_I, BASELINE_II)
-PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
           "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
           "random": "Random", "quarter": "Quarter"}
@@ -153,88 +165,60 @@ def subsample(images: DecodedImages, per_class: int, seed: int) -> DecodedImages
 
 
 class SeedRun:
-    """One seed of the protocol on one run folder."""
+    """One seed of the protocol on one run folder: plan the trials, hand them to an executor,
+    record every result the moment it comes back."""
 
     def __init__(self, config: RunConfig, seed: int, folder: Path, images: DecodedImages,
-                 data_cfg, events: Events | None = None):
+                 data_cfg, events: Events | None = None, executor: Executor | None = None):
         self.config, self.seed, self.folder, self.images = config, seed, folder, images
         self.data_cfg = data_cfg
         self.events = events or Events()
-        if config.keep_freed_memory:
-            keep_freed_memory()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
-        torch.manual_seed(seed)  # random-weight bodies (--no-pretrained) are seeded too
-        self.model, self.weights_source = build_model(
-            config.model, len(images.classes), config.head, config.image_size,
-            weights=config.weights, pretrained=config.pretrained, head_seed=seed)
-        self.model.to(memory_format=torch.channels_last)  # the cache pass and prefix too
-        self.walk: ModelWalk = walk(self.model.body,
-                                    input_size=(3, config.image_size, config.image_size))
-        self.fold = foldable_pairs(self.model.body, self.walk) if config.fold_norms else []
-        # The model lives on the run's device from here on: every candidate, the activation
-        # cache's prefix pass and the finals train and run there.
-        self.device = device_for(config.device)
-        self.model.to(self.device)
-        self.pristine = copy.deepcopy(self.model.state_dict())
-        self.image_feed = ImageFeed(self.model.body, self.walk, images.pixels, images.labels,
-                                    self.split, data_cfg.mean, data_cfg.std,
-                                    augment=config.augment, seed=seed)
-        self._caches: dict[tuple[str, ...], ActivationCache] = {}
+        self.bench = Workbench(config, seed, images, self.split, data_cfg,
+                               spill_dir=folder / "cache")
+        self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
+        self.weights_source, self.device = self.bench.weights_source, self.bench.device
+        self.executor = executor or LocalExecutor(self.bench)
 
-    # -- feeds -------------------------------------------------------------------------
     def feed(self, cover: tuple[str, ...]):
-        if not self.config.cache:
-            return self.image_feed
-        if cover not in self._caches:
-            # Only one cache lives at a time: the search's is dropped before the finals'.
-            self._caches.clear()
-            self._caches[cover] = ActivationCache(
-                self.model.body, self.walk, self.images.pixels, self.images.labels, self.split,
-                self.data_cfg.mean, self.data_cfg.std, cover=cover,
-                dtype=self.config.cache_dtype, max_bytes=int(self.config.cache_max_gb * 2**30),
-                spill_dir=self.folder / "cache")
-        return CachedFeed(self.image_feed, self._caches[cover])
+        return self.bench.feed(cover)
 
     def close(self) -> None:
         """Drop the activation caches, and their spill files once the seed is finished."""
-        self._caches.clear()
-        shutil.rmtree(self.folder / "cache", ignore_errors=True)
+        self.bench.close()
 
     def reset(self) -> BlockModel:
-        self.model.load_state_dict(self.pristine)
-        torch.manual_seed(self.seed)  # dropout in the head draws from the global generator
-        return self.model
+        return self.bench.reset()
 
-    # -- search ------------------------------------------------------------------------
-    def options(self, layer_scores=None, k=None) -> StrategyOptions:
+    # -- the plan's inputs ---------------------------------------------------------------
+    def options(self) -> StrategyOptions:
         c = self.config
         return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
-                               k=k or c.random_k, seed=self.seed, native=c.native,
-                               quarter=c.quarter, layer_scores=layer_scores or {},
-                               model=self.model.body)
+                               k=c.random_k, seed=self.seed, native=c.native,
+                               quarter=c.quarter, model=self.model.body)
+
+    def settings(self) -> SearchSettings:
+        c = self.config
+        return SearchSettings(tuple(c.strategies), c.search_training(self.seed).epochs,
+                              baselines=c.baselines, prune=c.prune, prune_grace=c.prune_grace,
+                              max_candidates=c.max_candidates, ranked_k=tuple(c.ranked_k))
 
     def planned(self, strategy: str, rows: list[dict]) -> list[tuple[str, Candidate]]:
         """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
-        if strategy != "ranked":
-            return [(strategy, c) for c in candidates(self.walk, strategy, self.options())]
-        scores = {int(r["layer_indices"]): float(r["val_acc"]) for r in rows
-                  if r["strategy"] == "layer" and r["status"] == "ok"}
-        out = []
-        for k in self.config.ranked_k:
-            for c in candidates(self.walk, "ranked", self.options(scores, k)):
-                out.append((f"ranked-{k}", Candidate(f"ranked-{k}", c.index, c.layers)))
-        return out
+        return strategy_candidates(self.walk, strategy, self.options(), rows, self.settings())
 
+    # -- search ------------------------------------------------------------------------
     def search(self) -> tuple[list[dict], bool]:
         """Train every candidate not yet in ``candidates.csv``; returns (rows, complete).
 
-        With ``prune``, a strategy's candidates climb rungs of :func:`rungs` epochs; after each
-        rung only the best third (by val accuracy, ties to fewer parameters) goes on, and goes
-        on from where it stopped: its training state is saved at the rung (``rungs/``), so a
-        survivor's row is exactly the row an unpruned search gives it. Every rung's result is
-        a row (``status`` ``rung``), so a resume picks up mid-rung; a lost rung state is
-        recomputed from the pretrained weights, with the same result.
+        The plan (:func:`blocktune.plan.search_wave`) gives the next wave of trials; the
+        executor runs them; each row is appended as it comes back. With ``prune``, a
+        strategy's candidates climb rungs of :func:`blocktune.plan.rungs` epochs and only the
+        best third goes on, from where it stopped: its training state is saved at the rung
+        (``rungs/``), so a survivor's row is exactly the row an unpruned search gives it. Every
+        rung's result is a row (``status`` ``rung``), so a resume picks up mid-rung; a lost
+        rung state is recomputed from the pretrained weights, with the same result.
 
         A candidate whose group another strategy has already trained for as many epochs (the
         ``quarter`` candidates in a ``block`` search, a timm stage that is also a block) is
@@ -243,119 +227,71 @@ class SeedRun:
         """
         path = self.folder / "candidates.csv"
         rows = read_csv(path)
-        done = {(r["strategy"], r["layer_indices"], r["rung"]): r for r in rows}
-        feed = self.feed(("search", "val"))
         started = time.perf_counter()
-        best = max((float(r["val_acc"]) for r in rows if r["strategy"] not in BASELINES),
-                   default=0.0)
-        epochs = self.config.search_training(self.seed).epochs
-        ladder = rungs(epochs, grace=self.config.prune_grace) if self.config.prune else [epochs]
-        if self.config.baselines and not self._search_baselines(rows, done, feed, epochs,
-                                                                started):
-            return rows, False
-        for strategy in self.config.strategies:
-            if strategy == "ranked" and not any(r["strategy"] == "layer" for r in rows):
-                continue
-            plan = self.planned(strategy, rows)
-            if self.config.max_candidates is not None:
-                plan = plan[:self.config.max_candidates]
-            for rung_index, rung_epochs in enumerate(ladder):
-                final = rung_index == len(ladder) - 1
-                todo = [(m, c) for m, c in plan
-                        if (m, _indices(c.layers), str(rung_epochs)) not in done]
-                if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
-                    self.events.on_phase(f"caching activations at {len(todo)} cuts")
-                    self.reset()  # candidates train in place: the cache needs pretrained weights
-                    feed.cache.prepare_cuts([self.walk.cut_for(c.layers) for _, c in todo])
-                for position, (method, cand) in enumerate(todo):
-                    budget = self.config.time_budget
-                    if budget is not None and time.perf_counter() - started > budget:
-                        log.warning("time budget of %.0f s spent: %d candidates left for a "
-                                    "resume", budget, len(todo) - position)
-                        return rows, False
-                    self.events.on_candidate_start(method, position, len(todo))
-                    twin = _trained_twin(rows, _indices(cand.layers), rung_epochs)
-                    if twin is not None:
-                        row = {**twin, "strategy": method, "index": cand.index, "seconds": "0.00",
-                               "same_as": f"{twin['strategy']} #{twin['index']}"}
-                    else:
-                        training = self.config.search_training(self.seed)
-                        previous = self._rung_state(method, cand) if rung_index else None
-                        result, _, _ = train_group(self.reset(), self.walk, cand.layers, feed,
-                                                   training, on_epoch=self.events.on_epoch,
-                                                   checkpoint=previous, stop_after=rung_epochs,
-                                                   fold=self.fold)
-                        if result.checkpoint is not None and not final:
-                            self._save_rung_state(method, cand, result.checkpoint)
-                        row = self._candidate_row(method, cand, result, rung_epochs, final)
-                    rows.append(row)
-                    done[(method, row["layer_indices"], str(rung_epochs))] = row
-                    atomic_write_csv(path, rows, CANDIDATE_FIELDS)
-                    if row["status"] == "ok":
-                        best = max(best, float(row["val_acc"]))
-                    self.events.on_candidate_end(row, best)
-                if not final:
-                    scored = [(done[(m, _indices(c.layers), str(rung_epochs))], (m, c))
-                              for m, c in plan]
-                    scored = [(r, mc) for r, mc in scored if r["status"] == "rung"]
-                    scored.sort(key=lambda item: (-float(item[0]["val_acc"]),
-                                                  int(item[0]["trained_params"])))
-                    plan = [mc for _, mc in scored[:max(1, math.ceil(len(scored) / PRUNE_ETA))]]
+        budget = self.config.time_budget
+        best = max((float(r["val_acc"]) for r in rows if r["strategy"] not in BASELINES
+                    and r["status"] == "ok"), default=0.0)
+
+        def keep_going() -> bool:
+            return budget is None or time.perf_counter() - started <= budget
+
+        def record(row: dict) -> None:
+            nonlocal best
+            rows.append(row)
+            atomic_write_csv(path, rows, CANDIDATE_FIELDS)
+            if row["status"] == "ok" and row["strategy"] not in BASELINES:
+                best = max(best, float(row["val_acc"]))
+            self.events.on_candidate_end(row, best)
+
+        while wave := search_wave(self.settings(), rows, self.planned):
+            by_key = {row_key(r): r for r in rows}
+            for trial in (t for t in wave if t.copy_of is not None):
+                twin = by_key[trial.copy_of]
+                record({**twin, "strategy": trial.method, "index": trial.index,
+                        "seconds": "0.00", "same_as": f"{twin['strategy']} #{twin['index']}"})
+            trainable = [t for t in wave if t.copy_of is None]
+            if trainable and self.config.cache:
+                self.events.on_phase(f"caching activations at {len(trainable)} cuts")
+            checkpoints = {t.key: state for t in trainable if t.resume_rung
+                           and (state := self._rung_state(t)) is not None}
+            finished = 0
+            for trial, result in self.executor.search(
+                    trainable, checkpoints, keep_going,
+                    lambda t, i, n: self.events.on_candidate_start(t.method, i, n),
+                    self.events.on_epoch):
+                if result.checkpoint is not None and not trial.final:
+                    self._save_rung_state(trial, result.checkpoint)
+                status = result.status if trial.final or result.status != "ok" else "rung"
+                record(self._row(trial.method, trial.index, trial.group, result, trial.epochs,
+                                 status))
+                finished += 1
+            if finished < len(trainable):
+                log.warning("time budget of %.0f s spent: %d trials left for a resume",
+                            budget or 0, len(trainable) - finished)
+                return rows, False
         shutil.rmtree(self.folder / "rungs", ignore_errors=True)  # the pruned ones' states
         return rows, True
 
-    def _search_baselines(self, rows: list[dict], done: dict, feed, epochs: int,
-                          started: float) -> bool:
-        """Baselines I and II trained and scored exactly like a candidate: the search's
-        reference lines (no pruning: they always train every epoch). False when the time
-        budget ran out first."""
-        path = self.folder / "candidates.csv"
-        todo = [(m, g) for m, g in ((BASELINE_I, ()), (BASELINE_II, None))
-                if (m, _indices(g), str(epochs)) not in done]
-        if todo and isinstance(feed, CachedFeed) and feed.cache is not None:
-            self.reset()
-            feed.cache.prepare_cuts([self.walk.cut_for(())])
-        for position, (method, group) in enumerate(todo):
-            budget = self.config.time_budget
-            if budget is not None and time.perf_counter() - started > budget:
-                log.warning("time budget of %.0f s spent before the baselines were searched",
-                            budget)
-                return False
-            self.events.on_candidate_start(method, position, len(todo))
-            result, _, _ = train_group(self.reset(), self.walk, group, feed,
-                                       self.config.search_training(self.seed),
-                                       on_epoch=self.events.on_epoch, fold=self.fold)
-            row = self._row(method, 0, group, result, epochs, result.status)
-            rows.append(row)
-            done[(method, row["layer_indices"], str(epochs))] = row
-            atomic_write_csv(path, rows, CANDIDATE_FIELDS)
-            self.events.on_candidate_end(row, float(row["val_acc"]))
-        return True
+    def _rung_path(self, trial: Trial) -> Path:
+        digest = hashlib.sha1(trial.indices.encode()).hexdigest()[:12]
+        first = trial.group[0] if trial.group else "head"
+        return self.folder / "rungs" / f"{trial.method}-{first}-{digest}.pt"
 
-    def _rung_path(self, method: str, cand: Candidate) -> Path:
-        digest = hashlib.sha1(_indices(cand.layers).encode()).hexdigest()[:12]
-        return self.folder / "rungs" / f"{method}-{cand.layers[0] if cand.layers else 'head'}-{digest}.pt"
-
-    def _save_rung_state(self, method: str, cand: Candidate, state: dict) -> None:
-        path = self._rung_path(method, cand)
+    def _save_rung_state(self, trial: Trial, state: dict) -> None:
+        path = self._rung_path(trial)
         path.parent.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
-    def _rung_state(self, method: str, cand: Candidate) -> dict | None:
+    def _rung_state(self, trial: Trial) -> dict | None:
         """The training state a candidate paused with at the last rung, taken from disk."""
-        path = self._rung_path(method, cand)
+        path = self._rung_path(trial)
         if not path.exists():
             return None
         state = torch.load(path, map_location=self.device, weights_only=True)
         path.unlink()  # the row of the next rung replaces it
         return state
-
-    def _candidate_row(self, method: str, cand: Candidate, result: TrainResult, rung: int,
-                       final: bool = True) -> dict:
-        status = result.status if final or result.status != "ok" else "rung"
-        return self._row(method, cand.index, cand.layers, result, rung, status)
 
     def _row(self, method: str, index: int, group: tuple[int, ...] | None, result: TrainResult,
              rung: int, status: str) -> dict:
@@ -390,26 +326,27 @@ class SeedRun:
         path = self.folder / "refits.csv"
         refits = read_csv(path)
         have = {(r["strategy"], r["layer_indices"]) for r in refits}
-        feed = None
+        epochs = self.settings().epochs
+        todo: list[Trial] = []
         for method in _strategies(rows):
             view = self.view(rows, method, refits)
-            wanted = dict.fromkeys(i for name in (rules or [self.config.select])
-                                   for i in get_rule(name).refits(view))
-            for indices in wanted:
-                if (method, indices) in have:
-                    continue
-                feed = feed or self.feed(("search", "val"))
-                row = next(r for r in view.rows if r["layer_indices"] == indices)
-                group = _group(indices)
-                self.events.on_phase(f"{label(method)}: {row['layers']} on the swapped fold")
-                result, _, _ = train_group(self.reset(), self.walk, group, feed,
-                                           self.config.search_training(self.seed),
-                                           train_split="val", val_split="search",
-                                           on_epoch=self.events.on_epoch, fold=self.fold)
-                refits.append(self._row(method, int(row["index"]), group, result,
-                                        result.epochs, result.status))
-                have.add((method, indices))
-                atomic_write_csv(path, refits, CANDIDATE_FIELDS)
+            for indices in dict.fromkeys(i for name in (rules or [self.config.select])
+                                         for i in get_rule(name).refits(view)):
+                if (method, indices) not in have:
+                    row = next(r for r in view.rows if r["layer_indices"] == indices)
+                    todo.append(Trial(method, int(row["index"]), _group(indices), epochs))
+                    have.add((method, indices))
+
+        def start(trial: Trial, position: int, total: int) -> None:
+            self.events.on_phase(f"{label(trial.method)}: {self.group_text(trial.group)} on "
+                                 "the swapped fold")
+
+        for trial, result in self.executor.search(todo, {}, lambda: True, start,
+                                                  self.events.on_epoch, train_split="val",
+                                                  val_split="search"):
+            refits.append(self._row(trial.method, trial.index, trial.group, result,
+                                    result.epochs, result.status))
+            atomic_write_csv(path, refits, CANDIDATE_FIELDS)
         return refits
 
     def chosen(self, rows: list[dict], method: str, refits: list[dict] | None = None,
@@ -437,108 +374,80 @@ class SeedRun:
                 out.append((method, _group(chosen["layer_indices"]), float(chosen["val_acc"])))
         return out
 
-    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch,
-                  feed=None) -> tuple[TrainResult, float, list[int]]:
+    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
+                  ) -> tuple[TrainResult, float, list[int]]:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
         early stopping and the kept weights), then score it once on test and save it.
 
         Returns:
             (result, test accuracy, per-image test predictions in ``splits.json`` order).
         """
-        feed = feed or self.feed(("search", "train", "val", "test"))
-        model = self.reset()
-        result, net, cut = train_group(model, self.walk, group, feed,
-                                       self.config.final_training(self.seed),
-                                       train_split=("search", "train"), on_epoch=on_epoch,
-                                       fold=self.fold)
-        if result.status != "ok":
-            return result, math.nan, []
-        # The one and only use of the test split: after every choice was made on val.
-        test_x, test_y = feed.inputs(cut, "test")
-        device = next(net.parameters()).device
-        test_acc, _, test_pred = evaluate(net, test_x, test_y, feed.prepare(cut, device),
-                                          device=device)
-        if weights_path is not None:
-            atomic_save_safetensors(weights_path, model.state_dict(), {"model": self.config.model})
-        return result, test_acc, test_pred.tolist()
+        outcome = self.bench.fit_final(group, on_epoch)
+        if outcome.state is not None and weights_path is not None:
+            atomic_save_safetensors(weights_path, outcome.state, {"model": self.config.model})
+        return outcome.result, outcome.test_acc, outcome.test_pred
 
     def finals(self, rows: list[dict], refits: list[dict] | None = None) -> list[dict]:
         path = self.folder / "finals.csv"
-        finished = read_csv(path)
-        feed = self.feed(("search", "train", "val", "test"))
-        for method, group, search_acc in self.methods(rows, refits):
-            indices = "" if group is None else _indices(group)
-            if any(r["method"] == method and r["layer_indices"] == indices for r in finished):
-                continue
-            # A resume with a larger budget (--max-candidates, --time-budget) can change a
-            # strategy's choice: its earlier final no longer belongs to the table.
-            finished = [r for r in finished if r["method"] != method]
-            group_text = self.group_text(group)
-            search_text = "" if math.isnan(search_acc) else f"{search_acc:.6f}"
-            twin = self._final_twin(finished, group_text, indices)
-            if twin is not None:  # another strategy chose the same group: same fine-tune
-                atomic_copy(self.folder / f"{twin['method']}.safetensors",
-                            self.folder / f"{method}.safetensors")
-                finished.append({**twin, "method": method, "search_val_acc": search_text,
-                                 "seconds": "0.00", "same_as": twin["method"],
-                                 "select": self._rule_of(method)})
-                atomic_write_csv(path, finished, FINAL_FIELDS)
-                continue
-            self.events.on_phase(f"final fine-tune: {label(method)}")
-            result, test_acc, test_pred = self.fit_final(
-                group, self.folder / f"{method}.safetensors", self.events.on_epoch, feed)
-            finished.append({
-                "method": method,
-                "group": group_text,
-                "layer_indices": indices,
-                "trained_params": result.trainable_params,
-                "search_val_acc": search_text,
-                "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
-                "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
-                "status": result.status, "select": self._rule_of(method),
-                "val_pred": predictions_text(result.val_pred),
-                "test_pred": predictions_text(test_pred)})
+        methods = self.methods(rows, refits)
+        # A resume with a larger budget (--max-candidates, --time-budget) or another --select
+        # can change a strategy's choice: its earlier final no longer belongs to the table.
+        chosen = {method: group for method, group, _ in methods}
+        finished = [r for r in read_csv(path)
+                    if r["method"] not in chosen or final_group(r) == chosen[r["method"]]]
+        plan = finals_plan(methods, finished)
+
+        def weights(method: str) -> Path:
+            return self.folder / f"{method}.safetensors"
+
+        def record(trial: FinalTrial, row: dict) -> None:
+            finished.append({**row, "method": trial.method, "select": self._rule_of(trial.method),
+                             "search_val_acc": "" if math.isnan(trial.search_val_acc)
+                             else f"{trial.search_val_acc:.6f}"})
             atomic_write_csv(path, finished, FINAL_FIELDS)
+
+        def train(trials: list[FinalTrial]) -> None:
+            for trial, outcome in self.executor.finals(
+                    trials, lambda t: self.events.on_phase(f"final fine-tune: {label(t.method)}"),
+                    self.events.on_epoch):
+                if outcome.state is not None:
+                    atomic_save_safetensors(weights(trial.method), outcome.state,
+                                            {"model": self.config.model})
+                result = outcome.result
+                record(trial, {
+                    "group": self.group_text(trial.group),
+                    # Baseline II's row has always been written with no indices
+                    "layer_indices": "" if trial.group is None else _indices(trial.group),
+                    "trained_params": result.trainable_params,
+                    "val_acc": f"{result.best_val_acc:.6f}",
+                    "test_acc": f"{outcome.test_acc:.6f}",
+                    "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
+                    "status": result.status, "same_as": "",
+                    "val_pred": predictions_text(result.val_pred),
+                    "test_pred": predictions_text(outcome.test_pred)})
+
+        train([t for t in plan if t.copy_of is None])
+        for trial in (t for t in plan if t.copy_of is not None):
+            # another method chose the same group: the same fine-tune, copied
+            source = next((r for r in finished if r["method"] == trial.copy_of
+                           and r["status"] == "ok"), None)
+            if source is None or not weights(trial.copy_of).exists():
+                train([FinalTrial(trial.method, trial.group, trial.search_val_acc)])
+                continue
+            atomic_copy(weights(trial.copy_of), weights(trial.method))
+            record(trial, {**source, "seconds": "0.00", "same_as": trial.copy_of})
         return finished
 
     def _rule_of(self, method: str) -> str:
         return "" if method in BASELINES else self.config.select
 
-    def _final_twin(self, finished: list[dict], group_text: str, indices: str) -> dict | None:
-        """A finished final of the same group, trained (not copied), with its weights on disk."""
-        for row in finished:
-            if row["group"] == group_text and row["layer_indices"] == indices \
-                    and row["status"] == "ok" and not row.get("same_as") \
-                    and (self.folder / f"{row['method']}.safetensors").exists():
-                return row
-        return None
-
-
-def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
-    """Successive-halving rungs at grace, grace·eta, grace·eta², … epochs, ending at ``epochs``:
-    9 → [1, 3, 9], 5 → [1, 3, 5], 2 → [1, 2], 1 → [1]; with grace 2, 5 → [2, 5]."""
-    ladder = [max(1, min(grace, epochs))]
-    while ladder[-1] * eta < epochs:
-        ladder.append(ladder[-1] * eta)
-    return ladder if ladder[-1] == epochs else [*ladder, epochs]
-
-
-def _trained_twin(rows: list[dict], indices: str, rung_epochs: int) -> dict | None:
-    """A row that trained this group for this many epochs and did not fail (not itself reused)."""
-    for row in rows:
-        if row["layer_indices"] == indices and str(row["rung"]) == str(rung_epochs) \
-                and row["status"] in ("ok", "rung") and not row.get("same_as"):
-            return row
-    return None
-
 
 def _indices(group) -> str:
-    """A group as CSV text: ``"3,4,5"``; the head alone ``""``; every layer ``"all"``."""
-    return "all" if group is None else ",".join(str(i) for i in group)
+    return indices_text(group)
 
 
 def _group(indices: str) -> tuple[int, ...] | None:
-    return None if indices == "all" else tuple(int(i) for i in indices.split(",") if i)
+    return parse_indices(indices)
 
 
 def notices(seed: int, rows: list[dict]) -> list[str]:

@@ -1,0 +1,229 @@
+"""The plan: pure functions from (model walk, config, finished rows) to the trials still to run.
+
+Nothing here trains, reads files or touches tensors, so the whole protocol's bookkeeping —
+resume, ranked-after-layer, twins, ``--max-candidates``, ``--quarter``, the baselines in the
+search, successive halving's rungs, the finals — is unit-tested without training anything.
+
+The search is planned in *waves*: :func:`search_wave` returns the next set of trials whose
+inputs are all known (every trial of a wave can run at the same time, on any executor); the
+driver runs them, records their rows, and asks again until the wave is empty. A wave is the
+missing baselines plus the current rung of the first strategy not finished, so rows arrive in
+the same order as a one-by-one search: baselines, then each strategy in turn, rung by rung.
+``ranked`` needs the finished ``layer`` rows, so it is planned only once they exist; a pruned
+strategy's next rung needs the rows of the rung before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from blocktune.groups import Candidate, StrategyOptions, candidates
+from blocktune.layers import ModelWalk
+from blocktune.select import rank_key
+
+BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
+BASELINES = (BASELINE_I, BASELINE_II)
+PRUNE_ETA = 3  # successive halving keeps the best third after each rung
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training to run: a group of layers (None: every layer; (): the head alone).
+
+    Args:
+        method: the row's method (``block``, ``ranked-3``, ``baseline-I``…).
+        index: the candidate's index in its strategy's search order.
+        epochs: train until this epoch (a rung, or the whole budget).
+        final: this training's row is the candidate's result, not a rung's.
+        resume_rung: the rung (epochs) whose saved state it continues from; 0 from the
+            pretrained weights.
+        copy_of: the key of a finished row of the same group and epochs: nothing is trained,
+            that row is copied (training depends only on the group, the seed and the data).
+    """
+
+    method: str
+    index: int
+    group: tuple[int, ...] | None
+    epochs: int
+    final: bool = True
+    resume_rung: int = 0
+    copy_of: tuple[str, str, str] | None = None
+
+    @property
+    def indices(self) -> str:
+        return indices_text(self.group)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(method, layer indices, rung epochs): what a ``candidates.csv`` row is keyed by."""
+        return (self.method, self.indices, str(self.epochs))
+
+
+def indices_text(group: Sequence[int] | None) -> str:
+    """A group as CSV text: ``"3,4,5"``; the head alone ``""``; every layer ``"all"``."""
+    return "all" if group is None else ",".join(str(i) for i in group)
+
+
+def parse_indices(text: str) -> tuple[int, ...] | None:
+    return None if text == "all" else tuple(int(i) for i in text.split(",") if i)
+
+
+def row_key(row: dict) -> tuple[str, str, str]:
+    return (row["strategy"], row["layer_indices"], str(row["rung"]))
+
+
+def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
+    """Successive-halving rungs at grace, grace·eta, grace·eta², … epochs, ending at ``epochs``:
+    9 → [1, 3, 9], 5 → [1, 3, 5], 2 → [1, 2], 1 → [1]; with grace 2, 5 → [2, 5]."""
+    ladder = [max(1, min(grace, epochs))]
+    while ladder[-1] * eta < epochs:
+        ladder.append(ladder[-1] * eta)
+    return ladder if ladder[-1] == epochs else [*ladder, epochs]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The part of the run's config the search plan depends on."""
+
+    strategies: tuple[str, ...]
+    epochs: int
+    baselines: bool = True
+    prune: bool = False
+    prune_grace: int = 1
+    max_candidates: int | None = None
+    ranked_k: tuple[int, ...] = (3, 5)
+
+    @property
+    def ladder(self) -> list[int]:
+        return rungs(self.epochs, grace=self.prune_grace) if self.prune else [self.epochs]
+
+
+def strategy_candidates(walk: ModelWalk, strategy: str, options: StrategyOptions,
+                        rows: Sequence[dict], settings: SearchSettings
+                        ) -> list[tuple[str, Candidate]]:
+    """(method, candidate) pairs of a strategy in search order; ``ranked`` expands to one
+    method per k, from the finished ``layer`` rows; ``--max-candidates`` applied."""
+    if strategy != "ranked":
+        planned = [(strategy, c) for c in candidates(walk, strategy, options)]
+    else:
+        scores = {int(r["layer_indices"]): float(r["val_acc"]) for r in rows
+                  if r["strategy"] == "layer" and r["status"] == "ok"}
+        planned = []
+        for k in settings.ranked_k:
+            ranked_options = StrategyOptions(**{**options.__dict__, "layer_scores": scores,
+                                                "k": k})
+            for c in candidates(walk, "ranked", ranked_options):
+                planned.append((f"ranked-{k}", Candidate(f"ranked-{k}", c.index, c.layers)))
+    if settings.max_candidates is not None:
+        planned = planned[:settings.max_candidates]
+    return planned
+
+
+def survivors(planned: list[tuple[str, Candidate]], rows: Sequence[dict], rung: int
+              ) -> list[tuple[str, Candidate]]:
+    """The best third (at least one) of a rung's candidates by the one ranking of
+    :func:`blocktune.select.rank_key`; failed candidates never go on."""
+    done = {row_key(r): r for r in rows}
+    scored = [(done[(m, indices_text(c.layers), str(rung))], (m, c)) for m, c in planned
+              if (m, indices_text(c.layers), str(rung)) in done]
+    scored = [(r, mc) for r, mc in scored if r["status"] == "rung"]
+    scored.sort(key=lambda item: rank_key(item[0]))
+    return [mc for _, mc in scored[:max(1, math.ceil(len(scored) / PRUNE_ETA))]]
+
+
+def _trained_twin(rows: Sequence[dict], indices: str, rung_epochs: int) -> dict | None:
+    """A row that trained this group for this many epochs and did not fail (not a copy)."""
+    for row in rows:
+        if row["layer_indices"] == indices and str(row["rung"]) == str(rung_epochs) \
+                and row["status"] in ("ok", "rung") and not row.get("same_as"):
+            return row
+    return None
+
+
+CandidatesOf = Callable[[str, Sequence[dict]], list[tuple[str, Candidate]]]
+
+
+def search_wave(settings: SearchSettings, rows: Sequence[dict], candidates_of: CandidatesOf
+                ) -> list[Trial]:
+    """The next trials of the search, given the rows finished so far; [] when it is done.
+
+    Args:
+        candidates_of: (strategy, rows) → the strategy's (method, candidate) pairs in search
+            order; :func:`strategy_candidates` over the model's walk.
+    """
+    done = {row_key(r) for r in rows}
+    wave: list[Trial] = []
+    if settings.baselines:
+        wave += [Trial(method, 0, group, settings.epochs) for method, group in
+                 ((BASELINE_I, ()), (BASELINE_II, None))
+                 if (method, indices_text(group), str(settings.epochs)) not in done]
+    ladder = settings.ladder
+    for strategy in settings.strategies:
+        planned = candidates_of(strategy, rows)
+        for rung_index, rung in enumerate(ladder):
+            final = rung_index == len(ladder) - 1
+            todo = [(m, c) for m, c in planned if (m, indices_text(c.layers), str(rung))
+                    not in done]
+            if todo:
+                return wave + _with_twins(todo, rows, rung, final,
+                                          ladder[rung_index - 1] if rung_index else 0)
+            if not final:
+                planned = survivors(planned, rows, rung)
+    return wave
+
+
+def _with_twins(todo: list[tuple[str, Candidate]], rows: Sequence[dict], rung: int, final: bool,
+                previous_rung: int) -> list[Trial]:
+    """Trials of one rung; a group already trained this long becomes a copy, and a group two
+    methods of this wave share is trained once: the second waits for the next wave."""
+    out, training = [], set()
+    for method, cand in todo:
+        indices = indices_text(cand.layers)
+        twin = _trained_twin(rows, indices, rung)
+        if twin is not None:
+            out.append(Trial(method, cand.index, cand.layers, rung, final, copy_of=row_key(twin)))
+        elif indices not in training:
+            training.add(indices)
+            out.append(Trial(method, cand.index, cand.layers, rung, final, previous_rung))
+    return out
+
+
+# -- the finals ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FinalTrial:
+    """A fine-tune on search+train with val for the schedule, scored once on test."""
+
+    method: str
+    group: tuple[int, ...] | None
+    search_val_acc: float
+    copy_of: str | None = None  # the method whose finished final trained the same group
+
+    @property
+    def indices(self) -> str:
+        return indices_text(self.group)
+
+
+def final_group(row: dict) -> tuple[int, ...] | None:
+    """The group of a ``finals.csv`` row (Baseline II's is written with no indices)."""
+    return None if row["group"] == "all layers" else parse_indices(row["layer_indices"])
+
+
+def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],
+                finished: Sequence[dict]) -> list[FinalTrial]:
+    """The finals still to run, given ``(method, chosen group, search val)`` per method and the
+    ``finals.csv`` rows. A method whose row trained another group (its choice changed on a
+    resume) is run again; a group another method's final already trained is copied from it
+    (the driver trains it instead when that final's weights are gone)."""
+    out: list[FinalTrial] = []
+    trained = {indices_text(final_group(r)): r["method"] for r in finished
+               if r["status"] == "ok" and not r.get("same_as")}
+    for method, group, search_acc in methods:
+        if any(r["method"] == method and final_group(r) == group for r in finished):
+            continue
+        indices = indices_text(group)
+        source = trained.get(indices) or next((t.method for t in out if t.indices == indices
+                                               and t.copy_of is None), None)
+        out.append(FinalTrial(method, group, search_acc, copy_of=source))
+    return out

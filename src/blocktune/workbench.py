@@ -1,0 +1,136 @@
+"""A workbench: one seed's model, walk, feeds and caches, and the one function that trains a trial.
+
+Everything an executor needs to run a trial anywhere: the driver builds one for the seed, and
+so does every Ray worker (from the same config, the images and the split, with the activation
+cache handed over through Ray's object store instead of being computed again).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
+from blocktune.config import RunConfig
+from blocktune.data import DecodedImages
+from blocktune.fold import foldable_pairs
+from blocktune.layers import ModelWalk, walk
+from blocktune.models import BlockModel, build_model
+from blocktune.plan import Trial
+from blocktune.train import TrainResult, device_for, evaluate, keep_freed_memory, train_group
+
+SEARCH_COVER = ("search", "val")
+FINAL_COVER = ("search", "train", "val", "test")
+
+
+@dataclass
+class FinalOutcome:
+    result: TrainResult
+    test_acc: float
+    test_pred: list[int]
+    state: dict[str, torch.Tensor] | None  # the fine-tuned model's weights (None if failed)
+
+
+class Workbench:
+    """The model of one seed on its device, its layer walk and its feeds."""
+
+    def __init__(self, config: RunConfig, seed: int, images: DecodedImages,
+                 split: Mapping[str, Sequence[int]], data_cfg, spill_dir: Path | None = None):
+        self.config, self.seed, self.images, self.split = config, seed, images, split
+        self.data_cfg, self.spill_dir = data_cfg, spill_dir
+        if config.keep_freed_memory:
+            keep_freed_memory()
+        torch.manual_seed(seed)  # random-weight bodies (--no-pretrained) are seeded too
+        self.model, self.weights_source = build_model(
+            config.model, len(images.classes), config.head, config.image_size,
+            weights=config.weights, pretrained=config.pretrained, head_seed=seed)
+        self.model.to(memory_format=torch.channels_last)  # the cache pass and prefix too
+        self.walk: ModelWalk = walk(self.model.body,
+                                    input_size=(3, config.image_size, config.image_size))
+        self.fold = foldable_pairs(self.model.body, self.walk) if config.fold_norms else []
+        # The model lives on the run's device from here on: every candidate, the activation
+        # cache's prefix pass and the finals train and run there.
+        self.device = device_for(config.device)
+        self.model.to(self.device)
+        self.pristine = copy.deepcopy(self.model.state_dict())
+        self.image_feed = ImageFeed(self.model.body, self.walk, images.pixels, images.labels,
+                                    split, data_cfg.mean, data_cfg.std,
+                                    augment=config.augment, seed=seed)
+        self._caches: dict[tuple[str, ...], ActivationCache] = {}
+
+    # -- feeds -------------------------------------------------------------------------
+    def feed(self, cover: tuple[str, ...]):
+        if not self.config.cache:
+            return self.image_feed
+        return CachedFeed(self.image_feed, self.cache(cover))
+
+    def cache(self, cover: tuple[str, ...]) -> ActivationCache:
+        if cover not in self._caches:
+            # Only one cache lives at a time: the search's is dropped before the finals'.
+            self._caches.clear()
+            self._caches[cover] = ActivationCache(
+                self.model.body, self.walk, self.images.pixels, self.images.labels, self.split,
+                self.data_cfg.mean, self.data_cfg.std, cover=cover,
+                dtype=self.config.cache_dtype, max_bytes=int(self.config.cache_max_gb * 2**30),
+                spill_dir=self.spill_dir)
+        return self._caches[cover]
+
+    def prepare_cuts(self, groups: Sequence[tuple[int, ...] | None],
+                     cover: tuple[str, ...] = SEARCH_COVER) -> None:
+        """Compute the cache at the cuts these groups train from, in one pass."""
+        feed = self.feed(cover)
+        if isinstance(feed, CachedFeed) and feed.cache is not None:
+            self.reset()  # candidates train in place: the cache needs pretrained weights
+            feed.cache.prepare_cuts([self.walk.cut_for(g) for g in groups if g is not None])
+
+    def close(self) -> None:
+        """Drop the activation caches, and their spill files."""
+        self._caches.clear()
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def reset(self) -> BlockModel:
+        self.model.load_state_dict(self.pristine)
+        torch.manual_seed(self.seed)  # dropout in the head draws from the global generator
+        return self.model
+
+    # -- training ----------------------------------------------------------------------
+    def train(self, trial: Trial, checkpoint: dict | None = None,
+              on_epoch: Callable | None = None, train_split: str = "search",
+              val_split: str = "val") -> TrainResult:
+        """Train a search trial from the pretrained weights (or ``checkpoint``, the state it
+        paused with at the previous rung) until ``trial.epochs``."""
+        result, _, _ = train_group(self.reset(), self.walk, trial.group, self.feed(SEARCH_COVER),
+                                   self.config.search_training(self.seed),
+                                   train_split=train_split, val_split=val_split,
+                                   on_epoch=on_epoch, checkpoint=checkpoint,
+                                   stop_after=trial.epochs, fold=self.fold)
+        if trial.final:
+            result.checkpoint = None
+        return result
+
+    def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None
+                  ) -> FinalOutcome:
+        """Train ``group`` from the pretrained weights on search+train (val for the schedule,
+        early stopping and the kept weights), then score it once on test."""
+        feed = self.feed(FINAL_COVER)
+        model = self.reset()
+        result, net, cut = train_group(model, self.walk, group, feed,
+                                       self.config.final_training(self.seed),
+                                       train_split=("search", "train"), on_epoch=on_epoch,
+                                       fold=self.fold)
+        if result.status != "ok":
+            return FinalOutcome(result, math.nan, [], None)
+        # The one and only use of the test split: after every choice was made on val.
+        test_x, test_y = feed.inputs(cut, "test")
+        device = next(net.parameters()).device
+        test_acc, _, test_pred = evaluate(net, test_x, test_y, feed.prepare(cut, device),
+                                          device=device)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return FinalOutcome(result, test_acc, test_pred.tolist(), state)
