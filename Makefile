@@ -11,7 +11,7 @@ $(BIN)/python:
 
 # pip's cache is kept on purpose: torch is several GB and reinstalls should not download it again.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[weights,dev]"
+	$(BIN)/pip install -e ".[weights,ray,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

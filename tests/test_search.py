@@ -121,8 +121,8 @@ def test_lock_refuses_a_second_live_process(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with RunLock(tmp_path):  # the dead holder's lock is stale: taken over
-        assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+    with RunLock(tmp_path):  # the kernel released the killed holder's lock
+        assert (tmp_path / "run.pid").read_text().strip() == str(os.getpid())
 
 
 def cli_run(data, out, *extra):

@@ -188,6 +188,14 @@ class ActivationCache:
                 x = part(x)
             self._put(stop, rows, x)
 
+    def adopt(self, store: Mapping[int, torch.Tensor]) -> None:
+        """Take cuts another process computed (a Ray worker gets the driver's cache through
+        the object store instead of running the prefix again)."""
+        for cut, tensor in store.items():
+            if cut not in self.store:
+                self.store[cut] = tensor.to(self.store_device)
+                self.bytes_in_memory += tensor.numel() * tensor.element_size()
+
     def _put(self, cut: int, rows: torch.Tensor, x: torch.Tensor) -> None:
         if cut not in self.store:
             self.store[cut] = self._allocate(cut, tuple(x.shape[1:]))

@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prune-grace", type=int,
                      help="epochs of the first rung of --prune (default 1)")
     run.add_argument("--time-budget", type=float, help="seconds of search per seed")
+    run.add_argument("--executor", choices=["local", "ray"],
+                     help="local (default): one process; ray: Ray Tune trials (see README, "
+                     "'Run on a cluster')")
+    run.add_argument("--trial-resources",
+                     help="--executor ray: resources of one trial, e.g. cpu=1,gpu=0.25")
+    run.add_argument("--ray-address",
+                     help="--executor ray: a running cluster's address (default: a local Ray)")
     run.add_argument("--force-new", action="store_true",
                      help="start the run folder over even if its config differs")
     run.set_defaults(func=cmd_run)

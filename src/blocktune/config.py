@@ -72,6 +72,13 @@ class RunConfig:
                 "steps, same results; the process keeps its peak memory)"})
     augment: bool = False
     strict: bool = False
+    executor: str = field(default="local", metadata={
+        "help": "local (one process) or ray (Ray Tune trials on a local or running cluster)"})
+    trial_resources: str = field(default="cpu=1", metadata={
+        "help": "--executor ray: resources of one trial, e.g. cpu=1,gpu=0.25"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "--executor ray: address of a running cluster (ray start --head); default "
+                "a local Ray sized to this machine"})
     device: str = field(default="auto", metadata={
         "help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"})
 
@@ -104,6 +111,8 @@ class RunConfig:
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise BlocktuneError("cache dtype must be float16, bfloat16 or float32")
         get_rule(self.select)
+        if self.executor not in ("local", "ray"):
+            raise BlocktuneError(f"unknown executor {self.executor!r}: choose local or ray")
         device_for(self.device)  # an unknown or absent device is refused before any work
 
     def search_training(self, seed: int = 0) -> TrainConfig:

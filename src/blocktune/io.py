@@ -87,44 +87,36 @@ def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict | No
     atomic_write_bytes(path, save(contiguous, metadata=metadata))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """``run.lock`` holding the writer's pid; a stale lock (dead pid) is taken over."""
+    """One writer per run folder: an OS lock on ``run.lock`` (``filelock``), released by the
+    kernel when its process dies however it dies, so no lock is ever stale; ``run.pid`` names
+    the holder for the error message."""
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / "run.lock"
+        self.pid_path = Path(folder) / "run.pid"
+        self._lock = None
 
     def __enter__(self) -> RunLock:
+        from filelock import FileLock, Timeout
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
+        self._lock = FileLock(self.path, timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise BlocktuneError(
-                        f"run folder {self.path.parent} is being written by process {pid}: wait "
-                        "for it to finish, or use another --out folder") from None
-                self.path.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            return self
+                holder = f"process {int(self.pid_path.read_text().strip())}"
+            except (OSError, ValueError):
+                holder = "another process"
+            raise BlocktuneError(f"run folder {self.path.parent} is being written by {holder}: "
+                                 "wait for it to finish, or use another --out folder") from None
+        self.pid_path.write_text(f"{os.getpid()}\n")
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        self.pid_path.unlink(missing_ok=True)
+        self._lock.release()
 
 
 def predictions_text(predictions) -> str:

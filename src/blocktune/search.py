@@ -179,7 +179,7 @@ class SeedRun:
                                spill_dir=folder / "cache")
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
-        self.executor = executor or LocalExecutor(self.bench)
+        self.executor = executor or make_executor(config, self.bench, folder)
 
     def feed(self, cover: tuple[str, ...]):
         return self.bench.feed(cover)
@@ -442,6 +442,25 @@ class SeedRun:
         return "" if method in BASELINES else self.config.select
 
 
+def make_executor(config: RunConfig, bench: Workbench, folder: Path) -> Executor:
+    """The executor ``config.executor`` names, for one seed's workbench."""
+    if config.executor == "ray":
+        from blocktune.executors.ray import RayExecutor, parse_resources
+
+        return RayExecutor(bench, folder, parse_resources(config.trial_resources),
+                           config.ray_address)
+    return LocalExecutor(bench)
+
+
+def check_executor(config: RunConfig) -> None:
+    """Ray missing, bad resources or an unreachable cluster: one line, before any work."""
+    if config.executor == "ray":
+        from blocktune.executors.ray import connect, parse_resources
+
+        parse_resources(config.trial_resources)
+        connect(config.ray_address)
+
+
 def _indices(group) -> str:
     return indices_text(group)
 
@@ -504,6 +523,7 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
     folder = Path(folder)
     with RunLock(folder):
         check_resume(folder, config, force_new)
+        check_executor(config)
         images, data_cfg = load_images(config)
         if force_new:
             clear_results(folder)

@@ -1,0 +1,334 @@
+"""The Ray executor: every trial a Ray Tune trial, on a local Ray or a running cluster.
+
+* One Tune trial per candidate (``tune.with_resources`` from ``--trial-resources``, e.g.
+  ``cpu=1,gpu=0.25`` so that four candidates share a GPU), a ``tune.report`` per epoch, and
+  Tune's experiment folders under ``RUN/seed_<s>/ray``.
+* What every trial needs is put into Ray's object store once per wave: the decoded images,
+  the split, the run's config, and the frozen-prefix activation cache, computed once by the
+  driver (zero-copy for workers on the same node; Ray moves it to other nodes). A worker
+  process builds the seed's model once and reuses it for every trial it runs.
+* A trial whose worker dies is retried (``FailureConfig``): training depends only on the
+  group, the seed and the data, so the retried row equals the lost one.
+* Results come back the moment each trial finishes (a Tune callback feeds the driver), so the
+  driver appends rows to the CSVs as it does with the local executor, and a run resumes from
+  them whichever executor wrote them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blocktune.config import RunConfig
+from blocktune.data import DecodedImages
+from blocktune.errors import BlocktuneError
+from blocktune.plan import FinalTrial, Trial
+from blocktune.train import TrainResult
+from blocktune.workbench import FINAL_COVER, SEARCH_COVER, FinalOutcome, Workbench
+
+INSTALL_HINT = "pip install 'blocktune[ray]'"
+RESOURCE_KEYS = ("cpu", "gpu")
+# Fault injection for the test suite: a trial of this method and index SIGKILLs its own worker
+# once, the first time it reaches its first epoch (the marker file remembers it happened).
+FAULT_ENV = "BLOCKTUNE_FAULT_KILL_TRIAL"
+
+
+def require_ray():
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise BlocktuneError(f"--executor ray needs Ray, which is not installed: "
+                             f"{INSTALL_HINT}") from error
+    return ray, tune
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``cpu=1,gpu=0.25`` → ``{"cpu": 1.0, "gpu": 0.25}``; one-line errors for anything else."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if key not in RESOURCE_KEYS or amount < 0 or (key == "cpu" and amount == 0):
+            raise BlocktuneError(f"--trial-resources {text!r}: give cpu=N (N > 0) and "
+                                 "optionally gpu=F (F ≥ 0), e.g. cpu=1,gpu=0.25")
+        out[key] = amount
+    out.setdefault("cpu", 1.0)
+    return out
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Refuse an unreachable ``--ray-address`` in one line, before any work."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as error:
+        raise BlocktuneError(f"no Ray cluster answers at --ray-address {address} "
+                             f"({type(error).__name__}): start one with `ray start --head` "
+                             "or leave --ray-address out for a local Ray") from error
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address``, or start a local Ray sized to this machine."""
+    ray, _ = require_ray()
+    # Tune's own CSV/JSON/TensorBoard loggers per trial: blocktune's CSVs are the record
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if ray.is_initialized():
+        return
+    if address:
+        check_reachable(address)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+# -- what travels to the workers -------------------------------------------------------------
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits travel as int16
+        return tensor.view(torch.int16).numpy()
+    return tensor.numpy()
+
+
+def _from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
+
+
+def _cache_payload(bench: Workbench, cover: tuple[str, ...]) -> dict | None:
+    if not bench.config.cache or bench.config.augment:
+        return None
+    cache = bench.cache(cover)
+    return {"cover": cover, "dtype": str(cache.dtype).removeprefix("torch."),
+            "store": {cut: _to_numpy(t.cpu()) for cut, t in cache.store.items()}}
+
+
+_RELAYS: dict[str, queue.Queue] = {}  # driver side: Tune's callbacks → the driver's generator
+_BENCHES: dict[str, Workbench] = {}  # per worker process: the seed's model, built once
+
+
+def _worker_bench(spec: dict, cache: dict | None) -> Workbench:
+    key = spec["key"]
+    if key not in _BENCHES:
+        _BENCHES.clear()
+        torch.set_num_threads(max(1, int(spec["threads"])))
+        images = DecodedImages(torch.from_numpy(spec["pixels"]), spec["files"],
+                               torch.from_numpy(spec["labels"]), spec["classes"], [])
+        _BENCHES[key] = Workbench(RunConfig(**spec["config"]), spec["seed"], images,
+                                  spec["split"], spec["data_cfg"])
+    bench = _BENCHES[key]
+    if cache is not None:
+        dtype = getattr(torch, cache["dtype"])
+        bench.cache(tuple(cache["cover"])).adopt(
+            {int(cut): _from_numpy(array, dtype) for cut, array in cache["store"].items()})
+    return bench
+
+
+def _trial_of(config: dict) -> Trial:
+    fields = dict(config["trial"])
+    fields["group"] = None if fields["group"] is None else tuple(fields["group"])
+    fields["copy_of"] = None
+    return Trial(**fields)
+
+
+def _maybe_fault(trial: Trial) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if not target:
+        return
+    wanted, _, marker = target.partition("@")
+    if wanted == f"{trial.method}#{trial.index}" and not Path(marker).exists():
+        Path(marker).write_text("killed once\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _search_trainable(config: dict, spec=None, cache=None, checkpoints=None) -> None:
+    from ray import tune
+
+    bench = _worker_bench(spec, cache)
+    trial = _trial_of(config)
+
+    def on_epoch(epoch, loss, acc, seconds):
+        _maybe_fault(trial)
+        tune.report({"epoch": epoch, "train_loss": loss, "val_acc": acc})
+
+    result = bench.train(trial, (checkpoints or {}).get(trial.key), on_epoch,
+                         config["train_split"], config["val_split"])
+    saved = None
+    if result.checkpoint is not None:
+        folder = tempfile.mkdtemp(prefix="blocktune-rung-")
+        torch.save(result.checkpoint, Path(folder) / "rung.pt")
+        saved = tune.Checkpoint.from_directory(folder)
+    tune.report({"blocktune_result": json.dumps(result.to_dict())}, checkpoint=saved)
+
+
+def _final_trainable(config: dict, spec=None, cache=None) -> None:
+    from ray import tune
+    from safetensors.torch import save_file
+
+    bench = _worker_bench(spec, cache)
+    group = config["final"]["group"]
+    group = None if group is None else tuple(group)
+    outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
+        {"epoch": e, "train_loss": loss, "val_acc": acc}))
+    saved = None
+    if outcome.state is not None:
+        folder = tempfile.mkdtemp(prefix="blocktune-final-")
+        save_file({k: v.contiguous() for k, v in outcome.state.items()},
+                  str(Path(folder) / "model.safetensors"))
+        saved = tune.Checkpoint.from_directory(folder)
+    tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
+                 "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
+                checkpoint=saved)
+
+
+class RayExecutor:
+    """Trials as Ray Tune trials; results handed back as each one finishes."""
+
+    name = "ray"
+
+    def __init__(self, bench: Workbench, folder: Path, resources: Mapping[str, float],
+                 address: str | None = None, max_failures: int = 2):
+        self.bench, self.folder = bench, Path(folder).resolve()
+        self.resources = dict(resources)
+        self.max_failures = max_failures
+        connect(address)
+        ray, _ = require_ray()
+        images = bench.images
+        self.spec = ray.put({
+            "key": f"{os.getpid()}-{id(bench)}-{time.time()}", "seed": bench.seed,
+            "config": dataclasses.asdict(bench.config), "pixels": images.pixels.numpy(),
+            "labels": images.labels.numpy(), "files": images.files, "classes": images.classes,
+            "split": {k: list(v) for k, v in bench.split.items()}, "data_cfg": bench.data_cfg,
+            "threads": self.resources.get("cpu", 1)})
+        self._experiments = 0
+
+    def search(self, trials: Sequence[Trial], checkpoints: Mapping[tuple, dict],
+               keep_going: Callable[[], bool], on_start: Callable[[Trial, int, int], None],
+               on_epoch: Callable | None = None, train_split: str = "search",
+               val_split: str = "val") -> Iterator[tuple[Trial, TrainResult]]:
+        if not trials or not keep_going():
+            return
+        _, tune = require_ray()
+        self.bench.prepare_cuts([t.group for t in trials], SEARCH_COVER)
+        by_key = {t.key: t for t in trials}
+        trainable = tune.with_parameters(
+            _search_trainable, spec=self.spec, cache=_cache_payload(self.bench, SEARCH_COVER),
+            checkpoints=dict(checkpoints))
+        space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
+                 "train_split": train_split, "val_split": val_split}
+        position = 0
+        for kind, config, result, checkpoint in self._fit(trainable, space, "search"):
+            trial = by_key[_trial_of(config).key]
+            if kind == "start":
+                on_start(trial, position, len(trials))
+                position += 1
+                continue
+            outcome = TrainResult(**json.loads(result["blocktune_result"]))
+            if checkpoint is not None:
+                outcome.checkpoint = torch.load(checkpoint / "rung.pt",
+                                                map_location=self.bench.device,
+                                                weights_only=True)
+            yield trial, outcome
+
+    def finals(self, trials: Sequence[FinalTrial], on_start: Callable[[FinalTrial], None],
+               on_epoch: Callable | None = None) -> Iterator[tuple[FinalTrial, FinalOutcome]]:
+        if not trials:
+            return
+        _, tune = require_ray()
+        from safetensors.torch import load_file
+
+        self.bench.prepare_cuts([t.group for t in trials], FINAL_COVER)
+        by_method = {t.method: t for t in trials}
+        trainable = tune.with_parameters(_final_trainable, spec=self.spec,
+                                         cache=_cache_payload(self.bench, FINAL_COVER))
+        space = {"final": tune.grid_search([{"method": t.method, "group": t.group}
+                                            for t in trials])}
+        for kind, config, result, checkpoint in self._fit(trainable, space, "finals"):
+            trial = by_method[config["final"]["method"]]
+            if kind == "start":
+                on_start(trial)
+                continue
+            state = load_file(str(checkpoint / "model.safetensors")) \
+                if checkpoint is not None else None
+            yield trial, FinalOutcome(TrainResult(**json.loads(result["blocktune_result"])),
+                                      float(result["test_acc"]), json.loads(result["test_pred"]),
+                                      state)
+
+    def _fit(self, trainable, space: dict, kind: str):
+        """Run a Tuner in a thread; yield ("start"|"done", config, result, checkpoint) events
+        as Tune reports them, so the driver records each result the moment it exists."""
+        _, tune = require_ray()
+        events: queue.Queue = queue.Queue()
+        token = f"{id(self)}-{self._experiments}"
+        _RELAYS[token] = events
+
+        class Relay(tune.Callback):
+            # Tune pickles its callbacks with the experiment: they hold a name, not the queue
+            def __init__(self, token: str):
+                self.token = token
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                from blocktune.executors.ray import _RELAYS  # by name: never pickled
+
+                _RELAYS[self.token].put(("start", trial.config, None, None))
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                from blocktune.executors.ray import _RELAYS
+
+                if "blocktune_result" in result:
+                    # the checkpoint reported with the result, in the trial's folder
+                    name = result.get("checkpoint_dir_name")
+                    saved = Path(trial.path) / name if name else None
+                    _RELAYS[self.token].put(("done", trial.config, result, saved))
+
+        self._experiments += 1
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, self.resources), param_space=space,
+            tune_config=tune.TuneConfig(reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{self._experiments}",
+                storage_path=str(self.folder / "ray"), callbacks=[Relay(token)], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=self.max_failures)))
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                tuner.fit()
+            except BaseException as error:  # noqa: BLE001 - handed to the driver thread
+                failure.append(error)
+            finally:
+                events.put(None)
+
+        thread = threading.Thread(target=work, name="blocktune-tune", daemon=True)
+        thread.start()
+        try:
+            while (event := events.get()) is not None:
+                yield event
+        finally:
+            thread.join()
+            _RELAYS.pop(token, None)
+        if failure:
+            raise BlocktuneError(f"the Ray Tune run failed ({type(failure[0]).__name__}: "
+                                 f"{failure[0]}): finished trials are saved, run the same "
+                                 "command to resume") from failure[0]
+
+    def close(self) -> None:
+        pass

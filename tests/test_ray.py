@@ -1,0 +1,156 @@
+"""``--executor ray``: the same tables as ``local`` on a local Ray (2 CPUs, no dashboard) and on a
+two-node cluster; a worker killed mid-trial is retried; a SIGKILLed driver resumes, on either
+executor; Ray's absence and an unreachable cluster are one line each."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from blocktune.errors import BlocktuneError
+from blocktune.executors.ray import FAULT_ENV, check_reachable, parse_resources
+from blocktune.io import read_csv
+from blocktune.search import run
+
+from .conftest import make_image_folder
+from .test_search import kill_after_rows, tiny_config
+
+ray = pytest.importorskip("ray", reason="pip install 'blocktune[ray]' for the Ray tests")
+
+FIELDS = ["strategy", "index", "layer_indices", "trained_params", "val_acc", "val_loss",
+          "epochs", "best_epoch", "status", "val_pred"]
+FINAL_FIELDS = ["method", "group", "layer_indices", "val_acc", "test_acc", "test_pred"]
+
+
+def table(folder, name="candidates.csv", fields=FIELDS):
+    """Rows as sets of fields, in a fixed order: Ray hands trials back as they finish."""
+    rows = read_csv(folder / "seed_0" / name)
+    return sorted(tuple(r[f] for f in fields) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("ray") / "images", per_class=16)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Ray trials get one CPU, so one thread each: the local reference runs alike, for
+    # bit-identical sums.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_reference(data, tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("local") / "run"
+    run(tiny_config(data, max_candidates=3), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    marker = tmp_path_factory.mktemp("fault") / "killed"
+    ray.shutdown()
+    # The worker that trains block #1 SIGKILLs itself once, at its first epoch.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {FAULT_ENV: f"block#1@{marker}"}})
+    yield marker
+    ray.shutdown()
+
+
+def test_ray_gives_the_local_table_even_when_a_worker_dies(data, tmp_path, local_reference,
+                                                          local_ray, one_thread):
+    out = tmp_path / "ray"
+    run(tiny_config(data, max_candidates=3, executor="ray"), out)
+    assert local_ray.exists(), "the fault was not injected: no worker was killed"
+    assert table(out) == table(local_reference)
+    assert table(out, "finals.csv", FINAL_FIELDS) == \
+        table(local_reference, "finals.csv", FINAL_FIELDS)
+    assert (out / "seed_0" / "block.safetensors").exists()
+    assert any((out / "seed_0" / "ray").iterdir())  # Tune's experiments inside the run folder
+
+
+def test_a_search_resumes_across_executors(data, tmp_path, local_reference, local_ray,
+                                           one_thread):
+    # started locally with a smaller budget, finished on Ray, and the other way round
+    for first, second in (("local", "ray"), ("ray", "local")):
+        out = tmp_path / f"{first}-{second}"
+        run(tiny_config(data, max_candidates=1, executor=first), out)
+        run(tiny_config(data, max_candidates=3, executor=second), out)
+        assert table(out) == table(local_reference)
+        assert table(out, "finals.csv", FINAL_FIELDS) == \
+            table(local_reference, "finals.csv", FINAL_FIELDS)
+
+
+def test_a_sigkilled_ray_driver_resumes_to_the_same_table(data, tmp_path, local_reference):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
+               "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "2",
+               "--final-epochs", "2", "--batch-size", "8", "--lr", "0.01", "--max-candidates",
+               "3", "--out", str(out)]
+    # tiny_config's split fractions, through a config file
+    (tmp_path / "split.yaml").write_text(
+        "fractions: {search: 0.25, val: 0.25, train: 0.3, test: 0.2}\n")
+    command += ["--config", str(tmp_path / "split.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = kill_after_rows([*command, "--executor", "ray", "--trial-resources", "cpu=1"],
+                               out / "seed_0" / "candidates.csv", 3, 0.0, env)
+    assert not finished, "the driver finished before it was killed"
+    rows_at_kill = len(read_csv(out / "seed_0" / "candidates.csv"))
+    assert 3 <= rows_at_kill < 5
+    subprocess.run([*command, "--executor", "ray"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert table(out) == table(local_reference)
+    assert table(out, "finals.csv", FINAL_FIELDS) == \
+        table(local_reference, "finals.csv", FINAL_FIELDS)
+
+
+def test_two_node_cluster_gives_the_local_table(data, tmp_path, local_reference, one_thread):
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                            "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        run(tiny_config(data, max_candidates=3, executor="ray", ray_address=cluster.address),
+            out)
+        assert len(ray.nodes()) == 2
+        assert table(out) == table(local_reference)
+        assert table(out, "finals.csv", FINAL_FIELDS) == \
+            table(local_reference, "finals.csv", FINAL_FIELDS)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_resources_unreachable_cluster_and_missing_ray_are_one_line(tmp_path, capsys,
+                                                                    monkeypatch):
+    from blocktune.cli import main
+
+    assert parse_resources("cpu=1,gpu=0.25") == {"cpu": 1.0, "gpu": 0.25}
+    assert parse_resources("gpu=0.5") == {"gpu": 0.5, "cpu": 1.0}
+    for bad in ("cpu=0", "tpu=1", "cpu=one", "gpu=-1"):
+        with pytest.raises(BlocktuneError, match="--trial-resources"):
+            parse_resources(bad)
+    with pytest.raises(BlocktuneError, match="no Ray cluster answers at --ray-address"):
+        check_reachable("127.0.0.1:1")
+    data = make_image_folder(tmp_path / "images", per_class=8)
+    base = ["run", "--model", "test_efficientnet", "--no-pretrained", "--data", str(data),
+            "--out", str(tmp_path / "out"), "--executor", "ray"]
+    for extra, words in ((["--ray-address", "127.0.0.1:1"], "no Ray cluster answers"),
+                         (["--trial-resources", "cpu=0"], "--trial-resources")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("blocktune: error: ") and words in err and "\n" not in err
+    assert not (tmp_path / "out" / "seed_0").exists()  # refused before any work
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(base) == 2
+    assert "pip install 'blocktune[ray]'" in capsys.readouterr().err
