@@ -3,6 +3,7 @@
     >>> from blocktune import api
     >>> api.model_groups("vgg16", "block", delimiters="pool")["rows"][0]["layers"]
     >>> api.run(api.RunConfig(model="tf_efficientnet_lite0", data="tf_flowers"), "runs/x")
+    >>> print("\n".join(api.assess("runs/x").lines()))  # the recommendation and verdicts
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from blocktune.errors import BlocktuneError
 from blocktune.groups import StrategyOptions, candidates, table
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import build_body, build_model, create_timm
-from blocktune.report import build_report, plot_layer_params
+from blocktune.report import assess, build_report, plot_layer_params
 from blocktune.search import finetune, run
+from blocktune.select import RULES, register_rule
 
-__all__ = ["RunConfig", "baseline_all", "baseline_head", "build_report", "finetune",
-           "model_groups", "model_walk", "predict", "run"]
+__all__ = ["RULES", "RunConfig", "assess", "baseline_all", "baseline_head", "build_report",
+           "finetune", "model_groups", "model_walk", "predict", "register_rule", "run"]
 
 
 def baseline_head(config: RunConfig, out: str | Path) -> dict:

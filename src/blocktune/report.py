@@ -291,11 +291,12 @@ def build_report(folder: str | Path) -> Path:
     if summary:
         tests = {r["method"]: assessment.test_over_seeds[r["method"]] for r in summary}
         header = ["model"] + [r["label"] for r in summary]
-        parts.append(_md_table(header, [
-            [config["model"]] + [f"{float(r['test_acc_mean']):.3f}" for r in summary],
-            ["95% interval"] + [_interval_text(tests[r["method"]]) for r in summary],
-            ["std over seeds"] + [f"{float(r['test_acc_std']):.3f}" for r in summary],
-            ["variance"] + [f"{float(r['test_acc_var']):.4f}" for r in summary]]))
+        table = [[config["model"]] + [f"{float(r['test_acc_mean']):.3f}" for r in summary],
+                 ["95% interval"] + [_interval_text(tests[r["method"]]) for r in summary]]
+        if len(seeds) > 1:  # the paper's reliability: spread over seeds
+            table += [["std over seeds"] + [f"{float(r['test_acc_std']):.3f}" for r in summary],
+                      ["variance"] + [f"{float(r['test_acc_var']):.4f}" for r in summary]]
+        parts.append(_md_table(header, table))
         parts += ["", "![test accuracy](plots/test_accuracy.png)", ""]
         _comparison_plot(tests, plots / "test_accuracy.png", f"{config['model']}: test accuracy")
     else:
@@ -311,7 +312,7 @@ def build_report(folder: str | Path) -> Path:
             parts.append(_md_table(
                 ["method", "group", "trained params", "search val", "val [95%]", "test [95%]"],
                 [[label(r["method"]), r["group"], f"{int(r['trained_params']):,}",
-                  r["search_val_acc"][:5] or "–",
+                  format_float(r["search_val_acc"]) if r["search_val_acc"] else "–",
                   results[r["method"]].val.fraction() if r["method"] in results else "–",
                   results[r["method"]].test.fraction() if r["method"] in results else "failed"]
                  for r in finals]))

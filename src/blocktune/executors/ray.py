@@ -167,7 +167,7 @@ def _search_trainable(config: dict, spec=None, cache=None, checkpoints=None) -> 
 
     def on_epoch(epoch, loss, acc, seconds):
         _maybe_fault(trial)
-        tune.report({"epoch": epoch, "train_loss": loss, "val_acc": acc})
+        tune.report({"epoch": epoch, "train_loss": loss, "val_acc": acc, "seconds": seconds})
 
     result = bench.train(trial, (checkpoints or {}).get(trial.key), on_epoch,
                          config["train_split"], config["val_split"])
@@ -187,7 +187,7 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     group = config["final"]["group"]
     group = None if group is None else tuple(group)
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
-        {"epoch": e, "train_loss": loss, "val_acc": acc}))
+        {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}))
     saved = None
     if outcome.state is not None:
         folder = tempfile.mkdtemp(prefix="blocktune-final-")
@@ -197,6 +197,13 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
                  "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
                 checkpoint=saved)
+
+
+def _relay_epoch(on_epoch: Callable | None, result: dict) -> None:
+    """A trial's per-epoch report, shown as the local executor shows it."""
+    if on_epoch is not None:
+        on_epoch(int(result["epoch"]), float(result["train_loss"]), float(result["val_acc"]),
+                 float(result.get("seconds", 0.0)))
 
 
 class RayExecutor:
@@ -241,6 +248,9 @@ class RayExecutor:
                 on_start(trial, position, len(trials))
                 position += 1
                 continue
+            if kind == "epoch":
+                _relay_epoch(on_epoch, result)
+                continue
             outcome = TrainResult(**json.loads(result["blocktune_result"]))
             if checkpoint is not None:
                 outcome.checkpoint = torch.load(checkpoint / "rung.pt",
@@ -265,6 +275,9 @@ class RayExecutor:
             trial = by_method[config["final"]["method"]]
             if kind == "start":
                 on_start(trial)
+                continue
+            if kind == "epoch":
+                _relay_epoch(on_epoch, result)
                 continue
             state = load_file(str(checkpoint / "model.safetensors")) \
                 if checkpoint is not None else None
@@ -298,6 +311,8 @@ class RayExecutor:
                     name = result.get("checkpoint_dir_name")
                     saved = Path(trial.path) / name if name else None
                     _RELAYS[self.token].put(("done", trial.config, result, saved))
+                elif "epoch" in result:
+                    _RELAYS[self.token].put(("epoch", trial.config, result, None))
 
         self._experiments += 1
         tuner = tune.Tuner(
