@@ -75,6 +75,18 @@ def test_ray_gives_the_local_table_even_when_a_worker_dies(data, tmp_path, local
     assert any((out / "seed_0" / "ray").iterdir())  # Tune's experiments inside the run folder
 
 
+def test_a_pruned_search_on_ray_is_the_local_one(data, tmp_path, local_ray, one_thread):
+    # successive halving's rungs are waves of the plan: survivors continue from rung states
+    # that travel back from the workers as Tune checkpoints
+    config = dict(max_candidates=6, prune=True, epochs=3, baselines=False)
+    run(tiny_config(data, **config), tmp_path / "local")
+    run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
+    fields = [*FIELDS, "rung"]
+    assert table(tmp_path / "ray", fields=fields) == table(tmp_path / "local", fields=fields)
+    assert {r["status"] for r in read_csv(tmp_path / "ray" / "seed_0" / "candidates.csv")} == \
+        {"rung", "ok"}
+
+
 def test_a_search_resumes_across_executors(data, tmp_path, local_reference, local_ray,
                                            one_thread):
     # started locally with a smaller budget, finished on Ray, and the other way round

@@ -89,8 +89,6 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
 def connect(address: str | None) -> None:
     """Join the cluster at ``address``, or start a local Ray sized to this machine."""
     ray, _ = require_ray()
-    # Tune's own CSV/JSON/TensorBoard loggers per trial: blocktune's CSVs are the record
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return
     if address:
@@ -317,7 +315,7 @@ class RayExecutor:
         self._experiments += 1
         tuner = tune.Tuner(
             tune.with_resources(trainable, self.resources), param_space=space,
-            tune_config=tune.TuneConfig(reuse_actors=False),
+            tune_config=tune.TuneConfig(reuse_actors=True),  # the model is built once a worker
             run_config=tune.RunConfig(
                 name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{self._experiments}",
                 storage_path=str(self.folder / "ray"), callbacks=[Relay(token)], verbose=0,
