@@ -59,6 +59,12 @@ def bad_inputs(tmp_path):
         ("not a run folder", ["report", str(tmp_path)], "not a run folder"),
         ("predict without a model", ["predict", "--run", str(tmp_path), "x.jpg"],
          "holds no saved model"),
+        ("seeds not numbers", [*run, "--data", str(good), "--seeds", "a,b"], "whole numbers"),
+        ("negative lr", [*run, "--data", str(good), "--lr", "-1"], "lr = -1.0 is out of range"),
+        ("zero batch size", [*run, "--data", str(good), "--batch-size", "0"],
+         "batch_size = 0 is out of range"),
+        ("negative time budget", [*run, "--data", str(good), "--time-budget", "-1"],
+         "time_budget = -1.0 is out of range"),
     ]
 
 

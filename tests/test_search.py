@@ -462,3 +462,13 @@ def test_a_run_folder_from_before_baselines_and_predictions_resumes_and_reports(
             "finals.csv")] == [stable([r], ["method", "val_acc", "test_acc"]) for r in finals]
     text = build_report(out).read_text()
     assert "## Verdict" in text and "no interval (no per-image predictions saved)" in text
+
+
+def test_force_new_never_leaves_the_old_model_to_predict(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, max_candidates=2), out)
+    assert (out / "model.safetensors").exists() and (out / "seed_0" / "block.safetensors").exists()
+    # started over, and stopped before any final: nothing of the old run may be served
+    run(tiny_config(image_folder, max_candidates=2, time_budget=0.0), out, force_new=True)
+    assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
+    assert not list((out / "seed_0").glob("*.safetensors"))

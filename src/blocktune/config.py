@@ -86,7 +86,11 @@ class RunConfig:
         if isinstance(self.strategies, str):
             self.strategies = [s for s in self.strategies.split(",") if s]
         if isinstance(self.seeds, (int, str)):
-            self.seeds = [int(s) for s in str(self.seeds).split(",") if s != ""]
+            try:
+                self.seeds = [int(s) for s in str(self.seeds).split(",") if s != ""]
+            except ValueError:
+                raise BlocktuneError(f"seeds {self.seeds!r}: give whole numbers separated by "
+                                     "commas, e.g. --seeds 0,1,2") from None
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise BlocktuneError(f"unknown strategy {unknown[0]!r}: choose from "
@@ -108,6 +112,16 @@ class RunConfig:
             raise BlocktuneError("give at least one seed, e.g. --seeds 0,1,2")
         if self.epochs < 1 or self.final_epochs < 1:
             raise BlocktuneError("epochs must be at least 1")
+        for key, low, strict in (("batch_size", 1, False), ("lr", 0, True),
+                                 ("body_lr_scale", 0, False), ("patience", 1, False),
+                                 ("prune_grace", 1, False), ("time_budget", 0, False),
+                                 ("max_candidates", 1, False), ("max_images_per_class", 1, False),
+                                 ("cache_max_gb", 0, False), ("window", 1, False),
+                                 ("stride", 1, False), ("random_k", 1, False)):
+            value = getattr(self, key)
+            if value is not None and (value <= low if strict else value < low):
+                raise BlocktuneError(f"{key} = {value} is out of range: it must be "
+                                     f"{'greater than' if strict else 'at least'} {low}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise BlocktuneError("cache dtype must be float16, bfloat16 or float32")
         get_rule(self.select)

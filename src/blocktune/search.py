@@ -135,9 +135,12 @@ def write_config(folder: Path, config: RunConfig) -> None:
 
 def clear_results(folder: Path) -> None:
     """``--force-new``: forget the finished work of an earlier run in this folder."""
+    # the published model and its card too: predict must never serve the old run's model
     for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
-                  *folder.glob("seed_*/rungs/*.pt"),
-                  folder / "metrics.csv", folder / "splits.json", folder / "summary.csv"]:
+                  *folder.glob("seed_*/rungs/*.pt"), *folder.glob("seed_*/*.safetensors"),
+                  folder / "metrics.csv", folder / "splits.json", folder / "summary.csv",
+                  folder / "model.safetensors", folder / "model.json",
+                  folder / "report.md", folder / "report.html"]:
         stale.unlink(missing_ok=True)
 
 
