@@ -29,6 +29,7 @@ over the candidates it trained to the end), and where the pruned winner ranks in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 
 from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
+from blocktune.records import CandidateRow, rank_key
 from blocktune.search import Events, SeedRun, choose, label, load_images
 from blocktune.train import device_for
 
@@ -153,9 +155,9 @@ def main() -> None:
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
                               data_cfg, Events(on_candidate_end=lambda row, best, mode=mode: print(
-                                  f"  {mode:9s} {row['strategy']:6s} #{row['index']!s:<3} "
-                                  f"rung {row['rung']!s:>2} val {float(row['val_acc']):.4f} "
-                                  f"{float(row['seconds']):7.1f}s", flush=True)))
+                                  f"  {mode:9s} {row.strategy:6s} #{row.index!s:<3} "
+                                  f"rung {row.rung!s:>2} val {row.val_acc:.4f} "
+                                  f"{row.seconds:7.1f}s", flush=True)))
         seed_run.sample = args.sample
         if mode == modes[0]:
             split = seed_run.split
@@ -174,8 +176,7 @@ def main() -> None:
                          if device.type == "cuda" else None}
 
     def finished(rows):
-        return {(r["strategy"], r["layer_indices"]): float(r["val_acc"]) for r in rows
-                if r["status"] == "ok"}
+        return {(r.strategy, r.layer_indices): r.val_acc for r in rows if r.status == "ok"}
 
     reference = results[modes[0]]
     full = finished(reference["rows"])
@@ -188,7 +189,7 @@ def main() -> None:
         r = results[mode]
         mine = finished(r["rows"])
         diff = max(abs(acc - full[key]) for key, acc in mine.items())
-        chosen = "; ".join(f"{label(s)} #{choose(r['rows'], s)['index']}"
+        chosen = "; ".join(f"{label(s)} #{choose(r['rows'], s).index}"
                            for s in base.strategies if choose(r["rows"], s))
         print(f"| {mode} | {r['wall']:.1f} | {reference['wall'] / r['wall']:.2f}× | "
               f"{r['cpu']:.1f} | {reference['cpu'] / r['cpu']:.2f}× | {r['start_rss']:.0f} | "
@@ -200,15 +201,13 @@ def main() -> None:
         print(f"{mode}: rank of its choice in the {modes[0]} search's ranking")
         for strategy in base.strategies:
             ranking = sorted((r for r in reference["rows"]
-                              if r["strategy"] == strategy and r["status"] == "ok"),
-                             key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]),
-                                            int(r["index"])))
+                              if r.strategy == strategy and r.status == "ok"), key=rank_key)
             pick = choose(results[mode]["rows"], strategy)
             if pick is None:
                 continue
-            rank = [r["layer_indices"] for r in ranking].index(pick["layer_indices"]) + 1
-            print(f"  {label(strategy)}: #{pick['index']} ranks {rank} of {len(ranking)}"
-                  f" ({modes[0]} picks #{ranking[0]['index']})")
+            rank = [r.layer_indices for r in ranking].index(pick.layer_indices) + 1
+            print(f"  {label(strategy)}: #{pick.index} ranks {rank} of {len(ranking)}"
+                  f" ({modes[0]} picks #{ranking[0].index})")
     if "optimized" in results:
         simulate_pruning(results["optimized"]["rows"], base.strategies, args.epochs)
     seconds = decode_seconds(args.data, args.image_size, data_cfg.interpolation,
@@ -218,7 +217,7 @@ def main() -> None:
           f"({seconds * args.epochs * planned:.0f}s for this benchmark's naive search).")
 
 
-def simulate_pruning(rows: list[dict], strategies: list[str], epochs: int) -> None:
+def simulate_pruning(rows: list[CandidateRow], strategies: list[str], epochs: int) -> None:
     """What other successive-halving schedules would pick, from the full search's val curves.
 
     A survivor continues exactly where it paused, so a pruned search is a function of the full
@@ -228,14 +227,14 @@ def simulate_pruning(rows: list[dict], strategies: list[str], epochs: int) -> No
     """
     import math
 
-    full = {s: [r for r in rows if r["strategy"] == s and r["status"] == "ok"]
-            for s in strategies}
-    if not all(r.get("val_curve") for group in full.values() for r in group):
+    full = {s: [r for r in rows if r.strategy == s and r.status == "ok"] for s in strategies}
+    if not all(r.val_curve for group in full.values() for r in group):
         return
 
-    def ranking(group: list[dict], upto: int) -> list[dict]:
-        return sorted(group, key=lambda r: (-max(map(float, r["val_curve"].split()[:upto])),
-                                            int(r["trained_params"]), int(r["index"])))
+    def ranking(group: list[CandidateRow], upto: int) -> list[CandidateRow]:
+        # the one ranking, on the val accuracy the candidate had after ``upto`` epochs
+        return sorted(group, key=lambda r: rank_key(
+            dataclasses.replace(r, val_acc=max(r.val_curve[:upto]))))
 
     print("\nsuccessive halving simulated on the full search's val curves "
           "(rank 1 = the full search's pick):")
@@ -248,18 +247,18 @@ def simulate_pruning(rows: list[dict], strategies: list[str], epochs: int) -> No
             trained, seconds, full_seconds, picks = 0, 0.0, 0.0, []
             for strategy in strategies:
                 alive = full[strategy]
-                done = {r["index"]: 0 for r in alive}
+                done = {r.index: 0 for r in alive}
                 for rung in ladder:
                     for r in alive:
-                        per_epoch = float(r["seconds"]) / int(r["epochs"])
-                        seconds += per_epoch * (rung - done[r["index"]])
-                        trained += rung - done[r["index"]]
-                        done[r["index"]] = rung
+                        per_epoch = r.seconds / r.epochs
+                        seconds += per_epoch * (rung - done[r.index])
+                        trained += rung - done[r.index]
+                        done[r.index] = rung
                     if rung != epochs:
                         alive = ranking(alive, rung)[:max(1, math.ceil(len(alive) / eta))]
-                full_seconds += sum(float(r["seconds"]) for r in full[strategy])
+                full_seconds += sum(r.seconds for r in full[strategy])
                 pick = ranking(alive, epochs)[0]
-                picks.append(f"#{pick['index']} ({ranking(full[strategy], epochs).index(pick) + 1})")
+                picks.append(f"#{pick.index} ({ranking(full[strategy], epochs).index(pick) + 1})")
             total = sum(len(g) for g in full.values()) * epochs
             print(f"| {', '.join(map(str, ladder))} | 1/{eta} | {trained} of {total} | "
                   f"{seconds / full_seconds:.2f} | " + " | ".join(picks) + " |")

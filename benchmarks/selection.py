@@ -46,6 +46,8 @@ from blocktune.io import (
     predictions_text,
     read_csv,
 )
+from blocktune.plan import parse_indices
+from blocktune.records import CandidateRow, read_candidates
 from blocktune.search import BASELINE_I, BASELINE_II, BASELINES, Events, SeedRun, load_images
 from blocktune.select import RULES, SearchView
 from blocktune.stats import compare, mean_interval, spearman
@@ -60,31 +62,30 @@ def log(text: str) -> None:
 
 def events() -> Events:
     def end(row, best):
-        log(f"  {row['strategy']} #{row['index']} {row['layers']}: val "
-            f"{float(row['val_acc']):.3f} ({row['seconds']} s)")
+        log(f"  {row.strategy} #{row.index} {row.layers}: val {row.val_acc:.3f} "
+            f"({row.seconds:.2f} s)")
     return Events(on_candidate_end=end, on_phase=lambda text: log(f"  {text}"))
 
 
-def oracle(seed_run: SeedRun, rows: list[dict], path: Path) -> list[dict]:
+def oracle(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict]:
     """Fine-tune every searched group as the finals are; test each once. Resumable."""
     done = read_csv(path)
     have = {r["layer_indices"] for r in done}
-    searched = [r for r in rows if r["status"] == "ok"]
+    searched = [r for r in rows if r.status == "ok"]
     for position, row in enumerate(searched):
-        if row["layer_indices"] in have:
+        if row.layer_indices in have:
             continue
-        group = None if row["layer_indices"] == "all" else \
-            tuple(int(i) for i in row["layer_indices"].split(",") if i)
-        result, test_acc, test_pred = seed_run.fit_final(group, None, None)
-        done.append({"method": row["strategy"], "index": row["index"], "layers": row["layers"],
-                     "layer_indices": row["layer_indices"],
+        result, test_acc, test_pred = seed_run.fit_final(parse_indices(row.layer_indices),
+                                                         None, None)
+        done.append({"method": row.strategy, "index": row.index, "layers": row.layers,
+                     "layer_indices": row.layer_indices,
                      "trained_params": result.trainable_params,
                      "val_acc": f"{result.best_val_acc:.6f}", "test_acc": f"{test_acc:.6f}",
                      "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
                      "status": result.status, "test_pred": predictions_text(test_pred)})
-        have.add(row["layer_indices"])
+        have.add(row.layer_indices)
         atomic_write_csv(path, done, ORACLE_FIELDS)
-        log(f"  oracle {position + 1}/{len(searched)} {row['strategy']} #{row['index']}: "
+        log(f"  oracle {position + 1}/{len(searched)} {row.strategy} #{row.index}: "
             f"val {result.best_val_acc:.3f} test {test_acc:.3f} ({result.seconds:.0f} s)")
     return done
 
@@ -112,24 +113,23 @@ def larger_search_split(main: Path, variant: Path, search_fraction: float, seed:
             "counts": {k: len(v) for k, v in new.items()}, "files": new})
 
 
-def search_with_refits(seed_run: SeedRun) -> tuple[list[dict], list[dict]]:
+def search_with_refits(seed_run: SeedRun) -> tuple[list[CandidateRow], list[CandidateRow]]:
     rows, complete = seed_run.search()
     assert complete, "the benchmark runs without a time budget"
     return rows, seed_run.refit(rows, rules=list(RULES))
 
 
-def evaluate(rows: list[dict], refits: list[dict], oracle_rows: list[dict],
+def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: list[dict],
              val_labels: np.ndarray, test_labels: np.ndarray, num_layers: int) -> dict:
     """Everything the tables need for one seed and one search setting."""
     by_group = {r["layer_indices"]: r for r in oracle_rows if r["status"] == "ok"}
-    cands = [r for r in rows if r["strategy"] == "block" and r["status"] == "ok"]
-    paired = [(float(r["val_acc"]), float(by_group[r["layer_indices"]]["test_acc"]))
-              for r in cands if r["layer_indices"] in by_group]
-    oracle_tests = [float(by_group[r["layer_indices"]]["test_acc"]) for r in cands
-                    if r["layer_indices"] in by_group]
+    cands = [r for r in rows if r.strategy == "block" and r.status == "ok"]
+    paired = [(r.val_acc, float(by_group[r.layer_indices]["test_acc"]))
+              for r in cands if r.layer_indices in by_group]
+    oracle_tests = [t for _, t in paired]
     best_test = max(oracle_tests)
-    search_seconds = sum(float(r["seconds"]) for r in cands)
-    refit_rows = {r["layer_indices"]: r for r in refits if r["strategy"] == "block"}
+    search_seconds = sum(r.seconds for r in cands)
+    refit_rows = {r.layer_indices: r for r in refits if r.strategy == "block"}
     view = SearchView(cands, num_layers=num_layers, val_labels=val_labels, refits=refit_rows)
     base = {m: next(r for r in oracle_rows if r["method"] == m) for m in BASELINES}
 
@@ -138,16 +138,15 @@ def evaluate(rows: list[dict], refits: list[dict], oracle_rows: list[dict],
 
     out = {"spearman": spearman([v for v, _ in paired], [t for _, t in paired]),
            "final_val_spearman": spearman(
-               [float(by_group[r["layer_indices"]]["val_acc"]) for r in cands],
+               [float(by_group[r.layer_indices]["val_acc"]) for r in cands],
                oracle_tests),
            "best_test": best_test, "candidates": len(cands), "search_seconds": search_seconds,
            "baseline_test": {m: float(base[m]["test_acc"]) for m in BASELINES}, "rules": {}}
     for name, rule in RULES.items():
         chosen = rule.pick(view)
-        final = by_group[chosen["layer_indices"]]
+        final = by_group[chosen.layer_indices]
         test = float(final["test_acc"])
-        extra = sum(float(refit_rows[i]["seconds"]) for i in rule.refits(view)
-                    if i in refit_rows)
+        extra = sum(refit_rows[i].seconds for i in rule.refits(view) if i in refit_rows)
         versus = {m: compare("pick", m, correct(final), correct(base[m])) for m in BASELINES}
         # the recommendation: best final val among the baselines and the pick
         contenders = [final, base[BASELINE_I], base[BASELINE_II]]
@@ -155,8 +154,8 @@ def evaluate(rows: list[dict], refits: list[dict], oracle_rows: list[dict],
                                                      -int(r["trained_params"])))
         best_of_three = max(float(r["test_acc"]) for r in contenders)
         out["rules"][name] = {
-            "pick": chosen["layers"], "index": int(chosen["index"]),
-            "search_val": float(chosen["val_acc"]), "test": test, "regret": best_test - test,
+            "pick": chosen.layers, "index": chosen.index,
+            "search_val": chosen.val_acc, "test": test, "regret": best_test - test,
             "beats": {m: versus[m].difference.value > 0 for m in BASELINES},
             "verdict": {m: versus[m].word for m in BASELINES},
             "cost": (search_seconds + extra) / search_seconds if search_seconds else math.nan,
@@ -225,8 +224,8 @@ def main() -> None:
                 log(f"seed {seed}, {name}")
                 run_ = seed_run(seed, name, config, fraction)
                 if args.report_only:
-                    rows = read_csv(run_.folder / "candidates.csv")
-                    refits = read_csv(run_.folder / "refits.csv")
+                    rows = read_candidates(run_.folder / "candidates.csv")
+                    refits = read_candidates(run_.folder / "refits.csv")
                     if not rows:
                         continue
                 else:
@@ -236,7 +235,7 @@ def main() -> None:
                 run_.close()
                 oracle_rows = read_csv(main_folder / "oracle.csv")
                 labels = split_labels(main_folder / "splits.json")
-                if len(oracle_rows) < len([r for r in rows if r["status"] == "ok"]):
+                if len(oracle_rows) < len([r for r in rows if r.status == "ok"]):
                     continue  # the oracle of this seed is unfinished
                 results[(seed, name)] = evaluate(rows, refits, oracle_rows, labels["val"],
                                                  labels["test"], len(run_.walk.layers))

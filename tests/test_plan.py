@@ -17,6 +17,7 @@ from blocktune.plan import (
     search_wave,
     strategy_candidates,
 )
+from blocktune.records import CandidateRow, FinalRow
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,12 @@ def planner(model_walk, settings, **options):
 
 def finish(trials, accuracy=lambda t: 0.5, params=lambda t: 10):
     """The rows an executor would hand back for these trials (copies as the driver makes)."""
-    rows = []
-    for t in trials:
-        rows.append({"strategy": t.method, "index": str(t.index), "layer_indices": t.indices,
-                     "rung": str(t.epochs), "val_acc": f"{accuracy(t):.6f}",
-                     "trained_params": str(params(t)), "same_as": "" if t.copy_of is None
-                     else "copy", "status": "ok" if t.final else "rung"})
-    return rows
+    return [CandidateRow(strategy=t.method, rung=t.epochs, index=t.index, layers="",
+                         layer_indices=t.indices, first=None, last=None,
+                         trained_params=params(t), val_acc=accuracy(t), val_loss=1.0,
+                         epochs=t.epochs, best_epoch=t.epochs, seconds=1.0,
+                         status="ok" if t.final else "rung",
+                         same_as="" if t.copy_of is None else "copy") for t in trials]
 
 
 def run_plan(settings, candidates_of, accuracy=lambda t: 0.5):
@@ -76,8 +76,7 @@ def test_ranked_waits_for_the_layer_search_and_uses_its_scores(model_walk):
                            accuracy=lambda t: accuracy.get(t.index, 0.1))
     assert [t.method for t in waves[0]] == ["layer"] * 6
     assert [t.method for t in waves[1]] == ["ranked-2"]
-    layer_rows = {int(r["index"]): int(r["layer_indices"]) for r in rows
-                  if r["strategy"] == "layer"}
+    layer_rows = {r.index: int(r.layer_indices) for r in rows if r.strategy == "layer"}
     assert waves[1][0].group == tuple(sorted((layer_rows[5], layer_rows[2])))
 
 
@@ -119,11 +118,12 @@ def test_finals_plan_trains_each_group_once_and_redoes_changed_choices():
     assert [(t.method, t.copy_of) for t in plan] == [
         (BASELINE_I, None), (BASELINE_II, None), ("block", None), ("quarter", "block"),
         ("layer", None)]
-    finished = [
-        {"method": BASELINE_I, "group": "head only", "layer_indices": "", "status": "ok"},
-        {"method": BASELINE_II, "group": "all layers", "layer_indices": "", "status": "ok"},
-        {"method": "block", "group": "b", "layer_indices": "5,6", "status": "ok"},
-        {"method": "layer", "group": "l", "layer_indices": "8", "status": "ok"}]  # old choice
+    def final(method, group, indices):
+        return FinalRow(method, group, indices, trained_params=1, search_val_acc=0.8,
+                        val_acc=0.8, test_acc=0.8, epochs=1, seconds=1.0, status="ok")
+
+    finished = [final(BASELINE_I, "head only", ""), final(BASELINE_II, "all layers", ""),
+                final("block", "b", "5,6"), final("layer", "l", "8")]  # layer: an old choice
     plan = finals_plan(methods, finished)
     assert plan == [FinalTrial("quarter", (5, 6), 0.82, copy_of="block"),
                     FinalTrial("layer", (9,), 0.81)]
@@ -133,3 +133,18 @@ def test_group_text_round_trips():
     for group in [None, (), (3,), (1, 2, 3)]:
         assert parse_indices(indices_text(group)) == group
     assert Trial("block", 0, (1, 2), 4).key == ("block", "1,2", "4")
+
+
+def test_a_fresh_row_equals_the_same_row_read_back():
+    """Resume must rank exactly as an uninterrupted run: a row is what its CSV holds."""
+    import math
+
+    fresh = CandidateRow(strategy="layer", rung=2, index=3, layers="a", layer_indices="7",
+                         first=7, last=7, trained_params=10, val_acc=2 / 3, val_loss=math.inf,
+                         epochs=2, best_epoch=1, seconds=1.234, status="ok",
+                         val_curve=[1 / 3, 2 / 3], val_pred=[0, 1]).recorded()
+    assert CandidateRow.from_csv(fresh.to_csv()) == fresh
+    assert fresh.val_acc == float(f"{2 / 3:.6f}")  # not 2/3: the CSV's value
+    final = FinalRow("block", "g", "1,2", 5, math.nan, 2 / 3, 0.5, 3, 1.0, "ok",
+                     test_pred=[1, 2]).recorded()
+    assert FinalRow.from_csv(final.to_csv()).to_csv() == final.to_csv()

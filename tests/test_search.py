@@ -13,6 +13,7 @@ import pytest
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.io import RunLock, atomic_copy, atomic_write_csv, read_csv
+from blocktune.records import read_candidates
 from blocktune.report import build_report
 from blocktune.search import BASELINE_I, BASELINE_II, choose, run
 
@@ -50,7 +51,8 @@ def test_run_writes_every_artifact(image_folder, tmp_path):
     finals = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
     assert set(finals) == {BASELINE_I, BASELINE_II, "layer", "block", "ranked-2"}
     assert finals[BASELINE_I]["group"] == "head only"
-    assert finals["block"]["layer_indices"] == choose(rows, "block")["layer_indices"]
+    typed = read_candidates(out / "seed_0" / "candidates.csv")
+    assert finals["block"]["layer_indices"] == choose(typed, "block").layer_indices
     ranked = [int(i) for i in finals["ranked-2"]["layer_indices"].split(",")]
     top2 = sorted(rows[:4], key=lambda r: (-float(r["val_acc"]), int(r["trained_params"]),
                                            int(r["index"])))[:2]
@@ -208,7 +210,8 @@ def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path,
     run(tiny_config(image_folder, max_candidates=3, baselines=False), tmp_path / "r")
     rows = read_csv(tmp_path / "r" / "seed_0" / "candidates.csv")
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
-    assert choose(rows, "block")["status"] == "ok"
+    assert choose(read_candidates(tmp_path / "r" / "seed_0" / "candidates.csv"),
+                  "block").status == "ok"
 
 
 def test_rungs():
@@ -227,7 +230,7 @@ def run_rows(config, folder):
 
 def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, tmp_path):
     from blocktune.io import atomic_write_csv
-    from blocktune.search import CANDIDATE_FIELDS
+    from blocktune.records import CANDIDATE_FIELDS
 
     config = tiny_config(image_folder, epochs=3, prune=True, baselines=False)
     run(config, tmp_path / "a")
@@ -238,7 +241,8 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
     assert len(second) == 5 and all(r["status"] == "ok" for r in second)
     ranked = sorted(first, key=lambda r: (-float(r["val_acc"]), int(r["trained_params"])))
     assert {r["layer_indices"] for r in second} == {r["layer_indices"] for r in ranked[:5]}
-    assert choose(rows, "block") in second
+    typed = read_candidates(tmp_path / "a" / "seed_0" / "candidates.csv")
+    assert choose(typed, "block").layer_indices in {r["layer_indices"] for r in second}
     # survivors continued from their rung state: their rows are the unpruned search's rows
     unpruned = run_rows(tiny_config(image_folder, epochs=3, baselines=False), tmp_path / "u")
     by_group = {r["layer_indices"]: r for r in unpruned}
@@ -266,18 +270,18 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
 
 def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_path):
     from blocktune.io import atomic_write_csv
-    from blocktune.search import FINAL_FIELDS
+    from blocktune.records import FINAL_FIELDS
 
     out = tmp_path / "r"
     run(tiny_config(image_folder, max_candidates=2, baselines=False), out)
     finals = read_csv(out / "seed_0" / "finals.csv")
-    rows = read_csv(out / "seed_0" / "candidates.csv")
-    assert finals[0]["layer_indices"] == choose(rows, "block")["layer_indices"]
+    rows = read_candidates(out / "seed_0" / "candidates.csv")
+    assert finals[0]["layer_indices"] == choose(rows, "block").layer_indices
     run(tiny_config(image_folder, max_candidates=5, baselines=False), out)
-    rows = read_csv(out / "seed_0" / "candidates.csv")
+    rows = read_candidates(out / "seed_0" / "candidates.csv")
     assert len(rows) == 5
     finals = read_csv(out / "seed_0" / "finals.csv")
-    assert [r["layer_indices"] for r in finals] == [choose(rows, "block")["layer_indices"]]
+    assert [r["layer_indices"] for r in finals] == [choose(rows, "block").layer_indices]
     # a final of a group that is no longer the choice is fitted again, not reported
     stale = [{**finals[0], "layer_indices": "0", "test_acc": "0.123"}]
     atomic_write_csv(out / "seed_0" / "finals.csv", stale, FINAL_FIELDS)

@@ -1,20 +1,22 @@
 """Every selection rule on hand-made candidate tables (val only), and the registry."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.io import predictions_text
+from blocktune.records import CandidateRow
 from blocktune.select import RULES, SearchView, get_rule, pick, within_one_se
 
 
-def row(index, first, last, acc, loss=1.0, params=100, val_pred=""):
-    return {"strategy": "block", "index": str(index), "layers": f"L{first}-{last}",
-            "layer_indices": ",".join(str(i) for i in range(first, last + 1)),
-            "first": str(first), "last": str(last), "trained_params": str(params),
-            "val_acc": f"{acc:.6f}", "val_loss": f"{loss:.6f}", "status": "ok",
-            "val_pred": val_pred}
+def row(index, first, last, acc, loss=1.0, params=100, val_pred=None):
+    return CandidateRow(strategy="block", rung=4, index=index, layers=f"L{first}-{last}",
+                        layer_indices=",".join(str(i) for i in range(first, last + 1)),
+                        first=first, last=last, trained_params=params, val_acc=acc,
+                        val_loss=loss, epochs=4, best_epoch=4, seconds=1.0, status="ok",
+                        val_pred=val_pred)
 
 
 def test_registry_has_the_required_rules_and_refuses_unknown_names():
@@ -29,28 +31,28 @@ def test_registry_has_the_required_rules_and_refuses_unknown_names():
 def test_max_val_breaks_ties_by_fewer_parameters_then_search_order():
     rows = [row(0, 18, 19, 0.80, params=500), row(1, 16, 17, 0.82, params=900),
             row(2, 14, 15, 0.82, params=300), row(3, 12, 13, 0.82, params=300)]
-    assert pick("max-val", SearchView(rows))["index"] == "2"
+    assert pick("max-val", SearchView(rows)).index == 2
     assert pick("max-val", SearchView([])) is None
 
 
 def test_val_loss_takes_the_lowest_loss_not_the_highest_accuracy():
     rows = [row(0, 18, 19, 0.85, loss=0.60), row(1, 16, 17, 0.82, loss=0.45),
             row(2, 14, 15, 0.84, loss=0.50)]
-    assert pick("val-loss", SearchView(rows))["index"] == "1"
+    assert pick("val-loss", SearchView(rows)).index == 1
 
 
 def test_last_quarter_keeps_to_the_last_quarter_of_the_layers():
     rows = [row(0, 18, 19, 0.80), row(1, 15, 16, 0.83), row(2, 2, 3, 0.90)]
     # 20 layers: the last quarter starts at layer 15
-    assert pick("last-quarter", SearchView(rows, num_layers=20))["index"] == "1"
+    assert pick("last-quarter", SearchView(rows, num_layers=20)).index == 1
     early = [row(2, 2, 3, 0.90), row(3, 5, 6, 0.85)]
-    assert pick("last-quarter", SearchView(early, num_layers=20))["index"] == "2"  # fallback
+    assert pick("last-quarter", SearchView(early, num_layers=20)).index == 2  # fallback
 
 
 def predictions(labels, wrong):
     out = labels.copy()
     out[list(wrong)] = (out[list(wrong)] + 1) % 3
-    return predictions_text(out)
+    return out.tolist()
 
 
 def test_one_se_is_paired_and_breaks_ties_by_val_loss():
@@ -62,19 +64,19 @@ def test_one_se_is_paired_and_breaks_ties_by_val_loss():
     # tie, paired (SE of the difference 1.7 points) it is 3 points behind: out
     behind = row(2, 14, 15, 0.77, loss=0.40, val_pred=predictions(labels, range(23)))
     view = SearchView([best, close, behind], val_labels=labels)
-    assert [r["index"] for r in within_one_se(view)] == ["0", "1"]
-    assert pick("one-se", view)["index"] == "1"  # the lower val loss of the two
+    assert [r.index for r in within_one_se(view)] == [0, 1]
+    assert pick("one-se", view).index == 1  # the lower val loss of the two
     # without per-image predictions (an older run folder): the binomial SE, unpaired
     for r in (best, close, behind):
-        r["val_pred"] = ""
-    assert [r["index"] for r in within_one_se(view)] == ["0", "1", "2"]
+        r.val_pred = None
+    assert [r.index for r in within_one_se(view)] == [0, 1, 2]
 
 
 def test_smooth_prefers_a_good_neighbourhood_over_a_lone_peak():
     rows = [row(0, 18, 19, 0.80), row(1, 16, 17, 0.81), row(2, 14, 15, 0.80),
             row(3, 12, 13, 0.70), row(4, 10, 11, 0.84), row(5, 8, 9, 0.70)]
-    assert pick("max-val", SearchView(rows))["index"] == "4"
-    assert pick("smooth", SearchView(rows))["index"] == "1"
+    assert pick("max-val", SearchView(rows)).index == 4
+    assert pick("smooth", SearchView(rows)).index == 1
 
 
 def test_two_fold_asks_for_the_top_five_and_ranks_by_both_folds():
@@ -82,15 +84,15 @@ def test_two_fold_asks_for_the_top_five_and_ranks_by_both_folds():
             enumerate([0.80, 0.84, 0.83, 0.79, 0.82, 0.81, 0.78])]
     view = SearchView(rows)
     asked = get_rule("two-fold").refits(view)
-    assert asked == [rows[i]["layer_indices"] for i in (1, 2, 4, 5, 0)]
-    assert pick("two-fold", view)["index"] == "1"  # no refits yet: max-val
-    refits = {rows[1]["layer_indices"]: {**rows[1], "val_acc": "0.70"},
-              rows[2]["layer_indices"]: {**rows[2], "val_acc": "0.82"},
-              rows[4]["layer_indices"]: {**rows[4], "val_acc": "0.80"}}
+    assert asked == [rows[i].layer_indices for i in (1, 2, 4, 5, 0)]
+    assert pick("two-fold", view).index == 1  # no refits yet: max-val
+    refits = {rows[1].layer_indices: replace(rows[1], val_acc=0.70),
+              rows[2].layer_indices: replace(rows[2], val_acc=0.82),
+              rows[4].layer_indices: replace(rows[4], val_acc=0.80)}
     # means: #1 0.77, #2 0.825, #4 0.81
-    assert pick("two-fold", SearchView(rows, refits=refits))["index"] == "2"
-    failed = {k: {**v, "status": "failed"} for k, v in refits.items()}
-    assert pick("two-fold", SearchView(rows, refits=failed))["index"] == "1"
+    assert pick("two-fold", SearchView(rows, refits=refits)).index == 2
+    failed = {k: replace(v, status="failed") for k, v in refits.items()}
+    assert pick("two-fold", SearchView(rows, refits=failed)).index == 1
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -98,8 +100,8 @@ def test_every_rule_returns_one_of_the_rows_and_never_reads_test(name):
     labels = np.arange(30) % 3
     rows = [row(i, 20 - 2 * i, 21 - 2 * i, 0.7 + 0.01 * (i % 4), loss=1 - 0.02 * i,
                 val_pred=predictions(labels, range(i % 5))) for i in range(8)]
-    for r in rows:
-        r["test_acc"] = "not for rules"  # a rule that read it would crash on float()
-    refits = {r["layer_indices"]: {**r, "val_acc": "0.75"} for r in rows}
+    # a row has no test accuracy at all: a rule cannot read one
+    assert not any("test" in f for f in CandidateRow.__dataclass_fields__)
+    refits = {r.layer_indices: replace(r, val_acc=0.75) for r in rows}
     chosen = pick(name, SearchView(rows, num_layers=24, val_labels=labels, refits=refits))
     assert chosen in rows

@@ -89,11 +89,11 @@ class _Progress:
 
         def end(row, best):
             self.bar.update(self.task, advance=1,
-                            description=f"{label(row['strategy'])} search · best val {best:.3f}")
+                            description=f"{label(row.strategy)} search · best val {best:.3f}")
             if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
-                took = f"same as {row['same_as']}" if row.get("same_as") else f"{row['seconds']}s"
-                self.console.log(f"{label(row['strategy'])} #{row['index']} {row['layers']}: "
-                                 f"val {float(row['val_acc']):.3f} ({row['status']}, {took}) · "
+                took = f"same as {row.same_as}" if row.same_as else f"{row.seconds:.2f}s"
+                self.console.log(f"{label(row.strategy)} #{row.index} {row.layers}: "
+                                 f"val {row.val_acc:.3f} ({row.status}, {took}) · "
                                  f"best {best:.3f}")
 
         def epoch(e, loss, acc, seconds):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from blocktune.groups import Candidate, StrategyOptions, candidates
 from blocktune.layers import ModelWalk
-from blocktune.select import rank_key
+from blocktune.records import CandidateRow, FinalRow, rank_key
 
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
 BASELINES = (BASELINE_I, BASELINE_II)
@@ -70,8 +70,6 @@ def parse_indices(text: str) -> tuple[int, ...] | None:
     return None if text == "all" else tuple(int(i) for i in text.split(",") if i)
 
 
-def row_key(row: dict) -> tuple[str, str, str]:
-    return (row["strategy"], row["layer_indices"], str(row["rung"]))
 
 
 def rungs(epochs: int, eta: int = PRUNE_ETA, grace: int = 1) -> list[int]:
@@ -101,15 +99,15 @@ class SearchSettings:
 
 
 def strategy_candidates(walk: ModelWalk, strategy: str, options: StrategyOptions,
-                        rows: Sequence[dict], settings: SearchSettings
+                        rows: Sequence[CandidateRow], settings: SearchSettings
                         ) -> list[tuple[str, Candidate]]:
     """(method, candidate) pairs of a strategy in search order; ``ranked`` expands to one
     method per k, from the finished ``layer`` rows; ``--max-candidates`` applied."""
     if strategy != "ranked":
         planned = [(strategy, c) for c in candidates(walk, strategy, options)]
     else:
-        scores = {int(r["layer_indices"]): float(r["val_acc"]) for r in rows
-                  if r["strategy"] == "layer" and r["status"] == "ok"}
+        scores = {int(r.layer_indices): r.val_acc for r in rows
+                  if r.strategy == "layer" and r.status == "ok"}
         planned = []
         for k in settings.ranked_k:
             ranked_options = StrategyOptions(**{**options.__dict__, "layer_scores": scores,
@@ -121,31 +119,32 @@ def strategy_candidates(walk: ModelWalk, strategy: str, options: StrategyOptions
     return planned
 
 
-def survivors(planned: list[tuple[str, Candidate]], rows: Sequence[dict], rung: int
+def survivors(planned: list[tuple[str, Candidate]], rows: Sequence[CandidateRow], rung: int
               ) -> list[tuple[str, Candidate]]:
     """The best third (at least one) of a rung's candidates by the one ranking of
     :func:`blocktune.select.rank_key`; failed candidates never go on."""
-    done = {row_key(r): r for r in rows}
+    done = {r.key: r for r in rows}
     scored = [(done[(m, indices_text(c.layers), str(rung))], (m, c)) for m, c in planned
               if (m, indices_text(c.layers), str(rung)) in done]
-    scored = [(r, mc) for r, mc in scored if r["status"] == "rung"]
+    scored = [(r, mc) for r, mc in scored if r.status == "rung"]
     scored.sort(key=lambda item: rank_key(item[0]))
     return [mc for _, mc in scored[:max(1, math.ceil(len(scored) / PRUNE_ETA))]]
 
 
-def _trained_twin(rows: Sequence[dict], indices: str, rung_epochs: int) -> dict | None:
+def _trained_twin(rows: Sequence[CandidateRow], indices: str, rung_epochs: int
+                  ) -> CandidateRow | None:
     """A row that trained this group for this many epochs and did not fail (not a copy)."""
     for row in rows:
-        if row["layer_indices"] == indices and str(row["rung"]) == str(rung_epochs) \
-                and row["status"] in ("ok", "rung") and not row.get("same_as"):
+        if row.layer_indices == indices and row.rung == rung_epochs \
+                and row.status in ("ok", "rung") and not row.same_as:
             return row
     return None
 
 
-CandidatesOf = Callable[[str, Sequence[dict]], list[tuple[str, Candidate]]]
+CandidatesOf = Callable[[str, Sequence[CandidateRow]], list[tuple[str, Candidate]]]
 
 
-def search_wave(settings: SearchSettings, rows: Sequence[dict], candidates_of: CandidatesOf
+def search_wave(settings: SearchSettings, rows: Sequence[CandidateRow], candidates_of: CandidatesOf
                 ) -> list[Trial]:
     """The next trials of the search, given the rows finished so far; [] when it is done.
 
@@ -153,7 +152,7 @@ def search_wave(settings: SearchSettings, rows: Sequence[dict], candidates_of: C
         candidates_of: (strategy, rows) → the strategy's (method, candidate) pairs in search
             order; :func:`strategy_candidates` over the model's walk.
     """
-    done = {row_key(r) for r in rows}
+    done = {r.key for r in rows}
     wave: list[Trial] = []
     if settings.baselines:
         wave += [Trial(method, 0, group, settings.epochs) for method, group in
@@ -174,7 +173,8 @@ def search_wave(settings: SearchSettings, rows: Sequence[dict], candidates_of: C
     return wave
 
 
-def _with_twins(todo: list[tuple[str, Candidate]], rows: Sequence[dict], rung: int, final: bool,
+def _with_twins(todo: list[tuple[str, Candidate]], rows: Sequence[CandidateRow], rung: int,
+                final: bool,
                 previous_rung: int) -> list[Trial]:
     """Trials of one rung; a group already trained this long becomes a copy, and a group two
     methods of this wave share is trained once: the second waits for the next wave."""
@@ -183,7 +183,7 @@ def _with_twins(todo: list[tuple[str, Candidate]], rows: Sequence[dict], rung: i
         indices = indices_text(cand.layers)
         twin = _trained_twin(rows, indices, rung)
         if twin is not None:
-            out.append(Trial(method, cand.index, cand.layers, rung, final, copy_of=row_key(twin)))
+            out.append(Trial(method, cand.index, cand.layers, rung, final, copy_of=twin.key))
         elif indices not in training:
             training.add(indices)
             out.append(Trial(method, cand.index, cand.layers, rung, final, previous_rung))
@@ -205,22 +205,22 @@ class FinalTrial:
         return indices_text(self.group)
 
 
-def final_group(row: dict) -> tuple[int, ...] | None:
+def final_group(row: FinalRow) -> tuple[int, ...] | None:
     """The group of a ``finals.csv`` row (Baseline II's is written with no indices)."""
-    return None if row["group"] == "all layers" else parse_indices(row["layer_indices"])
+    return None if row.group == "all layers" else parse_indices(row.layer_indices)
 
 
 def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],
-                finished: Sequence[dict]) -> list[FinalTrial]:
+                finished: Sequence[FinalRow]) -> list[FinalTrial]:
     """The finals still to run, given ``(method, chosen group, search val)`` per method and the
     ``finals.csv`` rows. A method whose row trained another group (its choice changed on a
     resume) is run again; a group another method's final already trained is copied from it
     (the driver trains it instead when that final's weights are gone)."""
     out: list[FinalTrial] = []
-    trained = {indices_text(final_group(r)): r["method"] for r in finished
-               if r["status"] == "ok" and not r.get("same_as")}
+    trained = {indices_text(final_group(r)): r.method for r in finished
+               if r.status == "ok" and not r.same_as}
     for method, group, search_acc in methods:
-        if any(r["method"] == method and final_group(r) == group for r in finished):
+        if any(r.method == method and final_group(r) == group for r in finished):
             continue
         indices = indices_text(group)
         source = trained.get(indices) or next((t.method for t in out if t.indices == indices

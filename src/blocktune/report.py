@@ -21,10 +21,14 @@ from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_text,
-    parse_predictions,
-    read_csv,
 )
 from blocktune.layers import ModelWalk  # noqa: E402
+from blocktune.records import (  # noqa: E402
+    FinalRow,
+    rank_key,
+    read_candidates,
+    read_finals,
+)
 from blocktune.search import (  # noqa: E402
     BASELINE_I,
     BASELINE_II,
@@ -55,7 +59,7 @@ class MethodResult:
     val: Interval
     test: Interval
     test_correct: np.ndarray | None  # per test image, for paired comparisons
-    search_val: str = ""
+    search_val: float = math.nan
 
 
 @dataclass
@@ -93,28 +97,27 @@ class Assessment:
         return out + self.notices
 
 
-def _correct(row: dict, labels: np.ndarray | None) -> np.ndarray | None:
-    predictions = parse_predictions(row.get("test_pred", ""))
-    if predictions is None or labels is None or len(predictions) != len(labels):
+def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
+    if row.test_pred is None or labels is None or len(row.test_pred) != len(labels):
         return None
-    return predictions == labels
+    return np.asarray(row.test_pred) == labels
 
 
 def _method_results(seed_dir: Path) -> dict[str, MethodResult]:
-    finals = [r for r in read_csv(seed_dir / "finals.csv") if r["status"] == "ok"]
+    finals = [r for r in read_finals(seed_dir / "finals.csv") if r.status == "ok"]
     labels = split_labels(seed_dir / "splits.json") if (seed_dir / "splits.json").exists() \
         else {}
     n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
     out = {}
     for row in finals:
-        val_acc, test_acc = float(row["val_acc"]), float(row["test_acc"])
-        out[row["method"]] = MethodResult(
-            row["method"], row["group"], int(row["trained_params"]),
+        val_acc, test_acc = row.val_acc, row.test_acc
+        out[row.method] = MethodResult(
+            row.method, row.group, row.trained_params,
             accuracy_interval(round(val_acc * n_val), n_val) if n_val else
             Interval(val_acc, math.nan, math.nan),
             accuracy_interval(round(test_acc * n_test), n_test) if n_test else
             Interval(test_acc, math.nan, math.nan),
-            _correct(row, labels.get("test")), row.get("search_val_acc", ""))
+            _correct(row, labels.get("test")), row.search_val_acc)
     return out
 
 
@@ -145,9 +148,10 @@ def assess(folder: str | Path) -> Assessment:
     seeds = [int(s) for s in config["seeds"]]
     per_seed = {s: _method_results(folder / f"seed_{s}") for s in seeds}
     methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
-    first = per_seed[seeds[0]]
-    recommended = max(first.values(), key=lambda r: (r.val.value, -r.trained_params)).method \
-        if first else None
+    first = [r for r in read_finals(folder / f"seed_{seeds[0]}" / "finals.csv")
+             if r.status == "ok"]
+    # the model run() published: the one ranking, on the final val accuracies
+    recommended = min(first, key=rank_key).method if first else None
     versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
                         if (c := _paired(m, b, per_seed, seeds)) is not None]
     if BASELINE_I in methods and BASELINE_II in methods:
@@ -159,8 +163,8 @@ def assess(folder: str | Path) -> Assessment:
         values = [per_seed[s][m].test for s in seeds if m in per_seed[s]]
         test_over_seeds[m] = values[0] if len(values) == 1 else \
             mean_interval([v.value for v in values])
-    found = [n for s in seeds for n in notices(s, read_csv(folder / f"seed_{s}" /
-                                                            "candidates.csv"))]
+    found = [n for s in seeds for n in notices(s, read_candidates(folder / f"seed_{s}" /
+                                                                   "candidates.csv"))]
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
                       test_over_seeds, found)
 
@@ -195,37 +199,35 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
     baselines' search scores as reference lines and the best candidate's 95% interval as the
     search's noise band: candidates inside it are not told apart by this val split."""
     def at(status: str, rung: str | None = None) -> list[dict]:
-        return sorted((r for r in rows if r["strategy"] == method and r["status"] == status
-                       and (rung is None or str(r.get("rung", "")) == rung)),
-                      key=lambda r: (int(r["first"]), int(r["last"])))
+        return sorted((r for r in rows if r.strategy == method and r.status == status
+                       and (rung is None or r.rung == rung)), key=lambda r: (r.first, r.last))
 
     def x(r: dict) -> float:
-        return (int(r["first"]) + int(r["last"])) / 2
+        return (r.first + r.last) / 2
 
     mine = at("ok")
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    first_rung = at("rung", min((str(r["rung"]) for r in rows if r["status"] == "rung"),
-                                key=int, default=None))
+    first_rung = at("rung", min((r.rung for r in rows if r.status == "rung"), default=None))
     if first_rung:  # a pruned search: every candidate's score at the first rung, for context
-        ax.plot([x(r) for r in first_rung], [float(r["val_acc"]) for r in first_rung],
+        ax.plot([x(r) for r in first_rung], [r.val_acc for r in first_rung],
                 marker=".", ms=3, lw=0.8, color="0.6",
-                label=f"after {first_rung[0]['rung']} epoch(s), all candidates")
-    ax.plot([x(r) for r in mine], [float(r["val_acc"]) for r in mine], marker="o", ms=3, lw=1,
+                label=f"after {first_rung[0].rung} epoch(s), all candidates")
+    ax.plot([x(r) for r in mine], [r.val_acc for r in mine], marker="o", ms=3, lw=1,
             label="trained to the end" if first_rung else None)
     top = choose(rows, method)
     if top is not None and val_images:
-        band = accuracy_interval(round(float(top["val_acc"]) * val_images), val_images)
+        band = accuracy_interval(round(top.val_acc * val_images), val_images)
         ax.axhspan(band.low, band.high, color="C0", alpha=0.12,
                    label=f"best candidate's 95% interval ({val_images} val images)")
     for baseline, style in ((BASELINE_I, "--"), (BASELINE_II, ":")):
-        searched = next((r for r in rows if r["strategy"] == baseline and r["status"] == "ok"),
+        searched = next((r for r in rows if r.strategy == baseline and r.status == "ok"),
                         None)
         if searched is not None:
-            ax.axhline(float(searched["val_acc"]), color="0.3", ls=style, lw=1.2,
-                       label=f"{label(baseline)} {float(searched['val_acc']):.3f}")
+            ax.axhline(searched.val_acc, color="0.3", ls=style, lw=1.2,
+                       label=f"{label(baseline)} {searched.val_acc:.3f}")
     best = chosen or top
     if best is not None:
-        ax.scatter([(int(best["first"]) + int(best["last"])) / 2], [float(best["val_acc"])],
+        ax.scatter([x(best)], [best.val_acc],
                    s=120, facecolors="none", edgecolors="C3", lw=2, label="chosen", zorder=3)
     ax.legend(loc="best", fontsize=7, ncol=2)
     ax.set(xlabel="layer index of the candidate (input → output)", ylabel="val accuracy",
@@ -304,37 +306,37 @@ def build_report(folder: str | Path) -> Path:
 
     for seed in seeds:
         seed_dir = folder / f"seed_{seed}"
-        rows = read_csv(seed_dir / "candidates.csv")
-        finals = read_csv(seed_dir / "finals.csv")
+        rows = read_candidates(seed_dir / "candidates.csv")
+        finals = read_finals(seed_dir / "finals.csv")
         parts += ["", f"## Seed {seed}", ""]
         results = assessment.per_seed[seed]
         if finals:
             parts.append(_md_table(
                 ["method", "group", "trained params", "search val", "val [95%]", "test [95%]"],
-                [[label(r["method"]), r["group"], f"{int(r['trained_params']):,}",
-                  format_float(r["search_val_acc"]) if r["search_val_acc"] else "–",
-                  results[r["method"]].val.fraction() if r["method"] in results else "–",
-                  results[r["method"]].test.fraction() if r["method"] in results else "failed"]
+                [[label(r.method), r.group, f"{r.trained_params:,}",
+                  format_float(r.search_val_acc),
+                  results[r.method].val.fraction() if r.method in results else "–",
+                  results[r.method].test.fraction() if r.method in results else "failed"]
                  for r in finals]))
         val_images = len(split_labels(seed_dir / "splits.json")["val"]) \
             if (seed_dir / "splits.json").exists() else 0
-        final_of = {r["method"]: r for r in finals}
-        for method in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] not in BASELINES):
-            mine = [r for r in rows if r["strategy"] == method]
+        final_of = {r.method: r for r in finals}
+        for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
+            mine = [r for r in rows if r.strategy == method]
             # the group the run's selection rule chose is the one its final trained
-            chosen = next((r for r in mine if method in final_of and r["status"] == "ok"
-                           and r["layer_indices"] == final_of[method]["layer_indices"]),
+            chosen = next((r for r in mine if method in final_of and r.status == "ok"
+                           and r.layer_indices == final_of[method].layer_indices),
                           None) or choose(rows, method)
-            groups = {r["layer_indices"] for r in mine}
-            failed = sum(r["status"] == "failed" for r in mine)
-            finished = sum(r["status"] == "ok" for r in mine)
-            pruned = any(r["status"] == "rung" for r in mine)
+            groups = {r.layer_indices for r in mine}
+            failed = sum(r.status == "failed" for r in mine)
+            finished = sum(r.status == "ok" for r in mine)
+            pruned = any(r.status == "rung" for r in mine)
             parts += ["", f"### {label(method)}: {len(groups)} candidates"
                       + (f", {finished} trained to the end (successive halving)" if pruned
                          else "") + (f", {failed} failed" if failed else ""), ""]
             if chosen is not None:
-                parts.append(f"Chosen: **{chosen['layers']}** (val {float(chosen['val_acc']):.3f}, "
-                             f"{int(chosen['trained_params']):,} trained parameters).")
+                parts.append(f"Chosen: **{chosen.layers}** (val {chosen.val_acc:.3f}, "
+                             f"{chosen.trained_params:,} trained parameters).")
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
                 _candidate_plot(rows, method, plots / name,
@@ -353,8 +355,8 @@ def _interval_text(interval: Interval) -> str:
 def _methods(folder: Path, seeds: list[int]) -> list[str]:
     seen: dict[str, None] = {}
     for seed in seeds:
-        for row in read_csv(folder / f"seed_{seed}" / "finals.csv"):
-            seen.setdefault(row["method"])
+        for row in read_finals(folder / f"seed_{seed}" / "finals.csv"):
+            seen.setdefault(row.method)
     return list(seen)
 
 

@@ -15,6 +15,7 @@ Running the same command on the same folder skips what is finished and gives the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -49,8 +50,6 @@ from blocktune.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_yaml,
-    predictions_text,
-    read_csv,
 )
 from blocktune.layers import ModelWalk
 from blocktune.models import BlockModel, check_model_name, data_config
@@ -65,9 +64,17 @@ from blocktune.plan import (
     finals_plan,
     indices_text,
     parse_indices,
-    row_key,
     search_wave,
     strategy_candidates,
+)
+from blocktune.records import (
+    CandidateRow,
+    FinalRow,
+    rank_key,
+    read_candidates,
+    read_finals,
+    write_candidates,
+    write_finals,
 )
 from blocktune.select import SearchView, get_rule, pick
 from blocktune.train import TrainResult
@@ -75,12 +82,6 @@ from blocktune.workbench import Workbench
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_FIELDS = ["strategy", "rung", "index", "layers", "layer_indices", "first", "last",
-                    "trained_params", "val_acc", "val_loss", "epochs", "best_epoch", "seconds",
-                    "status", "error", "val_curve", "same_as", "val_pred"]
-FINAL_FIELDS = ["method", "group", "layer_indices", "trained_params", "search_val_acc",
-                "val_acc", "test_acc", "epochs", "seconds", "status", "same_as", "select",
-                "val_pred", "test_pred"]
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
           "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
           "random": "Random", "quarter": "Quarter"}
@@ -207,12 +208,12 @@ class SeedRun:
                               baselines=c.baselines, prune=c.prune, prune_grace=c.prune_grace,
                               max_candidates=c.max_candidates, ranked_k=tuple(c.ranked_k))
 
-    def planned(self, strategy: str, rows: list[dict]) -> list[tuple[str, Candidate]]:
+    def planned(self, strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
         """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
         return strategy_candidates(self.walk, strategy, self.options(), rows, self.settings())
 
     # -- search ------------------------------------------------------------------------
-    def search(self) -> tuple[list[dict], bool]:
+    def search(self) -> tuple[list[CandidateRow], bool]:
         """Train every candidate not yet in ``candidates.csv``; returns (rows, complete).
 
         The plan (:func:`blocktune.plan.search_wave`) gives the next wave of trials; the
@@ -229,29 +230,32 @@ class SeedRun:
         row is that one's, with ``same_as`` naming it and no seconds of its own.
         """
         path = self.folder / "candidates.csv"
-        rows = read_csv(path)
+        rows = read_candidates(path)
         started = time.perf_counter()
         budget = self.config.time_budget
-        best = max((float(r["val_acc"]) for r in rows if r["strategy"] not in BASELINES
-                    and r["status"] == "ok"), default=0.0)
+        best = max((r.val_acc for r in rows if r.strategy not in BASELINES and r.status == "ok"),
+                   default=0.0)
 
         def keep_going() -> bool:
             return budget is None or time.perf_counter() - started <= budget
 
-        def record(row: dict) -> None:
+        def record(row: CandidateRow) -> None:
             nonlocal best
             rows.append(row)
-            atomic_write_csv(path, rows, CANDIDATE_FIELDS)
-            if row["status"] == "ok" and row["strategy"] not in BASELINES:
-                best = max(best, float(row["val_acc"]))
+            write_candidates(path, rows)
+            if row.status == "ok" and row.strategy not in BASELINES:
+                best = max(best, row.val_acc)
             self.events.on_candidate_end(row, best)
 
         while wave := search_wave(self.settings(), rows, self.planned):
-            by_key = {row_key(r): r for r in rows}
-            for trial in (t for t in wave if t.copy_of is not None):
+            by_key = {r.key: r for r in rows}
+            copies = [t for t in wave if t.copy_of is not None]
+            for position, trial in enumerate(copies):  # the progress shows every row
+                self.events.on_candidate_start(trial.method, position, len(wave))
                 twin = by_key[trial.copy_of]
-                record({**twin, "strategy": trial.method, "index": trial.index,
-                        "seconds": "0.00", "same_as": f"{twin['strategy']} #{twin['index']}"})
+                record(dataclasses.replace(twin, strategy=trial.method, index=trial.index,
+                                           seconds=0.0,
+                                           same_as=f"{twin.strategy} #{twin.index}"))
             trainable = [t for t in wave if t.copy_of is None]
             if trainable and self.config.cache:
                 self.events.on_phase(f"caching activations at {len(trainable)} cuts")
@@ -260,7 +264,8 @@ class SeedRun:
             finished = 0
             for trial, result in self.executor.search(
                     trainable, checkpoints, keep_going,
-                    lambda t, i, n: self.events.on_candidate_start(t.method, i, n),
+                    lambda t, i, n, done=len(copies), total=len(wave):
+                        self.events.on_candidate_start(t.method, done + i, total),
                     self.events.on_epoch):
                 if result.checkpoint is not None and not trial.final:
                     self._save_rung_state(trial, result.checkpoint)
@@ -297,17 +302,15 @@ class SeedRun:
         return state
 
     def _row(self, method: str, index: int, group: tuple[int, ...] | None, result: TrainResult,
-             rung: int, status: str) -> dict:
-        return {"strategy": method, "rung": rung, "index": index,
-                "layers": self.group_text(group), "layer_indices": _indices(group),
-                "first": group[0] if group else "", "last": group[-1] if group else "",
-                "trained_params": result.trainable_params,
-                "val_acc": f"{result.best_val_acc:.6f}", "val_loss": f"{result.best_val_loss:.6f}",
-                "epochs": result.epochs, "best_epoch": result.best_epoch,
-                "seconds": f"{result.seconds:.2f}", "status": status,
-                "error": result.error,
-                "val_curve": " ".join(f"{acc:.6f}" for acc in result.val_curve),
-                "val_pred": predictions_text(result.val_pred)}
+             rung: int, status: str) -> CandidateRow:
+        return CandidateRow(
+            strategy=method, rung=rung, index=index, layers=self.group_text(group),
+            layer_indices=_indices(group), first=group[0] if group else None,
+            last=group[-1] if group else None, trained_params=result.trainable_params,
+            val_acc=result.best_val_acc, val_loss=result.best_val_loss, epochs=result.epochs,
+            best_epoch=result.best_epoch, seconds=result.seconds, status=status,
+            error=result.error, val_curve=list(result.val_curve),
+            val_pred=list(result.val_pred)).recorded()
 
     def group_text(self, group: tuple[int, ...] | None) -> str:
         if group is None:
@@ -315,20 +318,22 @@ class SeedRun:
         return describe(self.walk, group) if group else "head only"
 
     # -- selection ---------------------------------------------------------------------
-    def view(self, rows: list[dict], method: str, refits: list[dict] | None = None) -> SearchView:
+    def view(self, rows: list[CandidateRow], method: str,
+             refits: list[CandidateRow] | None = None) -> SearchView:
         """What a selection rule sees of one strategy's search (val only)."""
         val_labels = self.images.labels[torch.tensor(self.split["val"], dtype=torch.long)]
-        refit_rows = {r["layer_indices"]: r for r in (refits or []) if r["strategy"] == method}
-        return SearchView([r for r in rows if r["strategy"] == method and r["status"] == "ok"],
+        refit_rows = {r.layer_indices: r for r in (refits or []) if r.strategy == method}
+        return SearchView([r for r in rows if r.strategy == method and r.status == "ok"],
                           num_layers=len(self.walk.layers), val_labels=val_labels.numpy(),
                           refits=refit_rows)
 
-    def refit(self, rows: list[dict], rules: list[str] | None = None) -> list[dict]:
+    def refit(self, rows: list[CandidateRow], rules: list[str] | None = None
+              ) -> list[CandidateRow]:
         """Train the groups the selection rules ask for on the swapped fold (trained on val,
         scored on search), once each; rows go to ``refits.csv``. Returns every refit row."""
         path = self.folder / "refits.csv"
-        refits = read_csv(path)
-        have = {(r["strategy"], r["layer_indices"]) for r in refits}
+        refits = read_candidates(path)
+        have = {(r.strategy, r.layer_indices) for r in refits}
         epochs = self.settings().epochs
         todo: list[Trial] = []
         for method in _strategies(rows):
@@ -336,8 +341,8 @@ class SeedRun:
             for indices in dict.fromkeys(i for name in (rules or [self.config.select])
                                          for i in get_rule(name).refits(view)):
                 if (method, indices) not in have:
-                    row = next(r for r in view.rows if r["layer_indices"] == indices)
-                    todo.append(Trial(method, int(row["index"]), _group(indices), epochs))
+                    row = next(r for r in view.rows if r.layer_indices == indices)
+                    todo.append(Trial(method, row.index, _group(indices), epochs))
                     have.add((method, indices))
 
         def start(trial: Trial, position: int, total: int) -> None:
@@ -349,32 +354,32 @@ class SeedRun:
                                                   val_split="search"):
             refits.append(self._row(trial.method, trial.index, trial.group, result,
                                     result.epochs, result.status))
-            atomic_write_csv(path, refits, CANDIDATE_FIELDS)
+            write_candidates(path, refits)
         return refits
 
-    def chosen(self, rows: list[dict], method: str, refits: list[dict] | None = None,
-               rule: str | None = None) -> dict | None:
+    def chosen(self, rows: list[CandidateRow], method: str,
+               refits: list[CandidateRow] | None = None, rule: str | None = None
+               ) -> CandidateRow | None:
         """The row the selection rule picks for ``method``."""
         return pick(rule or self.config.select, self.view(rows, method, refits))
 
-    def notices(self, rows: list[dict]) -> list[str]:
+    def notices(self, rows: list[CandidateRow]) -> list[str]:
         return notices(self.seed, rows)
 
     # -- selection and final fine-tunes -------------------------------------------------
-    def methods(self, rows: list[dict], refits: list[dict] | None = None
+    def methods(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
                 ) -> list[tuple[str, tuple[int, ...] | None, float]]:
         """(method, group, search val acc): baselines, then each strategy's chosen group."""
         out: list[tuple[str, tuple[int, ...] | None, float]] = []
         if self.config.baselines:
             for method, group in ((BASELINE_I, ()), (BASELINE_II, None)):
-                searched = next((r for r in rows if r["strategy"] == method
-                                 and r["status"] == "ok"), None)
-                out.append((method, group,
-                            float(searched["val_acc"]) if searched else math.nan))
+                searched = next((r for r in rows if r.strategy == method and r.status == "ok"),
+                                None)
+                out.append((method, group, searched.val_acc if searched else math.nan))
         for method in _strategies(rows):
             chosen = self.chosen(rows, method, refits)
             if chosen is not None:
-                out.append((method, _group(chosen["layer_indices"]), float(chosen["val_acc"])))
+                out.append((method, _group(chosen.layer_indices), chosen.val_acc))
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -390,24 +395,23 @@ class SeedRun:
             atomic_save_safetensors(weights_path, outcome.state, {"model": self.config.model})
         return outcome.result, outcome.test_acc, outcome.test_pred
 
-    def finals(self, rows: list[dict], refits: list[dict] | None = None) -> list[dict]:
+    def finals(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
+               ) -> list[FinalRow]:
         path = self.folder / "finals.csv"
         methods = self.methods(rows, refits)
         # A resume with a larger budget (--max-candidates, --time-budget) or another --select
         # can change a strategy's choice: its earlier final no longer belongs to the table.
         chosen = {method: group for method, group, _ in methods}
-        finished = [r for r in read_csv(path)
-                    if r["method"] not in chosen or final_group(r) == chosen[r["method"]]]
+        finished = [r for r in read_finals(path)
+                    if r.method not in chosen or final_group(r) == chosen[r.method]]
         plan = finals_plan(methods, finished)
 
         def weights(method: str) -> Path:
             return self.folder / f"{method}.safetensors"
 
-        def record(trial: FinalTrial, row: dict) -> None:
-            finished.append({**row, "method": trial.method, "select": self._rule_of(trial.method),
-                             "search_val_acc": "" if math.isnan(trial.search_val_acc)
-                             else f"{trial.search_val_acc:.6f}"})
-            atomic_write_csv(path, finished, FINAL_FIELDS)
+        def record(row: FinalRow) -> None:
+            finished.append(row)
+            write_finals(path, finished)
 
         def train(trials: list[FinalTrial]) -> None:
             for trial, outcome in self.executor.finals(
@@ -417,28 +421,30 @@ class SeedRun:
                     atomic_save_safetensors(weights(trial.method), outcome.state,
                                             {"model": self.config.model})
                 result = outcome.result
-                record(trial, {
-                    "group": self.group_text(trial.group),
+                record(FinalRow(
+                    method=trial.method, group=self.group_text(trial.group),
                     # Baseline II's row has always been written with no indices
-                    "layer_indices": "" if trial.group is None else _indices(trial.group),
-                    "trained_params": result.trainable_params,
-                    "val_acc": f"{result.best_val_acc:.6f}",
-                    "test_acc": f"{outcome.test_acc:.6f}",
-                    "epochs": result.epochs, "seconds": f"{result.seconds:.2f}",
-                    "status": result.status, "same_as": "",
-                    "val_pred": predictions_text(result.val_pred),
-                    "test_pred": predictions_text(outcome.test_pred)})
+                    layer_indices="" if trial.group is None else _indices(trial.group),
+                    trained_params=result.trainable_params,
+                    search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
+                    test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
+                    status=result.status, select=self._rule_of(trial.method),
+                    val_pred=list(result.val_pred),
+                    test_pred=list(outcome.test_pred)).recorded())
 
         train([t for t in plan if t.copy_of is None])
         for trial in (t for t in plan if t.copy_of is not None):
             # another method chose the same group: the same fine-tune, copied
-            source = next((r for r in finished if r["method"] == trial.copy_of
-                           and r["status"] == "ok"), None)
+            source = next((r for r in finished if r.method == trial.copy_of
+                           and r.status == "ok"), None)
             if source is None or not weights(trial.copy_of).exists():
                 train([FinalTrial(trial.method, trial.group, trial.search_val_acc)])
                 continue
             atomic_copy(weights(trial.copy_of), weights(trial.method))
-            record(trial, {**source, "seconds": "0.00", "same_as": trial.copy_of})
+            record(dataclasses.replace(source, method=trial.method, seconds=0.0,
+                                       same_as=trial.copy_of,
+                                       search_val_acc=trial.search_val_acc,
+                                       select=self._rule_of(trial.method)))
         return finished
 
     def _rule_of(self, method: str) -> str:
@@ -472,42 +478,41 @@ def _group(indices: str) -> tuple[int, ...] | None:
     return parse_indices(indices)
 
 
-def notices(seed: int, rows: list[dict]) -> list[str]:
+def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
     """One line per strategy none of whose candidates beat Baseline I's search score on val."""
-    baseline = next((r for r in rows if r["strategy"] == BASELINE_I and r["status"] == "ok"),
+    baseline = next((r for r in rows if r.strategy == BASELINE_I and r.status == "ok"),
                     None)
     if baseline is None:
         return []
     out = []
     for method in _strategies(rows):
-        ok = [float(r["val_acc"]) for r in rows if r["strategy"] == method
-              and r["status"] == "ok"]
-        if ok and max(ok) <= float(baseline["val_acc"]):
+        ok = [r.val_acc for r in rows if r.strategy == method and r.status == "ok"]
+        if ok and max(ok) <= baseline.val_acc:
             out.append(f"seed {seed}: no {label(method)} candidate beat Baseline I on val in "
                        f"the search (best {max(ok):.3f}, Baseline I "
-                       f"{float(baseline['val_acc']):.3f}): the head alone does as well here")
+                       f"{baseline.val_acc:.3f}): the head alone does as well here")
     return out
 
 
-def _strategies(rows: list[dict]) -> list[str]:
+def _strategies(rows: list[CandidateRow]) -> list[str]:
     """The searched strategies (methods) of ``rows`` in search order, baselines left out."""
-    return [m for m in dict.fromkeys(r["strategy"] for r in rows) if m not in BASELINES]
+    return [m for m in dict.fromkeys(r.strategy for r in rows) if m not in BASELINES]
 
 
-def choose(rows: list[dict], method: str) -> dict | None:
+def choose(rows: list[CandidateRow], method: str) -> CandidateRow | None:
     """The paper's rule (max-val): highest val accuracy; ties to fewer trained parameters,
     then to the earlier searched."""
-    return pick("max-val", SearchView([r for r in rows if r["strategy"] == method
-                                        and r["status"] == "ok"]))
+    return pick("max-val", SearchView([r for r in rows if r.strategy == method
+                                        and r.status == "ok"]))
 
 
 def summarize(folder: Path, seeds: list[int]) -> list[dict]:
     """Mean and std of test accuracy over seeds, per method; written to ``summary.csv``."""
     per_method: dict[str, list[float]] = {}
     for seed in seeds:
-        for row in read_csv(folder / f"seed_{seed}" / "finals.csv"):
-            if row["status"] == "ok":
-                per_method.setdefault(row["method"], []).append(float(row["test_acc"]))
+        for row in read_finals(folder / f"seed_{seed}" / "finals.csv"):
+            if row.status == "ok":
+                per_method.setdefault(row.method, []).append(row.test_acc)
     summary = []
     for method, values in per_method.items():
         tensor = torch.tensor(values, dtype=torch.float64)
@@ -550,16 +555,16 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
     return summary
 
 
-def publish_model(folder: Path, seed_run: SeedRun, finals: list[dict], images: DecodedImages,
+def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], images: DecodedImages,
                   data_cfg) -> None:
     """Copy the method with the best final *val* accuracy to ``model.safetensors`` + ``model.json``."""
-    ok = [r for r in finals if r["status"] == "ok"]
+    ok = [r for r in finals if r.status == "ok"]
     if not ok:
         return
-    best = max(ok, key=lambda r: (float(r["val_acc"]), -int(r["trained_params"])))
-    atomic_copy(seed_run.folder / f"{best['method']}.safetensors", folder / "model.safetensors")
+    best = min(ok, key=rank_key)  # the recommendation: best final val accuracy
+    atomic_copy(seed_run.folder / f"{best.method}.safetensors", folder / "model.safetensors")
     atomic_write_json(folder / "model.json", model_card(seed_run.config, images, data_cfg,
-                                                        seed_run.weights_source, best["method"]))
+                                                        seed_run.weights_source, best.method))
 
 
 def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,

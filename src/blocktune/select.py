@@ -6,8 +6,8 @@ of a few candidates on the swapped fold (trained on val, scored on search). Each
 registered under its name; ``--select NAME`` picks one, and ``benchmarks/selection.py``
 measures every registered rule against the oracle.
 
-Rows are the dicts of ``candidates.csv``; a rule returns one of them, or None when the strategy
-has no finished candidate.
+Rows are :class:`blocktune.records.CandidateRow`; a rule returns one of them, or None when the
+strategy has no finished candidate.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from blocktune.errors import BlocktuneError
 from blocktune.groups import in_last_quarter
-from blocktune.io import parse_predictions
+from blocktune.records import CandidateRow, rank_key
 from blocktune.stats import standard_error
 
 
@@ -35,25 +35,24 @@ class SearchView:
         refits: ``layer_indices`` → the row of that group re-trained on the swapped fold.
     """
 
-    rows: Sequence[dict]
+    rows: Sequence[CandidateRow]
     num_layers: int = 0
     val_labels: np.ndarray | None = None
-    refits: dict[str, dict] = field(default_factory=dict)
+    refits: dict[str, CandidateRow] = field(default_factory=dict)
 
-    def val_correct(self, row: dict) -> np.ndarray | None:
+    def val_correct(self, row: CandidateRow) -> np.ndarray | None:
         """Per val image, whether the candidate's best epoch got it right (None if unsaved)."""
-        predictions = parse_predictions(row.get("val_pred", ""))
-        if self.val_labels is None or predictions is None \
-                or len(predictions) != len(self.val_labels):
+        if self.val_labels is None or row.val_pred is None \
+                or len(row.val_pred) != len(self.val_labels):
             return None
-        return predictions == self.val_labels
+        return np.asarray(row.val_pred) == self.val_labels
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
     help: str
-    pick: Callable[[SearchView], dict | None]
+    pick: Callable[[SearchView], CandidateRow | None]
     # groups (``layer_indices``) the rule needs re-trained on the swapped fold before it picks
     refits: Callable[[SearchView], list[str]] = lambda view: []
 
@@ -62,7 +61,7 @@ RULES: dict[str, Rule] = {}
 
 
 def register_rule(name: str, help: str, refits: Callable[[SearchView], list[str]] | None = None):
-    def wrap(pick: Callable[[SearchView], dict | None]):
+    def wrap(pick: Callable[[SearchView], CandidateRow | None]):
         RULES[name] = Rule(name, help, pick, refits or (lambda view: []))
         return pick
     return wrap
@@ -74,38 +73,28 @@ def get_rule(name: str) -> Rule:
     return RULES[name]
 
 
-def _acc(row: dict) -> float:
-    return float(row["val_acc"])
-
-
-def rank_key(row: dict) -> tuple:
-    """The paper's order: highest val accuracy; ties to fewer trained parameters, then to the
-    one searched first (nearer the output)."""
-    return (-_acc(row), int(row["trained_params"]), int(row["index"]))
-
-
-def group_of(row: dict) -> tuple[int, ...]:
-    return tuple(int(i) for i in row["layer_indices"].split(",") if i)
+def group_of(row: CandidateRow) -> tuple[int, ...]:
+    return tuple(int(i) for i in row.layer_indices.split(",") if i)
 
 
 @register_rule("max-val", "the paper's: highest val accuracy (ties: fewer trained parameters)")
-def max_val(view: SearchView) -> dict | None:
+def max_val(view: SearchView) -> CandidateRow | None:
     return min(view.rows, key=rank_key, default=None)
 
 
 @register_rule("val-loss", "lowest val cross-entropy at the kept epoch (ties: higher val accuracy)")
-def val_loss(view: SearchView) -> dict | None:
-    return min(view.rows, key=lambda r: (float(r["val_loss"]), *rank_key(r)), default=None)
+def val_loss(view: SearchView) -> CandidateRow | None:
+    return min(view.rows, key=lambda r: (r.val_loss, *rank_key(r)), default=None)
 
 
 @register_rule("last-quarter", "the conference paper's: the best (max-val) candidate lying in the "
                "last quarter of the layers; max-val when none does")
-def last_quarter(view: SearchView) -> dict | None:
+def last_quarter(view: SearchView) -> CandidateRow | None:
     late = [r for r in view.rows if in_last_quarter(group_of(r), view.num_layers)]
     return max_val(SearchView(late or list(view.rows)))
 
 
-def within_one_se(view: SearchView) -> list[dict]:
+def within_one_se(view: SearchView) -> list[CandidateRow]:
     """Candidates whose val accuracy is within one standard error of the best's.
 
     Paired where per-image val predictions are saved: the standard error of the mean
@@ -124,9 +113,9 @@ def within_one_se(view: SearchView) -> list[dict]:
             gap = float(diff.mean())
             se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
         else:
-            gap = _acc(best) - _acc(row)
-            se = standard_error(_acc(best), len(view.val_labels) if view.val_labels is not None
-                                else 0) if view.val_labels is not None else 0.0
+            gap = best.val_acc - row.val_acc
+            se = standard_error(best.val_acc, len(view.val_labels)) \
+                if view.val_labels is not None else 0.0
         if gap <= se + 1e-12:
             out.append(row)
     return out
@@ -134,7 +123,7 @@ def within_one_se(view: SearchView) -> list[dict]:
 
 @register_rule("one-se", "noise-aware: of the candidates within one paired standard error of "
                "the best val accuracy, the one with the lowest val loss")
-def one_se(view: SearchView) -> dict | None:
+def one_se(view: SearchView) -> CandidateRow | None:
     return val_loss(SearchView(within_one_se(view)))
 
 
@@ -144,11 +133,11 @@ SMOOTH_KERNEL = (0.25, 0.5, 0.25)  # left neighbour, the candidate, right neighb
 @register_rule("smooth", "noise-aware: val accuracy smoothed over each candidate and its "
                "neighbours in model order (weights 1/4, 1/2, 1/4: neighbouring groups train "
                "alike), highest wins")
-def smooth(view: SearchView) -> dict | None:
+def smooth(view: SearchView) -> CandidateRow | None:
     ordered = sorted(view.rows, key=lambda r: (min(group_of(r)), max(group_of(r))))
     if not ordered:
         return None
-    accs = [_acc(r) for r in ordered]
+    accs = [r.val_acc for r in ordered]
     scores = []
     for i in range(len(ordered)):
         # at the ends the missing neighbour's weight is dropped and the rest renormalised
@@ -164,24 +153,24 @@ TWO_FOLD_TOP = 5
 
 
 def _two_fold_candidates(view: SearchView) -> list[str]:
-    return [r["layer_indices"] for r in sorted(view.rows, key=rank_key)[:TWO_FOLD_TOP]]
+    return [r.layer_indices for r in sorted(view.rows, key=rank_key)[:TWO_FOLD_TOP]]
 
 
 @register_rule("two-fold", f"noise-aware: the top {TWO_FOLD_TOP} by val accuracy are trained again "
                "with search and val swapped; the best mean accuracy over both folds wins "
                f"(+{TWO_FOLD_TOP} trainings)", refits=_two_fold_candidates)
-def two_fold(view: SearchView) -> dict | None:
+def two_fold(view: SearchView) -> CandidateRow | None:
     scored = []
     for indices in _two_fold_candidates(view):
-        row = next(r for r in view.rows if r["layer_indices"] == indices)
+        row = next(r for r in view.rows if r.layer_indices == indices)
         refit = view.refits.get(indices)
-        if refit is None or refit.get("status") != "ok":
+        if refit is None or refit.status != "ok":
             continue
-        scored.append((-(_acc(row) + _acc(refit)) / 2, *rank_key(row), row))
+        scored.append((-(row.val_acc + refit.val_acc) / 2, *rank_key(row), row))
     if not scored:
         return max_val(view)
     return min(scored, key=lambda item: item[:-1])[-1]
 
 
-def pick(rule: str, view: SearchView) -> dict | None:
+def pick(rule: str, view: SearchView) -> CandidateRow | None:
     return get_rule(rule).pick(view)

@@ -1,0 +1,159 @@
+"""The record: typed rows, the one ranking function, and the CSVs they live in.
+
+``candidates.csv`` (and ``refits.csv``) hold one :class:`CandidateRow` per finished training,
+``finals.csv`` one :class:`FinalRow` per method. The CSV columns are the dataclasses' fields, in
+order, so nothing about a column is written twice; the CSVs are the only source of truth for
+resume, whichever executor produced the rows. Files written by older versions (fewer
+columns) read back with the missing fields at their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blocktune.io import atomic_write_csv, predictions_text, read_csv
+
+
+def _float(text: str) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text not in ("", None) else None
+
+
+def _predictions(text: str | None) -> list[int] | None:
+    return [int(p) for p in text.split()] if text else None
+
+
+@dataclass
+class CandidateRow:
+    """One training of the search: a candidate (or a baseline) after a rung or at the end."""
+
+    strategy: str  # the method: block, ranked-3, baseline-I …
+    rung: int  # epochs it was trained for
+    index: int  # its place in the strategy's search order
+    layers: str  # the group, readable
+    layer_indices: str  # the group: "3,4,5"; "" the head alone; "all" every layer
+    first: int | None
+    last: int | None
+    trained_params: int
+    val_acc: float
+    val_loss: float
+    epochs: int
+    best_epoch: int
+    seconds: float
+    status: str  # ok | rung (a pruned search's intermediate row) | failed
+    error: str = ""
+    val_curve: list[float] = field(default_factory=list)
+    same_as: str = ""  # "block #3": the row was copied from that trained twin
+    val_pred: list[int] | None = None  # per val image at the kept epoch, splits.json order
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(method, layer indices, rung): what a resume matches rows by."""
+        return (self.strategy, self.layer_indices, str(self.rung))
+
+    def to_csv(self) -> dict[str, str]:
+        return {
+            **{f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)},
+            "first": "" if self.first is None else str(self.first),
+            "last": "" if self.last is None else str(self.last),
+            "val_acc": f"{self.val_acc:.6f}", "val_loss": f"{self.val_loss:.6f}",
+            "seconds": f"{self.seconds:.2f}",
+            "val_curve": " ".join(f"{acc:.6f}" for acc in self.val_curve),
+            "val_pred": predictions_text(self.val_pred or [])}
+
+    def recorded(self) -> CandidateRow:
+        """The row exactly as ``candidates.csv`` holds it (accuracies to 6 decimals), so a
+        fresh row and the same row read back on resume rank and compare alike."""
+        return CandidateRow.from_csv(self.to_csv())
+
+    @classmethod
+    def from_csv(cls, row: dict[str, str]) -> CandidateRow:
+        return cls(
+            strategy=row["strategy"], rung=int(row["rung"]), index=int(row["index"]),
+            layers=row["layers"], layer_indices=row["layer_indices"],
+            first=_optional_int(row["first"]), last=_optional_int(row["last"]),
+            trained_params=int(row["trained_params"]), val_acc=_float(row["val_acc"]),
+            val_loss=_float(row["val_loss"]), epochs=int(row["epochs"]),
+            best_epoch=int(row["best_epoch"]), seconds=_float(row["seconds"]),
+            status=row["status"], error=row.get("error") or "",
+            val_curve=[float(v) for v in (row.get("val_curve") or "").split()],
+            same_as=row.get("same_as") or "", val_pred=_predictions(row.get("val_pred")))
+
+
+@dataclass
+class FinalRow:
+    """One method's final fine-tune: trained on search+train, scored once on test."""
+
+    method: str
+    group: str  # readable: "head only", "all layers", layer names
+    layer_indices: str  # "" for both baselines (the group column tells them apart)
+    trained_params: int
+    search_val_acc: float  # nan for a baseline not searched
+    val_acc: float
+    test_acc: float
+    epochs: int
+    seconds: float
+    status: str
+    same_as: str = ""  # the method whose fine-tune of the same group it copies
+    select: str = ""  # the selection rule that chose the group (none for the baselines)
+    val_pred: list[int] | None = None
+    test_pred: list[int] | None = None
+
+    def to_csv(self) -> dict[str, str]:
+        return {
+            **{f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)},
+            "search_val_acc": "" if math.isnan(self.search_val_acc)
+            else f"{self.search_val_acc:.6f}",
+            "val_acc": f"{self.val_acc:.6f}", "test_acc": f"{self.test_acc:.6f}",
+            "seconds": f"{self.seconds:.2f}",
+            "val_pred": predictions_text(self.val_pred or []),
+            "test_pred": predictions_text(self.test_pred or [])}
+
+    def recorded(self) -> FinalRow:
+        """The row exactly as ``finals.csv`` holds it (see :meth:`CandidateRow.recorded`)."""
+        return FinalRow.from_csv(self.to_csv())
+
+    @classmethod
+    def from_csv(cls, row: dict[str, str]) -> FinalRow:
+        return cls(
+            method=row["method"], group=row["group"], layer_indices=row["layer_indices"],
+            trained_params=int(row["trained_params"]),
+            search_val_acc=_float(row.get("search_val_acc", "")), val_acc=_float(row["val_acc"]),
+            test_acc=_float(row["test_acc"]), epochs=int(row["epochs"]),
+            seconds=_float(row["seconds"]), status=row["status"],
+            same_as=row.get("same_as") or "", select=row.get("select") or "",
+            val_pred=_predictions(row.get("val_pred")),
+            test_pred=_predictions(row.get("test_pred")))
+
+
+CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(CandidateRow)]
+FINAL_FIELDS = [f.name for f in dataclasses.fields(FinalRow)]
+
+
+def rank_key(row: CandidateRow | FinalRow) -> tuple:
+    """The one ranking of blocktune: highest val accuracy; ties to fewer trained parameters,
+    then to the candidate searched first (nearer the output). Sort ascending: best first."""
+    return (-row.val_acc, row.trained_params, getattr(row, "index", 0))
+
+
+def read_candidates(path: str | Path) -> list[CandidateRow]:
+    return [CandidateRow.from_csv(r) for r in read_csv(path)]
+
+
+def write_candidates(path: str | Path, rows: list[CandidateRow]) -> None:
+    """Atomically: a crash leaves the previous file whole, so it loses at most this row."""
+    atomic_write_csv(path, [r.to_csv() for r in rows], CANDIDATE_FIELDS)
+
+
+def read_finals(path: str | Path) -> list[FinalRow]:
+    return [FinalRow.from_csv(r) for r in read_csv(path)]
+
+
+def write_finals(path: str | Path, rows: list[FinalRow]) -> None:
+    atomic_write_csv(path, [r.to_csv() for r in rows], FINAL_FIELDS)
