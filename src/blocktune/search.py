@@ -16,6 +16,7 @@ Running the same command on the same folder skips what is finished and gives the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -261,12 +262,10 @@ class SeedRun:
                 self.events.on_phase(f"caching activations at {len(trainable)} cuts")
             checkpoints = {t.key: state for t in trainable if t.resume_rung
                            and (state := self._rung_state(t)) is not None}
+            started_in_wave = functools.partial(self._start, len(copies), len(wave))
             finished = 0
-            for trial, result in self.executor.search(
-                    trainable, checkpoints, keep_going,
-                    lambda t, i, n, done=len(copies), total=len(wave):
-                        self.events.on_candidate_start(t.method, done + i, total),
-                    self.events.on_epoch):
+            for trial, result in self.executor.search(trainable, checkpoints, keep_going,
+                                                      started_in_wave, self.events.on_epoch):
                 if result.checkpoint is not None and not trial.final:
                     self._save_rung_state(trial, result.checkpoint)
                 status = result.status if trial.final or result.status != "ok" else "rung"
@@ -279,6 +278,10 @@ class SeedRun:
                 return rows, False
         shutil.rmtree(self.folder / "rungs", ignore_errors=True)  # the pruned ones' states
         return rows, True
+
+    def _start(self, offset: int, total: int, trial: Trial, position: int, count: int) -> None:
+        """A trial of a wave starts: its place counts the wave's copies before it."""
+        self.events.on_candidate_start(trial.method, offset + position, total)
 
     def _rung_path(self, trial: Trial) -> Path:
         digest = hashlib.sha1(trial.indices.encode()).hexdigest()[:12]
