@@ -59,7 +59,6 @@ class MethodResult:
     val: Interval
     test: Interval
     test_correct: np.ndarray | None  # per test image, for paired comparisons
-    search_val: float = math.nan
 
 
 @dataclass
@@ -117,7 +116,7 @@ def _method_results(seed_dir: Path) -> dict[str, MethodResult]:
             Interval(val_acc, math.nan, math.nan),
             accuracy_interval(round(test_acc * n_test), n_test) if n_test else
             Interval(test_acc, math.nan, math.nan),
-            _correct(row, labels.get("test")), row.search_val_acc)
+            _correct(row, labels.get("test")))
     return out
 
 

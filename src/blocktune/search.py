@@ -308,7 +308,7 @@ class SeedRun:
              rung: int, status: str) -> CandidateRow:
         return CandidateRow(
             strategy=method, rung=rung, index=index, layers=self.group_text(group),
-            layer_indices=_indices(group), first=group[0] if group else None,
+            layer_indices=indices_text(group), first=group[0] if group else None,
             last=group[-1] if group else None, trained_params=result.trainable_params,
             val_acc=result.best_val_acc, val_loss=result.best_val_loss, epochs=result.epochs,
             best_epoch=result.best_epoch, seconds=result.seconds, status=status,
@@ -345,7 +345,7 @@ class SeedRun:
                                          for i in get_rule(name).refits(view)):
                 if (method, indices) not in have:
                     row = next(r for r in view.rows if r.layer_indices == indices)
-                    todo.append(Trial(method, row.index, _group(indices), epochs))
+                    todo.append(Trial(method, row.index, parse_indices(indices), epochs))
                     have.add((method, indices))
 
         def start(trial: Trial, position: int, total: int) -> None:
@@ -366,9 +366,6 @@ class SeedRun:
         """The row the selection rule picks for ``method``."""
         return pick(rule or self.config.select, self.view(rows, method, refits))
 
-    def notices(self, rows: list[CandidateRow]) -> list[str]:
-        return notices(self.seed, rows)
-
     # -- selection and final fine-tunes -------------------------------------------------
     def methods(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
                 ) -> list[tuple[str, tuple[int, ...] | None, float]]:
@@ -382,7 +379,7 @@ class SeedRun:
         for method in _strategies(rows):
             chosen = self.chosen(rows, method, refits)
             if chosen is not None:
-                out.append((method, _group(chosen.layer_indices), chosen.val_acc))
+                out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -427,7 +424,7 @@ class SeedRun:
                 record(FinalRow(
                     method=trial.method, group=self.group_text(trial.group),
                     # Baseline II's row has always been written with no indices
-                    layer_indices="" if trial.group is None else _indices(trial.group),
+                    layer_indices="" if trial.group is None else indices_text(trial.group),
                     trained_params=result.trainable_params,
                     search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
                     test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
@@ -471,14 +468,6 @@ def check_executor(config: RunConfig) -> None:
 
         parse_resources(config.trial_resources)
         connect(config.ray_address)
-
-
-def _indices(group) -> str:
-    return indices_text(group)
-
-
-def _group(indices: str) -> tuple[int, ...] | None:
-    return parse_indices(indices)
 
 
 def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
@@ -547,8 +536,8 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
                 log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
                             seed)
                 continue
-            for notice in seed_run.notices(rows):
-                (events or Events()).on_notice(notice)
+            for notice in notices(seed, rows):
+                seed_run.events.on_notice(notice)
             refits = seed_run.refit(rows)
             finals = seed_run.finals(rows, refits)
             seed_run.close()

@@ -105,14 +105,13 @@ class Workbench:
               on_epoch: Callable | None = None, train_split: str = "search",
               val_split: str = "val") -> TrainResult:
         """Train a search trial from the pretrained weights (or ``checkpoint``, the state it
-        paused with at the previous rung) until ``trial.epochs``."""
+        paused with at the previous rung) until ``trial.epochs``; a result that stopped before
+        the configured epochs carries the state to continue from (``result.checkpoint``)."""
         result, _, _ = train_group(self.reset(), self.walk, trial.group, self.feed(SEARCH_COVER),
                                    self.config.search_training(self.seed),
                                    train_split=train_split, val_split=val_split,
                                    on_epoch=on_epoch, checkpoint=checkpoint,
                                    stop_after=trial.epochs, fold=self.fold)
-        if trial.final:
-            result.checkpoint = None
         return result
 
     def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None
