@@ -51,7 +51,7 @@ def bad_inputs(tmp_path):
                                   "paper", "--image-size", "16", "--data", str(good), "--out",
                                   str(tmp_path / "o3")], "too small for vgg16"),
         ("unknown strategy", [*run, "--data", str(good), "--strategy", "blocks"],
-         "unknown strategy 'blocks'"),
+         "strategies = 'blocks' is not allowed: unknown 'blocks'"),
         ("unknown config key", [*run, "--data", str(good), "--config",
                                 str(tmp_path / "bad.yaml")], "unknown config key 'modle'"),
         ("absent device", [*run, "--data", str(good), "--device", "cuda:99"],

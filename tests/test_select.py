@@ -24,7 +24,7 @@ def test_registry_has_the_required_rules_and_refuses_unknown_names():
     assert all(rule.help for rule in RULES.values())
     with pytest.raises(BlocktuneError, match="unknown selection rule 'best'"):
         get_rule("best")
-    with pytest.raises(BlocktuneError, match="unknown selection rule"):
+    with pytest.raises(BlocktuneError, match="select = 'best' is not allowed: unknown 'best'"):
         RunConfig(select="best")
 
 

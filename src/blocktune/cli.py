@@ -15,40 +15,44 @@ DEMO = {"model": "tf_efficientnet_lite0", "data": "tf_flowers", "strategies": ["
         "image_size": 128, "epochs": 4, "final_epochs": 3}
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    from blocktune.select import RULES
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), like every other error."""
 
+    def error(self, message: str):
+        self.exit(2, f"blocktune: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(parser: argparse.ArgumentParser, names=None, defaults: dict | None = None,
+                aliases: dict | None = None) -> None:
+    """One flag per RunConfig field: its help from the field, its value checked by RunConfig
+    (text in, one line out when wrong). Booleans get --x / --no-x."""
+    from blocktune.config import RunConfig, field_help
+
+    for f in dataclasses.fields(RunConfig):
+        if names is not None and f.name not in names:
+            continue
+        flags = [_flag(f.name), *(aliases or {}).get(f.name, [])]
+        help_text = field_help(f)
+        if defaults and f.name in defaults:
+            help_text += f" (here {defaults[f.name]})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(*flags, dest=f.name, metavar=f.name.upper(), default=None,
+                                help=help_text)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of run settings (flags override it)")
-    parser.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
-    parser.add_argument("--data", help="image folder with one sub-folder per class, or tf_flowers, caltech101, "
-                        "flowers102")
-    parser.add_argument("--weights", help="state dict or safetensors file for the model")
-    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                        help="random weights (no download, no packaged weights)")
-    parser.add_argument("--head", choices=["paper", "linear", "keep-pretrained"])
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--epochs", type=int, help="epochs per search candidate")
-    parser.add_argument("--final-epochs", type=int, help="epochs of the final fine-tunes")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--max-images-per-class", type=int)
-    parser.add_argument("--paper-settings", action="store_true", default=None,
-                        help="the paper's Adam, batch 4, 50 epochs, [0,1] scaling")
-    parser.add_argument("--augment", action="store_true", default=None,
-                        help="random flips (turns the activation cache off)")
-    parser.add_argument("--no-cache", dest="cache", action="store_false", default=None,
-                        help="run the whole network every batch (the naive path)")
-    parser.add_argument("--no-fold-norms", dest="fold_norms", action="store_false", default=None,
-                        help="keep frozen BatchNorms as they are (no folding into convolutions)")
-    parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
-                        "or mps")
-    parser.add_argument("--select", choices=sorted(RULES),
-                        help="selection rule: which candidate of each strategy is fine-tuned "
-                        "(from val only; see README, 'Can the search be trusted?')")
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help="refuse unreadable images instead of skipping them")
+    _add_fields(parser, aliases={"strategies": ["--strategy"]})
     parser.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="per-epoch lines")
 
 
@@ -58,11 +62,16 @@ def _config(args: argparse.Namespace, extra: dict | None = None, base: dict | No
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if getattr(args, "strategy", None):
-        flags["strategies"] = args.strategy
     flags.update(extra or {})
     from_file = read_yaml(args.config) if getattr(args, "config", None) else {}
     return RunConfig.from_dict({**(base or {}), **from_file, **flags})
+
+
+def _print_config(config) -> int:
+    import yaml
+
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
 
 
 class _Progress:
@@ -112,12 +121,16 @@ def cmd_groups(args) -> int:
     from rich.table import Table
 
     from blocktune.api import model_groups
+    from blocktune.config import RunConfig
 
-    result = model_groups(args.model, args.strategy, image_size=args.image_size,
-                          head=args.head, delimiters=args.delimiters, window=args.window,
-                          stride=args.stride, k=args.k, seed=args.seed, native=args.native,
-                          quarter=args.quarter, plot=args.plot)
-    table = Table(title=f"{args.model}: {args.strategy} — {len(result['rows'])} candidates, "
+    given = {k: v for k, v in vars(args).items() if v is not None and k in
+             {f.name for f in dataclasses.fields(RunConfig)}}
+    config = RunConfig.from_dict({"image_size": 224, **given, "seeds": args.seed})
+    result = model_groups(config.model, args.strategy, image_size=config.image_size,
+                          head=config.head, delimiters=config.delimiters, window=config.window,
+                          stride=config.stride, k=config.random_k, seed=config.seeds[0],
+                          native=config.native, quarter=config.quarter, plot=args.plot)
+    table = Table(title=f"{config.model}: {args.strategy} — {len(result['rows'])} candidates, "
                         f"{result['num_layers']} layers, {result['total_params']:,} parameters")
     for column in ("#", "layers", "params", "share"):
         table.add_column(column, justify="right" if column != "layers" else "left")
@@ -134,18 +147,9 @@ def cmd_run(args) -> int:
     from blocktune.report import assess, build_report
     from blocktune.search import run
 
-    extra = {}
-    if args.quarter:
-        extra["quarter"] = True
-    if args.prune:
-        extra["prune"] = True
-    if args.prune_grace is not None:
-        extra["prune_grace"] = args.prune_grace
-    if args.max_candidates is not None:
-        extra["max_candidates"] = args.max_candidates
-    if args.time_budget is not None:
-        extra["time_budget"] = args.time_budget
-    config = _config(args, extra, base=getattr(args, "defaults", None))
+    config = _config(args, base=getattr(args, "defaults", None))
+    if args.print_config:
+        return _print_config(config)
     progress = _Progress(args.verbose)
     with progress.bar:
         summary = run(config, args.out, progress.events(), force_new=args.force_new)
@@ -189,6 +193,8 @@ def cmd_finetune(args) -> int:
     from blocktune.search import finetune
 
     config = _config(args)
+    if args.print_config:
+        return _print_config(config)
     progress = _Progress(True)
     result = finetune(config, args.train, args.out, progress.events())
     print(f"trained {args.train}: {result['trainable_params']:,} parameters, "
@@ -215,44 +221,24 @@ def cmd_predict(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from blocktune.groups import STRATEGIES
-    from blocktune.layers import DELIMITER_KINDS
 
-    parser = argparse.ArgumentParser(prog="blocktune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from blocktune import __version__
+
+    parser = _Parser(prog="blocktune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"blocktune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     groups = sub.add_parser("groups", help="show the candidate groups of a model")
-    groups.add_argument("--model", required=True)
     groups.add_argument("--strategy", default="block", choices=sorted(STRATEGIES))
-    groups.add_argument("--image-size", type=int, default=224)
-    groups.add_argument("--head", default="linear", choices=["paper", "linear", "keep-pretrained"])
-    groups.add_argument("--delimiters", default="pool,activation",
-                        help=f"comma-separated kinds from: {', '.join(DELIMITER_KINDS)}")
-    groups.add_argument("--window", type=int, default=3)
-    groups.add_argument("--stride", type=int, default=1)
-    groups.add_argument("--k", type=int, default=3, help="layers drawn by 'random'")
-    groups.add_argument("--seed", type=int, default=0)
-    groups.add_argument("--native", default="fine", choices=["fine", "coarse"])
-    groups.add_argument("--quarter", action="store_true", help="only the last quarter")
+    _add_fields(groups, ["model", "image_size", "head", "delimiters", "window", "stride",
+                         "random_k", "native", "quarter"], defaults={"image_size": 224},
+                aliases={"random_k": ["--k"]})
+    groups.add_argument("--seed", default="0", help="seed of the random strategy")
     groups.add_argument("--plot", help="save Fig. 2 (parameters per layer, groups) as PNG")
     groups.set_defaults(func=cmd_groups)
 
     run = sub.add_parser("run", help="the whole protocol: search, fine-tune, test, report")
     _add_common(run)
-    run.add_argument("--strategy", help="comma-separated, e.g. layer,block,window,ranked")
-    run.add_argument("--quarter", action="store_true", help="search only the last quarter")
-    run.add_argument("--max-candidates", type=int, help="per strategy, from the output end")
-    run.add_argument("--prune", action="store_true",
-                     help="successive halving over candidates (rungs at 1, 3, 9 … epochs)")
-    run.add_argument("--prune-grace", type=int,
-                     help="epochs of the first rung of --prune (default 1)")
-    run.add_argument("--time-budget", type=float, help="seconds of search per seed")
-    run.add_argument("--executor", choices=["local", "ray"],
-                     help="local (default): one process; ray: Ray Tune trials (see README, "
-                     "'Run on a cluster')")
-    run.add_argument("--trial-resources",
-                     help="--executor ray: resources of one trial, e.g. cpu=1,gpu=0.25")
-    run.add_argument("--ray-address",
-                     help="--executor ray: a running cluster's address (default: a local Ray)")
     run.add_argument("--force-new", action="store_true",
                      help="start the run folder over even if its config differs")
     run.set_defaults(func=cmd_run)
@@ -287,7 +273,10 @@ def cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad command line (one line, exit 2)
+        return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     try:

@@ -1,133 +1,169 @@
-"""The run's configuration: a dataclass that validates itself, from defaults → YAML file → flags.
+"""The run's one typed configuration, from defaults → YAML file → flags.
+
+:class:`RunConfig` is the single source: every field carries its help, its allowed values or
+range, and whether it changes results (a *resume key*). The CLI's flags and their help, the
+``groups`` command's options and the resume check are derived from the fields; every value,
+from a flag (text) or a YAML file (typed), is converted and checked here, and a wrong one gives
+one line naming the key, the value and what is allowed.
 
 The resolved config is written next to the results as ``config.yaml``; resuming a folder with
-a config that differs in a key that changes results is refused, naming the keys.
+a config that differs in a resume key is refused, naming the keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from blocktune.data import DEFAULT_FRACTIONS
+from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS
 from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
-from blocktune.models import HEADS
-from blocktune.select import get_rule
+from blocktune.models import HEADS, check_model_name
+from blocktune.select import RULES
 from blocktune.train import PAPER, TrainConfig, device_for
+
+
+def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
+        choices=None, low: float | None = None, above: float | None = None,
+        flag: str | None = None):
+    """A config field: ``help`` for the flag, ``choices`` (a tuple, or a callable returning
+    one: registries fill up on import), ``low``/``above`` the smallest value allowed
+    (inclusive/exclusive), ``resume`` when a change makes earlier results meaningless."""
+    metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above,
+                "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
-    model: str = field(default="tf_efficientnet_lite0", metadata={"help": "timm model name"})
-    data: str = field(default="tf_flowers", metadata={"help": "image folder, or tf_flowers, caltech101, flowers102"})
-    strategies: list[str] = field(default_factory=lambda: ["block"],
-                                  metadata={"help": "strategies to search, in order"})
-    seeds: list[int] = field(default_factory=lambda: [0])
-    head: str = "linear"
-    image_size: int = 160
-    weights: str | None = field(default=None, metadata={"help": "state dict / safetensors file"})
-    pretrained: bool = True
-    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
-    max_images_per_class: int | None = field(
-        default=None, metadata={"help": "subsample each class (seeded) before splitting"})
-    epochs: int = field(default=5, metadata={"help": "epochs per search candidate"})
-    final_epochs: int = field(default=5, metadata={"help": "epochs of the final fine-tunes"})
-    batch_size: int = 32
-    lr: float = 1e-3
-    body_lr_scale: float = 0.1
-    patience: int = 3
-    paper_settings: bool = field(default=False, metadata={
-        "help": "the paper's Adam, batch 4, 50 epochs, [0,1] scaling"})
-    delimiters: list[str] = field(default_factory=lambda: ["pool", "activation"])
-    window: int = 3
-    stride: int = 1
-    ranked_k: list[int] = field(default_factory=lambda: [3, 5])
-    random_k: int = 3
-    native: str = "fine"
-    quarter: bool = False
-    prune: bool = field(default=False, metadata={
-        "help": "successive halving: rungs at grace, 3·grace, 9·grace … epochs, capped at "
-                "epochs; the best third go on"})
-    prune_grace: int = field(default=1, metadata={
-        "help": "epochs of the first rung of --prune (Ray Tune's grace_period)"})
-    max_candidates: int | None = None
-    time_budget: float | None = field(default=None, metadata={
-        "help": "seconds of search per seed; candidates not started in time are left for a resume"})
-    baselines: bool = field(default=True, metadata={
-        "help": "train Baseline I (head only) and II (all layers) in the search and the finals"})
-    select: str = field(default="max-val", metadata={
-        "help": "selection rule: which candidate of each strategy is fine-tuned (val only)"})
-    cache: bool = True
-    cache_dtype: str = "float16"
-    cache_max_gb: float = 4.0
-    fold_norms: bool = field(default=True, metadata={
-        "help": "fold frozen BatchNorms into frozen convolutions while training"})
-    keep_freed_memory: bool = field(default=True, metadata={
-        "help": "CPU: let malloc reuse freed activations instead of unmapping them (faster "
-                "steps, same results; the process keeps its peak memory)"})
-    augment: bool = False
-    strict: bool = False
-    executor: str = field(default="local", metadata={
-        "help": "local (one process) or ray (Ray Tune trials on a local or running cluster)"})
-    trial_resources: str = field(default="cpu=1", metadata={
-        "help": "--executor ray: resources of one trial, e.g. cpu=1,gpu=0.25"})
-    ray_address: str | None = field(default=None, metadata={
-        "help": "--executor ray: address of a running cluster (ray start --head); default "
-                "a local Ray sized to this machine"})
-    device: str = field(default="auto", metadata={
-        "help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"})
+    model: str = opt("tf_efficientnet_lite0", "timm model name: arch, arch.tag, hf-hub:org/name, "
+                     "local-dir:PATH", resume=True)
+    data: str = opt("tf_flowers", "image folder with one sub-folder per class, or "
+                    + ", ".join(["tf_flowers", *NAMED_DATASETS]), resume=True)
+    strategies: list[str] = opt(factory=lambda: ["block"], help="strategies to search, in order",
+                                resume=True, choices=lambda: tuple(STRATEGIES))
+    seeds: list[int] = opt(factory=lambda: [0], help="seeds, e.g. 0,1,2 (one split each)", low=0)
+    head: str = opt("linear", "the new head on the pretrained body", resume=True, choices=HEADS)
+    image_size: int = opt(160, "side of the square input images, in pixels", resume=True, low=16)
+    weights: str | None = opt(None, "state dict or safetensors file for the model", resume=True)
+    pretrained: bool = opt(True, "pretrained weights (packaged, hub or --weights); "
+                           "--no-pretrained: random", resume=True)
+    fractions: dict[str, float] = opt(factory=lambda: dict(DEFAULT_FRACTIONS),
+                                      help="split fractions, e.g. search=0.1,val=0.1,train=0.6,"
+                                      "test=0.2", resume=True, low=0)
+    max_images_per_class: int | None = opt(None, "subsample each class (seeded) before splitting",
+                                           resume=True, low=1)
+    epochs: int = opt(5, "epochs per search candidate", resume=True, low=1)
+    final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1)
+    batch_size: int = opt(32, "images per training step", resume=True, low=1)
+    lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0)
+    body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0)
+    patience: int = opt(3, "early stop after this many epochs without a better val accuracy",
+                        resume=True, low=1)
+    paper_settings: bool = opt(False, "the paper's Adam, batch 4, 50 epochs, lr 1e-4, [0,1] "
+                               "scaling (sets epochs, final_epochs, batch_size, lr)", resume=True)
+    delimiters: list[str] = opt(factory=lambda: ["pool", "activation"],
+                                help="what separates blocks", resume=True,
+                                choices=DELIMITER_KINDS)
+    window: int = opt(3, "window strategy: layers per window", resume=True, low=1)
+    stride: int = opt(1, "window strategy: layers between window starts", resume=True, low=1)
+    ranked_k: list[int] = opt(factory=lambda: [3, 5], help="ranked strategy: top-k layers",
+                              resume=True, low=1)
+    random_k: int = opt(3, "random strategy: layers drawn", resume=True, low=1)
+    native: str = opt("fine", "native strategy: timm's fine or coarse groups", resume=True,
+                      choices=("fine", "coarse"))
+    quarter: bool = opt(False, "search only the last quarter of the layers", resume=True)
+    prune: bool = opt(False, "successive halving: rungs at grace, 3·grace, 9·grace … epochs, "
+                      "capped at epochs; the best third go on", resume=True)
+    prune_grace: int = opt(1, "epochs of the first rung of --prune (Ray Tune's grace_period)",
+                           resume=True, low=1)
+    max_candidates: int | None = opt(None, "per strategy, from the output end", low=1)
+    time_budget: float | None = opt(None, "seconds of search per seed; candidates not started "
+                                    "in time are left for a resume", above=0)
+    baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
+                          "and the finals")
+    select: str = opt("max-val", "selection rule: which candidate of each strategy is "
+                      "fine-tuned (val only; see README, 'Can the search be trusted?')",
+                      choices=lambda: tuple(RULES))
+    cache: bool = opt(True, "frozen-prefix activation cache (--no-cache: run the whole "
+                      "network every batch)")
+    cache_dtype: str = opt("float16", "dtype of cached activations", resume=True,
+                           choices=("float16", "bfloat16", "float32"))
+    cache_max_gb: float = opt(4.0, "memory for cached activations before they spill to disk",
+                              low=0)
+    fold_norms: bool = opt(True, "fold frozen BatchNorms into frozen convolutions while "
+                           "training", resume=True)
+    keep_freed_memory: bool = opt(True, "CPU: let malloc reuse freed activations instead of "
+                                  "unmapping them (faster steps, same results)")
+    augment: bool = opt(False, "random flips (turns the activation cache off)", resume=True)
+    strict: bool = opt(False, "refuse unreadable images instead of skipping them")
+    executor: str = opt("local", "local (one process) or ray (Ray Tune trials on a local or "
+                        "running cluster)", choices=("local", "ray"))
+    trial_resources: str = opt("cpu=1", "--executor ray: resources of one trial, e.g. "
+                               "cpu=1,gpu=0.25")
+    ray_address: str | None = opt(None, "--executor ray: address of a running cluster (auto, "
+                                  "HOST:PORT or ray://HOST:PORT); default a local Ray")
+    device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self):
-        if isinstance(self.strategies, str):
-            self.strategies = [s for s in self.strategies.split(",") if s]
-        if isinstance(self.seeds, (int, str)):
-            try:
-                self.seeds = [int(s) for s in str(self.seeds).split(",") if s != ""]
-            except ValueError:
-                raise BlocktuneError(f"seeds {self.seeds!r}: give whole numbers separated by "
-                                     "commas, e.g. --seeds 0,1,2") from None
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise BlocktuneError(f"unknown strategy {unknown[0]!r}: choose from "
-                                 f"{', '.join(STRATEGIES)}")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, convert(f, hints[f.name], getattr(self, f.name)))
         if "ranked" in self.strategies and "layer" not in self.strategies:
             self.strategies.insert(self.strategies.index("ranked"), "layer")
         if "ranked" in self.strategies:  # ranked is built from the layer results: after them
             self.strategies.remove("ranked")
             self.strategies.insert(self.strategies.index("layer") + 1, "ranked")
-        if self.head not in HEADS:
-            raise BlocktuneError(f"unknown head {self.head!r}: choose from {', '.join(HEADS)}")
-        bad = set(self.delimiters) - set(DELIMITER_KINDS)
-        if bad:
-            raise BlocktuneError(f"unknown delimiter {sorted(bad)[0]!r}: choose from "
-                                 f"{', '.join(DELIMITER_KINDS)}")
-        if self.image_size < 16:
-            raise BlocktuneError(f"image size {self.image_size} is too small: use 32 or more")
         if not self.seeds:
-            raise BlocktuneError("give at least one seed, e.g. --seeds 0,1,2")
-        if self.epochs < 1 or self.final_epochs < 1:
-            raise BlocktuneError("epochs must be at least 1")
-        for key, low, strict in (("batch_size", 1, False), ("lr", 0, True),
-                                 ("body_lr_scale", 0, False), ("patience", 1, False),
-                                 ("prune_grace", 1, False), ("time_budget", 0, False),
-                                 ("max_candidates", 1, False), ("max_images_per_class", 1, False),
-                                 ("cache_max_gb", 0, False), ("window", 1, False),
-                                 ("stride", 1, False), ("random_k", 1, False)):
-            value = getattr(self, key)
-            if value is not None and (value <= low if strict else value < low):
-                raise BlocktuneError(f"{key} = {value} is out of range: it must be "
-                                     f"{'greater than' if strict else 'at least'} {low}")
-        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
-            raise BlocktuneError("cache dtype must be float16, bfloat16 or float32")
-        get_rule(self.select)
-        if self.executor not in ("local", "ray"):
-            raise BlocktuneError(f"unknown executor {self.executor!r}: choose local or ray")
+            raise BlocktuneError("seeds = []: give at least one seed, e.g. --seeds 0,1,2")
+        if not self.strategies:
+            raise BlocktuneError("strategies = []: give at least one, e.g. --strategies block")
+        if set(self.fractions) != set(DEFAULT_FRACTIONS) or abs(sum(self.fractions.values())
+                                                                 - 1) > 1e-6:
+            raise BlocktuneError(f"fractions = {self.fractions}: give search, val, train and "
+                                 "test, summing to 1")
+        check_model_name(self.model)
+        if self.data not in ("tf_flowers", *NAMED_DATASETS) and not Path(self.data).expanduser(
+                ).is_dir():
+            raise BlocktuneError(f"data folder {self.data} does not exist: pass a folder with "
+                                 "one sub-folder of images per class, or tf_flowers, "
+                                 + ", ".join(NAMED_DATASETS))
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise BlocktuneError(f"weights file {self.weights} does not exist: pass the path of a "
+                                 ".pth, .pt or .safetensors state dict")
+        if self.paper_settings:
+            self._paper_settings()
+        if not re.fullmatch(r"cpu=\d+(\.\d+)?(,gpu=\d+(\.\d+)?)?|gpu=\d+(\.\d+)?",
+                            self.trial_resources):
+            raise BlocktuneError(f"trial_resources = {self.trial_resources!r}: give cpu=N and/or "
+                                 "gpu=F, e.g. cpu=1,gpu=0.25")
+        if self.ray_address is not None and not re.fullmatch(
+                r"auto|local|(ray://)?[\w.\-]+:\d+", self.ray_address):
+            raise BlocktuneError(f"ray_address = {self.ray_address!r}: give auto, HOST:PORT or "
+                                 "ray://HOST:PORT")
         device_for(self.device)  # an unknown or absent device is refused before any work
+
+    def _paper_settings(self) -> None:
+        """The paper's optimiser settings, recorded as the values used (not silently
+        overriding others): a value given that differs from the paper's is refused."""
+        paper = {"epochs": PAPER.epochs, "final_epochs": PAPER.epochs,
+                 "batch_size": PAPER.batch_size, "lr": PAPER.lr}
+        default = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, value in paper.items():
+            given = getattr(self, key)
+            if given not in (value, default[key]):
+                raise BlocktuneError(f"{key} = {given} conflicts with paper_settings, which "
+                                     f"trains with {key} = {value}: drop one of the two")
+            setattr(self, key, value)
 
     def search_training(self, seed: int = 0) -> TrainConfig:
         return self._training(self.epochs, seed)
@@ -138,7 +174,7 @@ class RunConfig:
     def _training(self, epochs: int, seed: int) -> TrainConfig:
         """The seed orders the batches too, so that seeds vary everything they can."""
         if self.paper_settings:
-            return dataclasses.replace(PAPER, seed=seed)
+            return dataclasses.replace(PAPER, epochs=epochs, seed=seed)
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
                            body_lr_scale=self.body_lr_scale, patience=self.patience, seed=seed)
 
@@ -171,17 +207,130 @@ def read_yaml(path: str | Path) -> dict:
     return values
 
 
-# Keys whose change makes earlier results meaningless for this folder.
-RESUME_KEYS = ("model", "data", "strategies", "head", "image_size", "weights", "pretrained",
-               "fractions", "max_images_per_class", "epochs", "final_epochs", "batch_size", "lr",
-               "body_lr_scale", "patience", "paper_settings", "delimiters", "window", "stride",
-               "ranked_k", "random_k", "native", "quarter", "prune", "prune_grace",
-               "cache_dtype", "fold_norms",
-               "augment")
+def resume_keys() -> list[str]:
+    """Keys whose change makes earlier results meaningless for a run folder."""
+    return [f.name for f in dataclasses.fields(RunConfig) if f.metadata["resume"]]
 
 
 def differing_keys(saved: dict, current: RunConfig) -> list[str]:
     """Result-changing keys whose values differ; a key the saved config predates counts as
     its default."""
     now, default = current.to_dict(), RunConfig().to_dict()
-    return [k for k in RESUME_KEYS if saved.get(k, default[k]) != now.get(k)]
+    return [k for k in resume_keys() if saved.get(k, default[k]) != now.get(k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion and checks, from text (flags) or typed values (YAML, Python)
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _choices(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
+
+
+def describe_type(hint) -> str:
+    """A type in a user's words, for errors and help."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if _is_optional(hint):
+        return describe_type(args[0])
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return "comma-separated " + {int: "whole numbers", float: "numbers"}.get(args[0], "names")
+    if origin is dict:
+        return "name=number pairs, comma-separated"
+    return {bool: "true or false", int: "a whole number", float: "a number",
+            str: "text"}[hint]
+
+
+def _is_optional(hint) -> bool:
+    return (typing.get_origin(hint) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(hint))
+
+
+def _scalar(hint, value):
+    """``value`` as ``hint`` (bool, int, float, str), from its own type or from text."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str and isinstance(value, str):
+        return value
+    raise ValueError
+
+
+def convert(f: dataclasses.Field, hint, value):
+    """Check and convert one key's value; one line naming the key, the value and what is
+    allowed when it is wrong."""
+    def wrong(allowed: str) -> BlocktuneError:
+        return BlocktuneError(f"{f.name} = {value!r} is not allowed: {allowed}")
+
+    if _is_optional(hint):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(hint)
+    try:
+        if origin is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                items = [value]  # seeds: 3 in a YAML file
+            if not isinstance(items, list):
+                raise ValueError
+            converted = [_scalar(typing.get_args(hint)[0], v.strip() if isinstance(v, str)
+                                 else v) for v in items if v != ""]
+        elif origin is dict:
+            pairs = value
+            if isinstance(value, str):
+                pairs = dict(item.split("=", 1) for item in value.split(",") if item)
+            if not isinstance(pairs, dict):
+                raise ValueError
+            converted = {str(k).strip(): _scalar(typing.get_args(hint)[1], v)
+                         for k, v in pairs.items()}
+        else:
+            converted = _scalar(hint, value)
+    except (ValueError, TypeError):
+        raise wrong(describe_type(hint)) from None
+    values = converted if isinstance(converted, list) else (
+        list(converted.values()) if isinstance(converted, dict) else [converted])
+    choices = _choices(f)
+    if choices is not None:
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise wrong(f"unknown {bad[0]!r}; choose from {', '.join(map(str, choices))}")
+    low, above = f.metadata.get("low"), f.metadata.get("above")
+    for v in values:
+        if (low is not None and v < low) or (above is not None and v <= above):
+            bound = f"at least {low}" if low is not None else f"greater than {above}"
+            raise BlocktuneError(f"{f.name} = {v} is out of range: it must be {bound}")
+    return converted
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A field's help with its default and allowed values, for ``--help``."""
+    text = f.metadata.get("help", "")
+    choices = _choices(f)
+    if choices:
+        text += f" [{', '.join(map(str, choices))}]"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is not None and not isinstance(default, bool):
+        shown = ",".join(map(str, default)) if isinstance(default, list) else (
+            ",".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict)
+            else default)
+        text += f" (default {shown})"
+    return text

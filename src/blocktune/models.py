@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +111,39 @@ def make_head(kind: str, body_output_shape: tuple[int, ...], num_classes: int) -
 
 
 def check_model_name(name: str) -> None:
+    """Accept every name ``timm.create_model`` accepts: ``arch``, ``arch.tag``, ``hf-hub:org/repo``
+    and ``local-dir:PATH``; a wildcard or an unknown name gets one line with close matches."""
     import timm
+    from timm.models import parse_model_name, split_model_name_tag
 
-    if not timm.list_models(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    source, model_id = parse_model_name(name)
+    if source == "hf-hub":
+        if not re.fullmatch(r"[\w.\-]+/[\w.\-]+(@[\w.\-]+)?", model_id):
+            raise BlocktuneError(f"model {name!r}: a Hugging Face Hub name looks like "
+                                 "hf-hub:timm/resnet18.a1_in1k")
+        return
+    if source == "local-dir":
+        if not (Path(model_id).expanduser() / "config.json").is_file():
+            raise BlocktuneError(f"model {name!r}: {model_id} has no config.json; give a folder "
+                                 "timm saved (save_for_hf) or `blocktune export --format timm` wrote")
+        return
+    if any(c in name for c in "*?["):
+        matches = timm.list_models(name)
+        shown = (f"it matches {len(matches)} ({', '.join(matches[:5])}"
+                 f"{', …' if len(matches) > 5 else ''}): pick one") if matches else "it matches none"
+        raise BlocktuneError(f"model {name!r} is a pattern, not a model name: {shown}")
+    arch, tag = split_model_name_tag(model_id)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise BlocktuneError(f"unknown model {name!r}: not a timm model name.{hint} "
                              "List them with: python -c 'import timm; print(timm.list_models())'")
+    if tag:
+        tags = timm.list_pretrained(f"{arch}.*")
+        if model_id not in tags:
+            close = difflib.get_close_matches(model_id, tags, n=3, cutoff=0.5) or tags[:3]
+            raise BlocktuneError(f"model {name!r}: timm has no weights tagged {tag!r} for "
+                                 f"{arch}; its tags include: {', '.join(close) or 'none'}")
 
 
 def packaged_source(name: str, weights: str | Path | None = None,
@@ -224,7 +251,10 @@ def data_config(model: nn.Module | str, paper_scaling: bool = False,
             return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), interpolation)
         return DataConfig(tuple(mean), tuple(std), interpolation)
     try:
-        if isinstance(model, str):
+        if isinstance(model, str) and timm.models.parse_model_name(model)[0]:
+            # hf-hub: / local-dir: carry their own pretrained config
+            cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
+        elif isinstance(model, str):
             pretrained = timm.models.get_pretrained_cfg(model)
             if pretrained is None:
                 raise LookupError(model)
