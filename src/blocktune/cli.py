@@ -220,9 +220,8 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from blocktune.groups import STRATEGIES
-
     from blocktune import __version__
+    from blocktune.groups import STRATEGIES
 
     parser = _Parser(prog="blocktune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"blocktune {__version__}")
