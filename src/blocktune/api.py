@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from blocktune.config import RunConfig
-from blocktune.data import decode_resized, normalize
 from blocktune.errors import BlocktuneError
 from blocktune.groups import StrategyOptions, candidates, table
 from blocktune.layers import ModelWalk, walk
-from blocktune.models import build_body, build_model, create_timm
+from blocktune.models import build_body, create_timm
 from blocktune.report import assess, build_report, plot_layer_params
 from blocktune.search import finetune, run
 from blocktune.select import RULES, register_rule
@@ -72,30 +70,13 @@ def model_groups(model: str | torch.nn.Module, strategy: str = "block", image_si
 
 def predict(run_folder: str | Path, images: Sequence[str | Path]) -> list[tuple[str, float]]:
     """Class name and probability for each image, with the model a run saved."""
-    from safetensors.torch import load_file
+    from blocktune.export import load_saved_model, prepare_images
 
-    folder = Path(run_folder)
-    card_path, weights_path = folder / "model.json", folder / "model.safetensors"
-    if not card_path.exists() or not weights_path.exists():
-        raise BlocktuneError(f"{folder} holds no saved model (model.json + model.safetensors): "
-                             "pass the --out folder of a finished blocktune run or finetune")
-    card = json.loads(card_path.read_text())
-    model, _ = build_model(card["model"], len(card["classes"]), card["head"], card["image_size"],
-                           pretrained=False)
-    model.load_state_dict(load_file(str(weights_path)))
-    model.eval()
+    model, card = load_saved_model(run_folder)
     out = []
     for image in images:
-        if not Path(image).is_file():
-            raise BlocktuneError(f"image {image} does not exist: pass paths of image files")
-        try:
-            pixels = torch.from_numpy(decode_resized(Path(image), card["image_size"],
-                                                     card["interpolation"]))
-        except Exception as error:  # noqa: BLE001 - PIL's many decode errors
-            raise BlocktuneError(f"cannot read image {image} ({type(error).__name__}): pass "
-                                 "a JPEG, PNG or other image PIL can open") from error
         with torch.no_grad():
-            probs = model(normalize(pixels[None], card["mean"], card["std"])).softmax(1)[0]
+            probs = model(prepare_images(card, [image])).softmax(1)[0]
         best = int(probs.argmax())
         out.append((card["classes"][best], float(probs[best])))
     return out

@@ -219,6 +219,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from blocktune.export import export
+
+    done = export(args.run, args.format, args.out)
+    print(f"exported to {done.path}: checked on {done.images} test images of the run, largest "
+          f"logit difference from the run's model {done.max_difference:.2g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from blocktune import __version__
     from blocktune.groups import STRATEGIES
@@ -256,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report from its files")
     report.add_argument("run")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="hand the saved model to plain timm or ONNX")
+    export.add_argument("run", help="a run folder holding model.safetensors")
+    export.add_argument("--format", required=True, choices=["timm", "onnx"])
+    export.add_argument("--out", help="folder to write (default RUN/export/FORMAT)")
+    export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="classify images with a saved run")
     predict.add_argument("--run", required=True)

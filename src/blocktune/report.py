@@ -344,7 +344,51 @@ def build_report(folder: str | Path) -> Path:
     markdown = "\n".join(parts) + "\n"
     atomic_write_text(folder / "report.md", markdown)
     atomic_write_text(folder / "report.html", _to_html(markdown, folder))
+    if (folder / "model.json").exists():
+        atomic_write_text(folder / "README.md", model_card(folder, config, assessment))
     return folder / "report.md"
+
+
+def model_card(folder: Path, config: dict, assessment: Assessment) -> str:
+    """The saved model's card (``README.md`` beside ``model.safetensors``): what it is, how well
+    it does with intervals, against both baselines, from which data, weights and versions."""
+    import json
+
+    card = json.loads((folder / "model.json").read_text())
+    environment = folder / "environment.json"
+    versions = card.get("versions") or (json.loads(environment.read_text())
+                                        if environment.exists() else {})
+    method = card["method"]
+    seed = card.get("seed", assessment.seeds[0])
+    mine = assessment.per_seed.get(seed, {}).get(method)
+    lines = [f"# {card['model']} fine-tuned by blocktune on {Path(str(config['data'])).name}", "",
+             f"- **Method**: {label(method)}" + (f", chosen by the `{card['select']}` rule"
+                                                  if card.get("select") else ""),
+             f"- **New head**: `{card['head']}`"]
+    if mine is not None:
+        lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
+                  f"- **Val accuracy**: {mine.val.fraction()} (used to choose it)",
+                  f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
+    baselines = {label(b) for b in BASELINES}
+    against = [c for c in assessment.versus_recommended if c.b in baselines]
+    if against:
+        lines.append("- **Against the baselines** (paired, same test images): "
+                     + "; ".join(c.sentence() for c in against))
+    lines += [f"- **Seeds of the run**: {', '.join(map(str, assessment.seeds))}",
+              f"- **Classes** ({len(card['classes'])}): {', '.join(card['classes'])}",
+              f"- **Input**: {card['image_size']}×{card['image_size']} RGB, resized with "
+              f"{card['interpolation']} interpolation, mean {card['mean']}, std {card['std']}",
+              f"- **Pretrained weights**: {card['weights_source']}"
+              + (f" (licence: {card['weights_licence']})" if card.get("weights_licence") else ""),
+              "- **Versions**: " + ", ".join(f"{k} {versions[k]}" for k in
+                                             ("blocktune", "torch", "timm") if k in versions),
+              "", "## Use", "", "```bash",
+              f"blocktune predict --run {folder} photo.jpg",
+              f"blocktune export {folder} --format timm   # plain timm: "
+              "timm.create_model('local-dir:FOLDER', pretrained=True)",
+              f"blocktune export {folder} --format onnx", "```", "",
+              "The full report, with every candidate and its interval: `report.md`."]
+    return "\n".join(lines) + "\n"
 
 
 def _interval_text(interval: Interval) -> str:

@@ -555,17 +555,26 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], image
         return
     best = min(ok, key=rank_key)  # the recommendation: best final val accuracy
     atomic_copy(seed_run.folder / f"{best.method}.safetensors", folder / "model.safetensors")
-    atomic_write_json(folder / "model.json", model_card(seed_run.config, images, data_cfg,
-                                                        seed_run.weights_source, best.method))
+    atomic_write_json(folder / "model.json", model_card(
+        seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
+        {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
+         "trained_params": best.trained_params, "val_acc": best.val_acc,
+         "test_acc": best.test_acc, "select": best.select}))
 
 
 def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,
-               method: str) -> dict:
-    """What ``blocktune predict`` needs to rebuild the network around the saved weights."""
-    return {"model": config.model, "head": config.head, "image_size": config.image_size,
+               method: str, result: dict) -> dict:
+    """``model.json``: what ``predict`` and ``export`` need to rebuild the network around the
+    saved weights, and what it is (method, trained layers, accuracies, seed, versions)."""
+    packaged = packaged_source(config.model, config.weights, config.pretrained)
+    return {"model": config.model, "model_args": packaged.model_kwargs if packaged else {},
+            "head": config.head, "image_size": config.image_size,
             "classes": images.classes, "mean": list(data_cfg.mean), "std": list(data_cfg.std),
             "interpolation": data_cfg.interpolation, "weights_source": weights_source,
-            "method": method}
+            "weights_licence": packaged.licence if packaged else None,
+            "method": method, **result, "data": config.data,
+            "versions": {k: v for k, v in environment().items()
+                         if k in ("blocktune", "torch", "timm")}}
 
 
 def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | None:
@@ -623,7 +632,9 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
                    else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
                    "test_acc": test_acc}
         atomic_write_json(folder / "result.json", summary)
-        atomic_write_json(folder / "model.json", model_card(config, images, data_cfg,
-                                                            seed_run.weights_source, train_spec))
+        atomic_write_json(folder / "model.json", model_card(
+            config, images, data_cfg, seed_run.weights_source, train_spec,
+            {"seed": seed, "trained": train_spec, "trained_params": result.trainable_params,
+             "val_acc": result.best_val_acc, "test_acc": test_acc}))
     return summary
 
