@@ -105,9 +105,9 @@ def timm_walks():
 
 @pytest.mark.parametrize("name, layers, blocks, native_fine, native_coarse", [
     ("vgg16", 13, 13, 13, 13),
-    ("mobilenetv2_100", 104, 35, 19, 9),
+    ("mobilenetv2_100", 104, 35, 18, 8),
     ("resnet50", 106, 49, 17, 5),
-    ("tf_efficientnet_lite0", 98, 33, 18, 9),
+    ("tf_efficientnet_lite0", 98, 33, 17, 8),
     ("mobilenetv3_small_100", 86, 41, 13, 7),
 ])
 def test_real_timm_groups(timm_walks, name, layers, blocks, native_fine, native_coarse):
@@ -128,6 +128,32 @@ def test_vgg16_pool_blocks_are_the_five_conv_blocks(timm_walks):
     blocks = [w.names(g) for g in groups_of(w, "block", delimiters=("pool",))][::-1]
     feature = [[int(n.split(".")[-1]) for n in names] for names in blocks]
     assert feature == [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet50", "mobilenetv3_small_100"])
+@pytest.mark.parametrize("coarse", [False, True])
+def test_native_groups_are_timms_group_with_matcher(timm_walks, name, coarse):
+    """Each native group is exactly one of timm's groups (its parameters that the body runs);
+    efficientnet's conv_head/bn2 carry MATCH_PREV_GROUP and join the last block."""
+    from timm.models._manipulate import group_with_matcher
+
+    w, body = timm_walks[name]
+    model = body.model
+    timm_groups = group_with_matcher(model.named_parameters(), model.group_matcher(coarse))
+    walked = {n for layer in w.layers for n, _ in model.get_submodule(
+        layer.name.removeprefix("model.")).named_parameters(prefix=layer.name.removeprefix(
+            "model."))}
+    expected = [set(names) & walked for names in timm_groups.values()]
+    expected = [g for g in expected if g]
+    ours = []
+    for group in groups_of(w, "native", model=body, native="coarse" if coarse else "fine"):
+        ours.append({n for i in group for n, _ in model.get_submodule(
+            w.layers[i].name.removeprefix("model.")).named_parameters(
+                prefix=w.layers[i].name.removeprefix("model."))})
+    assert sorted(map(sorted, ours)) == sorted(map(sorted, expected))
+    if name == "tf_efficientnet_lite0" and not coarse:
+        last = max(groups_of(w, "native", model=body), key=max)
+        assert {"model.conv_head", "model.bn2", "model.blocks.6.0.conv_pwl"} <= set(w.names(last))
 
 
 def test_resnet50_native_coarse_is_stem_and_four_stages(timm_walks):

@@ -116,18 +116,26 @@ def random_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
 
 @register_strategy("native")
 def native_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
-    """The model's own stem/blocks/stages, from timm's ``group_matcher`` (fine or coarse)."""
+    """The model's own stem/blocks/stages: timm's ``group_matcher`` applied by timm's own
+    ``group_parameters`` (``MATCH_PREV_GROUP`` patterns join the previous group), fine or coarse."""
+    from timm.models import group_parameters
+
     timm_model, prefix = _find_group_matcher(options.model)
     if timm_model is None:
         raise BlocktuneError("strategy 'native' needs a model with timm's group_matcher(): use "
                              "'block' or 'window' for this model")
-    matcher = timm_model.group_matcher(coarse=options.native == "coarse")
-    names = [layer.name for layer in walk.layers]
-    ids = [_match_group(matcher, name[len(prefix):] if name.startswith(prefix) else name)
-           for name in names]
-    groups: dict[tuple, list[int]] = {}
-    for index, group_id in enumerate(ids):
-        groups.setdefault(group_id, []).append(index)
+    group_of = group_parameters(timm_model, timm_model.group_matcher(
+        coarse=options.native == "coarse"), reverse=True)
+    params = {}
+    for name, module in timm_model.named_modules():
+        first = next((p for p, _ in module.named_parameters(recurse=False)), None)
+        if first is not None:
+            params[f"{prefix}{name}"] = f"{name}.{first}" if name else first
+    groups: dict[int, list[int]] = {}
+    for layer in walk.layers:
+        key = params.get(layer.name)
+        gid = group_of.get(key, len(group_of)) if key else len(group_of)
+        groups.setdefault(gid, []).append(layer.index)
     return sorted((tuple(v) for v in groups.values()), key=lambda g: g[0])
 
 
@@ -144,25 +152,6 @@ def _find_group_matcher(model: nn.Module | None) -> tuple[nn.Module | None, str]
         if hasattr(module, "group_matcher"):
             return module, f"{name}." if name else ""
     return None, ""
-
-
-_INF = float("inf")
-
-
-def _match_group(matcher, name: str) -> tuple:
-    """timm's group_matcher semantics: the first pattern that matches gives the group id.
-
-    A pattern may be a regex string or a list of (regex, suffix) pairs; numbers captured by
-    the regex make the id, so ``blocks.3.1`` falls in group (3, 1) under a fine matcher.
-    """
-    for order, (_, spec) in enumerate(matcher.items()):
-        patterns = [(spec, None)] if isinstance(spec, str) else list(spec)
-        for pattern, suffix in patterns:
-            match = re.match(pattern, name)
-            if match:
-                parts = tuple(float(g) if g is not None else _INF for g in match.groups())
-                return (order, *parts, *(suffix or ()))
-    return (len(matcher), _INF)  # unmatched: the head, grouped last as timm does
 
 
 def in_last_quarter(group: Group, num_layers: int) -> bool:
