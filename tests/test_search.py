@@ -93,6 +93,28 @@ def test_time_budget_defers_finals_to_a_resume(image_folder, tmp_path):
     assert (out / "seed_0" / "finals.csv").exists()
 
 
+def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, capsys):
+    from blocktune.cli import main
+    from blocktune.search import Events
+
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, max_candidates=4)
+    run(tiny_config(image_folder, max_candidates=4, time_budget=0.0), out)
+    assert main(["status", str(out)]) == 0
+    assert ("seed 0: search 0 of 2 baselines; 0 of 4 BW; finals 0 of 3 done (left: "
+            "Baseline I, Baseline II, BW)") in capsys.readouterr().out
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    assert rows == []
+    run(tiny_config(image_folder, max_candidates=2), out)  # a budget of two candidates
+    phases = []
+    run(config, out, Events(on_phase=phases.append))
+    assert "resuming seed 0: 2 of 2 baselines done, 2 of 4 BW candidates done" in phases
+    assert main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed 0: search 2 of 2 baselines; 4 of 4 BW; finals 3 of 3 done\n" in printed
+    assert "model.safetensors: saved" in printed
+
+
 def test_resume_with_another_config_is_refused(image_folder, tmp_path):
     out = tmp_path / "run"
     run(tiny_config(image_folder, max_candidates=1, baselines=False), out)

@@ -219,6 +219,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from blocktune.search import run_status
+
+    print("\n".join(run_status(args.run)))
+    return 0
+
+
 def cmd_export(args) -> int:
     from blocktune.export import export
 
@@ -265,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report from its files")
     report.add_argument("run")
     report.set_defaults(func=cmd_report)
+
+    status = sub.add_parser("status", help="what a run folder has done and what is left")
+    status.add_argument("run")
+    status.set_defaults(func=cmd_status)
 
     export = sub.add_parser("export", help="hand the saved model to plain timm or ONNX")
     export.add_argument("run", help="a run folder holding model.safetensors")

@@ -88,7 +88,7 @@ class RunConfig:
                            resume=True, low=1)
     max_candidates: int | None = opt(None, "per strategy, from the output end", low=1)
     time_budget: float | None = opt(None, "seconds of search per seed; candidates not started "
-                                    "in time are left for a resume", above=0)
+                                    "in time are left for a resume (0: plan only)", low=0)
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
                           "and the finals")
     select: str = opt("max-val", "selection rule: which candidate of each strategy is "

@@ -9,7 +9,6 @@ Each strategy is one small function, registered under its name, that maps a
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 

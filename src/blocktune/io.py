@@ -23,6 +23,21 @@ import yaml
 from blocktune.errors import BlocktuneError
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process's umask (read without
+    changing it where the OS tells it, else by setting it back at once)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary handle on a temp file beside ``path`` that replaces it when the block ends."""
@@ -30,6 +45,8 @@ def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a result file is like any other file
+            os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

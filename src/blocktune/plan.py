@@ -227,3 +227,30 @@ def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],
                                                and t.copy_of is None), None)
         out.append(FinalTrial(method, group, search_acc, copy_of=source))
     return out
+
+
+def progress(settings: SearchSettings, rows: Sequence[CandidateRow], candidates_of: CandidatesOf
+             ) -> list[tuple[str, int, int]]:
+    """(method, finished, planned) for the baselines and every strategy's method, in search
+    order. A candidate is finished when it has its final row, or, in a pruned search, when the
+    method has gone on past the rung where it stopped."""
+    out: list[tuple[str, int, int]] = []
+    if settings.baselines:
+        done = {r.strategy for r in rows if r.strategy in (BASELINE_I, BASELINE_II)
+                and r.rung == settings.epochs}
+        out += [("baselines", len(done), 2)]
+    final = {(r.strategy, r.layer_indices) for r in rows if r.status != "rung"}
+    reached: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r.strategy, r.layer_indices)
+        reached[key] = max(reached.get(key, 0), r.rung)
+    for strategy in settings.strategies:
+        planned = candidates_of(strategy, rows)
+        methods = list(dict.fromkeys(m for m, _ in planned)) or [strategy]
+        for method in methods:
+            mine = [indices_text(c.layers) for m, c in planned if m == method]
+            top = max((reached[k] for k in reached if k[0] == method), default=0)
+            finished = sum((method, i) in final or 0 < reached.get((method, i), 0) < top
+                           for i in mine)
+            out.append((method, finished, len(mine)))
+    return out

@@ -64,6 +64,7 @@ from blocktune.plan import (
     finals_plan,
     indices_text,
     parse_indices,
+    progress,
     search_wave,
     strategy_candidates,
 )
@@ -169,6 +170,20 @@ def subsample(images: DecodedImages, per_class: int, seed: int) -> DecodedImages
                          images.labels[index], images.classes, images.corrupt)
 
 
+def strategy_options(config: RunConfig, seed: int, body: torch.nn.Module) -> StrategyOptions:
+    c = config
+    return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
+                           k=c.random_k, seed=seed, native=c.native, quarter=c.quarter,
+                           model=body)
+
+
+def search_settings(config: RunConfig, seed: int) -> SearchSettings:
+    c = config
+    return SearchSettings(tuple(c.strategies), c.search_training(seed).epochs,
+                          baselines=c.baselines, prune=c.prune, prune_grace=c.prune_grace,
+                          max_candidates=c.max_candidates, ranked_k=tuple(c.ranked_k))
+
+
 class SeedRun:
     """One seed of the protocol on one run folder: plan the trials, hand them to an executor,
     record every result the moment it comes back."""
@@ -198,20 +213,18 @@ class SeedRun:
 
     # -- the plan's inputs ---------------------------------------------------------------
     def options(self) -> StrategyOptions:
-        c = self.config
-        return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
-                               k=c.random_k, seed=self.seed, native=c.native,
-                               quarter=c.quarter, model=self.model.body)
+        return strategy_options(self.config, self.seed, self.model.body)
 
     def settings(self) -> SearchSettings:
-        c = self.config
-        return SearchSettings(tuple(c.strategies), c.search_training(self.seed).epochs,
-                              baselines=c.baselines, prune=c.prune, prune_grace=c.prune_grace,
-                              max_candidates=c.max_candidates, ranked_k=tuple(c.ranked_k))
+        return search_settings(self.config, self.seed)
 
     def planned(self, strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
         """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
         return strategy_candidates(self.walk, strategy, self.options(), rows, self.settings())
+
+    def progress(self, rows: list[CandidateRow]) -> list[tuple[str, int, int]]:
+        """(method, finished, planned) of this seed's search."""
+        return progress(self.settings(), rows, self.planned)
 
     # -- search ------------------------------------------------------------------------
     def search(self) -> tuple[list[CandidateRow], bool]:
@@ -232,6 +245,11 @@ class SeedRun:
         """
         path = self.folder / "candidates.csv"
         rows = read_candidates(path)
+        if rows:  # a resumed run says what it skips
+            self.events.on_phase(f"resuming seed {self.seed}: " + ", ".join(
+                f"{done} of {total} {label(method) if method != 'baselines' else method} "
+                f"{'candidates ' if method != 'baselines' else ''}done"
+                for method, done, total in self.progress(rows)))
         started = time.perf_counter()
         budget = self.config.time_budget
         best = max((r.val_acc for r in rows if r.strategy not in BASELINES and r.status == "ok"),
@@ -575,6 +593,58 @@ def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_sourc
             "method": method, **result, "data": config.data,
             "versions": {k: v for k, v in environment().items()
                          if k in ("blocktune", "torch", "timm")}}
+
+
+def run_status(folder: str | Path) -> list[str]:
+    """What a run folder has done and what is left, per seed, from its files (the model is
+    built with random weights only to list the planned candidates)."""
+    import json
+
+    import yaml
+
+    from blocktune.layers import walk
+    from blocktune.models import build_model
+
+    folder = Path(folder)
+    if not (folder / "config.yaml").exists():
+        raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
+                             "folder of a blocktune run")
+    saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    config = RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None})
+    lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
+             f"{', '.join(map(str, config.seeds))}"]
+    model = None
+    for seed in config.seeds:
+        seed_dir = folder / f"seed_{seed}"
+        if not (seed_dir / "splits.json").exists():
+            lines.append(f"seed {seed}: not started")
+            continue
+        if model is None:
+            classes = json.loads((seed_dir / "splits.json").read_text())["classes"]
+            packaged = packaged_source(saved.get("model", config.model), None, True)
+            model, _ = build_model(config.model, len(classes), config.head, config.image_size,
+                                   pretrained=False,
+                                   model_args=packaged.model_kwargs if packaged else None)
+            model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
+        rows = read_candidates(seed_dir / "candidates.csv")
+        options = strategy_options(config, seed, model.body)
+
+        def planned(strategy, rows, options=options):
+            return strategy_candidates(model_walk, strategy, options, rows,
+                                       search_settings(config, seed))
+
+        parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
+                 for method, done, total in progress(search_settings(config, seed), rows,
+                                                     planned)]
+        finals = [r for r in read_finals(seed_dir / "finals.csv") if r.status == "ok"]
+        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + list(dict.fromkeys(
+            m for strategy in config.strategies for m, _ in planned(strategy, rows)))
+        left = [label(m) for m in methods if m not in {r.method for r in finals}]
+        lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
+                     f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
+    published = (folder / "model.safetensors").exists()
+    lines.append("model.safetensors: " + ("saved" if published else "not yet saved"))
+    return lines
 
 
 def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | None:
