@@ -595,6 +595,11 @@ def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_sourc
                          if k in ("blocktune", "torch", "timm")}}
 
 
+def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSettings,
+             strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
+    return strategy_candidates(model_walk, strategy, options, rows, settings)
+
+
 def run_status(folder: str | Path) -> list[str]:
     """What a run folder has done and what is left, per seed, from its files (the model is
     built with random weights only to list the planned candidates)."""
@@ -627,11 +632,8 @@ def run_status(folder: str | Path) -> list[str]:
                                    model_args=packaged.model_kwargs if packaged else None)
             model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
         rows = read_candidates(seed_dir / "candidates.csv")
-        options = strategy_options(config, seed, model.body)
-
-        def planned(strategy, rows, options=options):
-            return strategy_candidates(model_walk, strategy, options, rows,
-                                       search_settings(config, seed))
+        planned = functools.partial(_planned, model_walk, strategy_options(
+            config, seed, model.body), search_settings(config, seed))
 
         parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
                  for method, done, total in progress(search_settings(config, seed), rows,
