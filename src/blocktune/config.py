@@ -27,6 +27,7 @@ from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
 from blocktune.select import RULES
+from blocktune.tblog import LOGGERS
 from blocktune.train import PAPER, TrainConfig, device_for
 
 
@@ -113,6 +114,8 @@ class RunConfig:
     ray_address: str | None = opt(None, "--executor ray: address of a running cluster (auto, "
                                   "HOST:PORT or ray://HOST:PORT); default a local Ray")
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    log: list[str] = opt(factory=list, help="loggers besides the CSVs: tensorboard (one run per "
+                         "candidate and per final, under RUN/tensorboard)", choices=LOGGERS)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))

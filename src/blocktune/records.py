@@ -29,6 +29,18 @@ def _predictions(text: str | None) -> list[int] | None:
     return [int(p) for p in text.split()] if text else None
 
 
+# per-epoch learning curves, one space-separated cell each (older files lack some: empty)
+CURVES = ("val_curve", "loss_curve", "val_loss_curve")
+
+
+def _curves_text(row) -> dict[str, str]:
+    return {name: " ".join(f"{v:.6f}" for v in getattr(row, name)) for name in CURVES}
+
+
+def _curves(row: dict[str, str], names) -> dict[str, list[float]]:
+    return {name: [float(v) for v in (row.get(name) or "").split()] for name in names}
+
+
 @dataclass
 class CandidateRow:
     """One training of the search: a candidate (or a baseline) after a rung or at the end."""
@@ -51,6 +63,8 @@ class CandidateRow:
     val_curve: list[float] = field(default_factory=list)
     same_as: str = ""  # "block #3": the row was copied from that trained twin
     val_pred: list[int] | None = None  # per val image at the kept epoch, splits.json order
+    loss_curve: list[float] = field(default_factory=list)  # train loss per epoch
+    val_loss_curve: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -64,8 +78,7 @@ class CandidateRow:
             "last": "" if self.last is None else str(self.last),
             "val_acc": f"{self.val_acc:.6f}", "val_loss": f"{self.val_loss:.6f}",
             "seconds": f"{self.seconds:.2f}",
-            "val_curve": " ".join(f"{acc:.6f}" for acc in self.val_curve),
-            "val_pred": predictions_text(self.val_pred or [])}
+            **_curves_text(self), "val_pred": predictions_text(self.val_pred or [])}
 
     def recorded(self) -> CandidateRow:
         """The row exactly as ``candidates.csv`` holds it (accuracies to 6 decimals), so a
@@ -82,8 +95,8 @@ class CandidateRow:
             val_loss=_float(row["val_loss"]), epochs=int(row["epochs"]),
             best_epoch=int(row["best_epoch"]), seconds=_float(row["seconds"]),
             status=row["status"], error=row.get("error") or "",
-            val_curve=[float(v) for v in (row.get("val_curve") or "").split()],
-            same_as=row.get("same_as") or "", val_pred=_predictions(row.get("val_pred")))
+            same_as=row.get("same_as") or "", val_pred=_predictions(row.get("val_pred")),
+            **_curves(row, CURVES))
 
 
 @dataclass
@@ -104,6 +117,9 @@ class FinalRow:
     select: str = ""  # the selection rule that chose the group (none for the baselines)
     val_pred: list[int] | None = None
     test_pred: list[int] | None = None
+    val_curve: list[float] = field(default_factory=list)
+    loss_curve: list[float] = field(default_factory=list)
+    val_loss_curve: list[float] = field(default_factory=list)
 
     def to_csv(self) -> dict[str, str]:
         return {
@@ -113,7 +129,7 @@ class FinalRow:
             "val_acc": f"{self.val_acc:.6f}", "test_acc": f"{self.test_acc:.6f}",
             "seconds": f"{self.seconds:.2f}",
             "val_pred": predictions_text(self.val_pred or []),
-            "test_pred": predictions_text(self.test_pred or [])}
+            "test_pred": predictions_text(self.test_pred or []), **_curves_text(self)}
 
     def recorded(self) -> FinalRow:
         """The row exactly as ``finals.csv`` holds it (see :meth:`CandidateRow.recorded`)."""
@@ -129,7 +145,7 @@ class FinalRow:
             seconds=_float(row["seconds"]), status=row["status"],
             same_as=row.get("same_as") or "", select=row.get("select") or "",
             val_pred=_predictions(row.get("val_pred")),
-            test_pred=_predictions(row.get("test_pred")))
+            test_pred=_predictions(row.get("test_pred")), **_curves(row, CURVES))
 
 
 CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(CandidateRow)]

@@ -78,6 +78,7 @@ from blocktune.records import (
     write_finals,
 )
 from blocktune.select import SearchView, get_rule, pick
+from blocktune.tblog import TensorBoardLog
 from blocktune.train import TrainResult
 from blocktune.workbench import Workbench
 
@@ -144,6 +145,7 @@ def clear_results(folder: Path) -> None:
                   folder / "model.safetensors", folder / "model.json",
                   folder / "report.md", folder / "report.html"]:
         stale.unlink(missing_ok=True)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
 
 
 def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
@@ -200,6 +202,8 @@ class SeedRun:
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
         self.executor = executor or make_executor(config, self.bench, folder)
+        self.log = TensorBoardLog(folder.parent / "tensorboard", seed) \
+            if "tensorboard" in config.log else None
 
     def feed(self, cover: tuple[str, ...]):
         return self.bench.feed(cover)
@@ -245,6 +249,8 @@ class SeedRun:
         """
         path = self.folder / "candidates.csv"
         rows = read_candidates(path)
+        if self.log is not None:
+            self.log.sync(rows)
         if rows:  # a resumed run says what it skips
             self.events.on_phase(f"resuming seed {self.seed}: " + ", ".join(
                 f"{done} of {total} {label(method) if method != 'baselines' else method} "
@@ -262,6 +268,8 @@ class SeedRun:
             nonlocal best
             rows.append(row)
             write_candidates(path, rows)
+            if self.log is not None:
+                self.log.record(row)
             if row.status == "ok" and row.strategy not in BASELINES:
                 best = max(best, row.val_acc)
             self.events.on_candidate_end(row, best)
@@ -331,6 +339,7 @@ class SeedRun:
             val_acc=result.best_val_acc, val_loss=result.best_val_loss, epochs=result.epochs,
             best_epoch=result.best_epoch, seconds=result.seconds, status=status,
             error=result.error, val_curve=list(result.val_curve),
+            loss_curve=list(result.loss_curve), val_loss_curve=list(result.val_loss_curve),
             val_pred=list(result.val_pred)).recorded()
 
     def group_text(self, group: tuple[int, ...] | None) -> str:
@@ -423,6 +432,8 @@ class SeedRun:
         finished = [r for r in read_finals(path)
                     if r.method not in chosen or final_group(r) == chosen[r.method]]
         plan = finals_plan(methods, finished)
+        if self.log is not None:
+            self.log.sync(finished)
 
         def weights(method: str) -> Path:
             return self.folder / f"{method}.safetensors"
@@ -430,6 +441,8 @@ class SeedRun:
         def record(row: FinalRow) -> None:
             finished.append(row)
             write_finals(path, finished)
+            if self.log is not None:
+                self.log.record(row)
 
         def train(trials: list[FinalTrial]) -> None:
             for trial, outcome in self.executor.finals(
@@ -447,8 +460,9 @@ class SeedRun:
                     search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
                     test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
                     status=result.status, select=self._rule_of(trial.method),
-                    val_pred=list(result.val_pred),
-                    test_pred=list(outcome.test_pred)).recorded())
+                    val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
+                    val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
+                    val_loss_curve=list(result.val_loss_curve)).recorded())
 
         train([t for t in plan if t.copy_of is None])
         for trial in (t for t in plan if t.copy_of is not None):

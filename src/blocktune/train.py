@@ -62,7 +62,8 @@ class TrainResult:
     trainable_params: int = 0
     seconds: float = 0.0
     val_curve: list[float] = field(default_factory=list)
-    loss_curve: list[float] = field(default_factory=list)
+    loss_curve: list[float] = field(default_factory=list)  # train loss per epoch
+    val_loss_curve: list[float] = field(default_factory=list)
     val_pred: list[int] = field(default_factory=list)  # per val image, at the kept epoch
     status: str = "ok"  # ok | failed
     error: str = ""
@@ -267,6 +268,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         result.epochs = epoch
         result.loss_curve.append(loss_sum / max(1, seen))
         result.val_curve.append(val_acc)
+        result.val_loss_curve.append(val_loss)
         if val_acc > result.best_val_acc or (val_acc == result.best_val_acc
                                              and val_loss < result.best_val_loss) or epoch == 1:
             result.best_val_acc, result.best_val_loss, result.best_epoch = val_acc, val_loss, epoch
