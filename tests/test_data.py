@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -123,13 +128,75 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
 
 
-def test_decoded_store_is_reused(image_folder):
-    folder = scan_folder(image_folder)
-    first = decode_folder(folder, 16)
-    for path in image_folder.rglob("*.jpg"):  # pixels now come from the store only
-        path.write_bytes(b"")
-    second = decode_folder(folder, 16)
-    assert (first.pixels == second.pixels).all()
+def _counting(monkeypatch):
+    """Count the images actually decoded (the store's reuse is what is tested)."""
+    import blocktune.data as data_module
+
+    calls = []
+    real = data_module.decode_resized
+
+    def counted(path, *args, **kwargs):
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "decode_resized", counted)
+    return calls
+
+
+def test_decoded_store_is_reused_when_nothing_changed(image_folder, monkeypatch):
+    first = decode_folder(scan_folder(image_folder), 16)
+    calls = _counting(monkeypatch)
+    second = decode_folder(scan_folder(image_folder), 16)
+    assert calls == [] and (first.pixels == second.pixels).all()
+    assert first.digests == second.digests and len(set(first.digests)) == 60
+
+
+def test_decoded_store_sees_every_change_and_decodes_only_it(image_folder, monkeypatch):
+    decode_folder(scan_folder(image_folder), 16)
+    red = sorted((image_folder / "red").iterdir())
+    Image.new("RGB", (40, 40), (0, 0, 255)).save(red[0])       # replaced in place
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(image_folder / "red" / "new.jpg")  # added
+    red[1].unlink()                                             # removed
+    red[2].rename(image_folder / "red" / "renamed.jpg")         # renamed
+    calls = _counting(monkeypatch)
+    cached = decode_folder(scan_folder(image_folder), 16)
+    assert len(calls) == 3  # the replaced, the added and the renamed file; nothing else
+    fresh = decode_folder(scan_folder(image_folder), 16, use_cache=False)
+    assert cached.files == fresh.files and (cached.pixels == fresh.pixels).all()
+    assert cached.digests == fresh.digests
+    assert cached.pixels[cached.files.index(f"red/{red[0].name}")][2].float().mean() > 200
+
+
+def test_two_processes_decoding_one_folder_both_succeed(image_folder, tmp_path):
+    script = ("import sys; from blocktune.data import decode_folder, scan_folder; "
+              "d = decode_folder(scan_folder(sys.argv[1]), 24); print(int(d.pixels.sum()))")
+    env = {**os.environ, "BLOCKTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(image_folder)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0]
+
+
+def test_a_kill_mid_decode_leaves_nothing_trusted(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=300, size=160)
+    env = {**os.environ, "BLOCKTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    script = ("import sys; from blocktune.data import decode_folder, scan_folder; "
+              "decode_folder(scan_folder(sys.argv[1]), 64, workers=1)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], env=env)
+    store = tmp_path / "cache" / "decoded"
+    deadline = time.time() + 60
+    while not list(store.glob("*/store.lock")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(store.glob("*/meta.json")), "killed before the end, yet a store was kept"
+    after = subprocess.run([sys.executable, "-c", script + "; print('ok')", str(folder)],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0 and "ok" in after.stdout
+    assert len(list(store.glob("*/pixels-*.npy"))) == 1 and not list(store.glob("*/.pixels.*"))
 
 
 def test_tf_flowers_resolves_to_the_local_copy(monkeypatch, tmp_path):

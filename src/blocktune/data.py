@@ -1,22 +1,26 @@
 """Image folders, named datasets (tf_flowers, caltech101, flowers102), stratified splits and the decoded-image cache.
 
 An image folder has one sub-folder per class (the tf_flowers layout). Every image is decoded
-and resized once per (file list, size, interpolation) into a uint8 array ``N×3×S×S`` kept on
+and resized once per (folder, size, interpolation) into a uint8 array ``N×3×S×S`` kept on
 disk under the cache folder, so every candidate of every run reads the same pixels without
-decoding again. Images that cannot be decoded are skipped, counted and reported.
+decoding again; a changed file (by size and modification time) is decoded again. Images that
+cannot be decoded are skipped, counted and reported.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import tarfile
+import tempfile
 import urllib.request
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +253,7 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
              "lanczos": Image.LANCZOS, "box": Image.BOX}
 
 
-def decode_resized(path: Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
+def decode_resized(path: Path | io.BytesIO, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Resize the shorter side to ``size`` and centre-crop: a ``3×size×size`` uint8 array."""
     img = load_rgb(path)
     width, height = img.size
@@ -270,47 +274,133 @@ class DecodedImages:
     labels: torch.Tensor
     classes: list[str]
     corrupt: list[str]
+    digests: list[str] = field(default_factory=list)  # sha256 of each file's bytes (duplicates)
+
+
+def _stat(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
 
 
 def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear",
                   strict: bool = False, use_cache: bool = True,
                   workers: int | None = None) -> DecodedImages:
-    """Decode every image of ``folder`` once into a uint8 store; reuse the store next time."""
-    key = hashlib.sha256(json.dumps([str(folder.root.resolve()), folder.files, size,
-                                     interpolation]).encode()).hexdigest()[:16]
-    store = cache_dir() / "decoded" / f"{folder.root.name}-{size}-{key}"
-    if use_cache and (store / "meta.json").exists():
-        meta = json.loads((store / "meta.json").read_text())
-        # Copy-on-write memory map: pages come from disk as rows are read, so a store larger
-        # than memory works, and the OS page cache keeps a small one in memory.
-        pixels = np.load(store / "pixels.npy", mmap_mode="c")
-        return _decoded(folder, torch.from_numpy(pixels), meta["ok"], meta["corrupt"], strict)
+    """Decode every image of ``folder`` once into a uint8 store; reuse the store next time.
 
-    pixels = np.empty((len(folder.files), 3, size, size), dtype=np.uint8)
-    ok = [True] * len(folder.files)
+    The store (one per folder, size and interpolation) records each file's size and
+    modification time: a file added, removed, replaced or renamed is noticed, and only those
+    are decoded again. Processes share the store through a lock (two decoding the same folder
+    both succeed, the second reusing the first's work); its files are replaced whole, so a
+    process killed mid-decode leaves nothing a later run trusts.
+    """
+    from filelock import FileLock
+
+    if not use_cache:
+        pixels, ok, digests = _decode(folder, list(range(len(folder.files))), size,
+                                      interpolation, workers, None, {})
+        return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict)
+    key = hashlib.sha256(json.dumps([str(folder.root.resolve()), size, interpolation]).encode()
+                         ).hexdigest()[:16]
+    store = cache_dir() / "decoded" / f"{folder.root.name}-{size}-{key}"
+    store.mkdir(parents=True, exist_ok=True)
+    with FileLock(store / "store.lock"):
+        stats = [_stat(folder.root / f) for f in folder.files]
+        old = _read_store(store)
+        # a row is reused when its file has the same name, size and modification time
+        known = {(e["file"], *e["stat"]): i for i, e in enumerate(old["entries"])} if old else {}
+        reuse = {i: known[(f, *st)] for i, (f, st) in enumerate(zip(folder.files, stats,
+                                                                      strict=True))
+                 if (f, *st) in known}
+        if old is not None and len(reuse) == len(folder.files) \
+                and len(old["entries"]) == len(folder.files) \
+                and all(reuse[i] == i for i in range(len(folder.files))):
+            pixels = np.load(store / old["pixels"], mmap_mode="c")
+            return _decoded(folder, torch.from_numpy(pixels), [e["ok"] for e in old["entries"]],
+                            [e["sha256"] for e in old["entries"]], strict)
+        todo = [i for i in range(len(folder.files)) if i not in reuse]
+        if old is not None:
+            log.info("decoded-image store: %d of %d files changed, decoding them",
+                     len(todo), len(folder.files))
+        previous = np.load(store / old["pixels"], mmap_mode="r") if old else None
+        pixels, ok, digests = _decode(folder, todo, size, interpolation, workers, previous,
+                                      {i: old["entries"][j] for i, j in reuse.items()}
+                                      if old else {})
+        entries = [{"file": f, "stat": st, "ok": good, "sha256": digest}
+                   for f, st, good, digest in zip(folder.files, stats, ok, digests, strict=True)]
+        _write_store(store, pixels, entries)
+        del previous
+    return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict)
+
+
+def _decode(folder: ImageFolder, todo: list[int], size: int, interpolation: str,
+            workers: int | None, previous: np.ndarray | None, reused: dict[int, dict]
+            ) -> tuple[np.ndarray, list[bool], list[str]]:
+    """All rows of the folder: ``reused`` ones copied from ``previous`` (stored rows of good
+    files only, in order), ``todo`` decoded; returns (pixels of the good files, ok, sha256)."""
+    n = len(folder.files)
+    full = np.zeros((n, 3, size, size), dtype=np.uint8)
+    ok, digests = [True] * n, [""] * n
+    for i, entry in reused.items():
+        ok[i], digests[i] = entry["ok"], entry["sha256"]
+        if entry["ok"]:
+            full[i] = previous[entry["row"]]
 
     def work(i: int) -> None:
+        path = folder.root / folder.files[i]
         try:
-            pixels[i] = decode_resized(folder.root / folder.files[i], size, interpolation)
+            data = path.read_bytes()
+            digests[i] = hashlib.sha256(data).hexdigest()
+            full[i] = decode_resized(io.BytesIO(data), size, interpolation)
         except Exception:  # noqa: BLE001 - PIL raises many types for broken files
             ok[i] = False
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(work, range(len(folder.files))))
-    corrupt = [f for f, good in zip(folder.files, ok, strict=True) if not good]
+        list(pool.map(work, todo))
     kept = np.asarray([i for i, good in enumerate(ok) if good], dtype=np.int64)
-    pixels = pixels[kept]
-    if use_cache:
-        store.mkdir(parents=True, exist_ok=True)
-        tmp = store / "pixels.tmp.npy"
-        np.save(tmp, pixels)
-        os.replace(tmp, store / "pixels.npy")
-        atomic_write_json(store / "meta.json", {"ok": ok, "corrupt": corrupt})
-    return _decoded(folder, torch.from_numpy(pixels), ok, corrupt, strict)
+    return full[kept], ok, digests
 
 
-def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], corrupt: list[str],
+def _read_store(store: Path) -> dict | None:
+    meta = store / "meta.json"
+    if not meta.exists():
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+        if saved.get("version") != 2 or not (store / saved["pixels"]).exists():
+            return None
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: decoded again
+    row = 0
+    for entry in saved["entries"]:  # each good file's row in the pixels file
+        entry["row"] = row
+        row += bool(entry["ok"])
+    return saved
+
+
+def _write_store(store: Path, pixels: np.ndarray, entries: list[dict]) -> None:
+    """The pixels under a new name, then meta.json pointing at it (both replaced whole)."""
+    name = f"pixels-{uuid.uuid4().hex[:12]}.npy"
+    fd, tmp = tempfile.mkstemp(prefix=".pixels.", suffix=".tmp", dir=store)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, pixels)
+        os.replace(tmp, store / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_json(store / "meta.json", {
+        "version": 2, "pixels": name,
+        "entries": [{k: e[k] for k in ("file", "stat", "ok", "sha256")} for e in entries]})
+    for stale in store.glob("pixels*.npy"):  # earlier versions; open memory maps keep theirs
+        if stale.name != name:
+            stale.unlink(missing_ok=True)
+    for stale in store.glob(".pixels.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+
+
+def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests: list[str],
              strict: bool) -> DecodedImages:
+    corrupt = [f for f, good in zip(folder.files, ok, strict=True) if not good]
     unreadable = folder.skipped + corrupt
     if unreadable:
         shown = ", ".join(unreadable[:3])
@@ -324,7 +414,8 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], corrupt:
     if len(set(labels.tolist())) < 2:
         raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
                              "fine-tuning a classifier needs at least two classes")
-    return DecodedImages(pixels, files, labels, folder.classes, unreadable)
+    kept = [d for d, good in zip(digests, ok, strict=True) if good]
+    return DecodedImages(pixels, files, labels, folder.classes, unreadable, kept)
 
 
 def stratified_split(labels, fractions: dict[str, float] | None = None, seed: int = 0,

@@ -169,7 +169,8 @@ def subsample(images: DecodedImages, per_class: int, seed: int) -> DecodedImages
     keep.sort()
     index = torch.tensor(keep)
     return DecodedImages(images.pixels[index], [images.files[i] for i in keep],
-                         images.labels[index], images.classes, images.corrupt)
+                         images.labels[index], images.classes, images.corrupt,
+                         [images.digests[i] for i in keep] if images.digests else [])
 
 
 def strategy_options(config: RunConfig, seed: int, body: torch.nn.Module) -> StrategyOptions:
