@@ -211,43 +211,79 @@ def test_tf_flowers_offline_without_a_copy(monkeypatch, tmp_path):
         resolve_data("tf_flowers", download=False)
 
 
-def test_download_resumes_and_verifies(tmp_path, monkeypatch):
-    """The real download code against a local HTTP server that honours Range requests."""
-    import hashlib
+@pytest.fixture
+def range_server(tmp_path):
+    """A local HTTP server that honours Range requests (416 past the end) and records them."""
     import threading
-    from functools import partial
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    from blocktune.data import download
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     payload = bytes(range(256)) * 4000
-    (tmp_path / "srv").mkdir()
-    (tmp_path / "srv" / "a.bin").write_bytes(payload)
+    ranges = []
 
-    class RangeHandler(SimpleHTTPRequestHandler):
+    class RangeHandler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
-            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            header = self.headers.get("Range")
+            ranges.append(header)
+            start = int(header[6:].rstrip("-")) if header else 0
+            if start >= len(payload):
+                self.send_response(416)
+                self.end_headers()
+                return
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(payload) - start))
             self.end_headers()
             self.wfile.write(payload[start:])
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler,
-                                                          directory=str(tmp_path / "srv")))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/a.bin"
+    yield f"http://127.0.0.1:{server.server_port}/a.bin", payload, ranges
+    server.shutdown()
+
+
+def test_download_resumes_with_a_range_request_and_verifies(tmp_path, range_server):
+    import hashlib
+
+    from blocktune.data import download
+
+    url, payload, ranges = range_server
     dest = tmp_path / "out" / "a.bin"
     dest.parent.mkdir()
     (dest.parent / "a.bin.part").write_bytes(payload[:1000])  # an interrupted earlier download
     digest = hashlib.sha256(payload).hexdigest()
     download(url, dest, expected_bytes=len(payload), sha256=digest)
-    assert dest.read_bytes() == payload
+    assert dest.read_bytes() == payload and ranges == ["bytes=1000-"]
+    assert not (dest.parent / "a.bin.part").exists()
     with pytest.raises(BlocktuneError, match="does not match"):
         download(url, tmp_path / "out" / "b.bin", sha256="0" * 64)
-    server.shutdown()
+    assert not (tmp_path / "out" / "b.bin").exists()
+
+
+def test_a_complete_part_left_by_a_kill_is_finished_not_refetched(tmp_path, range_server):
+    import hashlib
+
+    from blocktune.data import download
+
+    url, payload, ranges = range_server
+    dest = tmp_path / "a.bin"
+    (tmp_path / "a.bin.part").write_bytes(payload)  # killed after the last byte, before rename
+    digest = hashlib.sha256(payload).hexdigest()
+    download(url, dest, expected_bytes=len(payload), sha256=digest)
+    assert dest.read_bytes() == payload and ranges == []  # the size says it is complete
+    # without a known size the server is asked, answers 416, and the part is verified
+    (tmp_path / "c.bin.part").write_bytes(payload)
+    download(url, tmp_path / "c.bin", sha256=digest)
+    assert (tmp_path / "c.bin").read_bytes() == payload and ranges == [f"bytes={len(payload)}-"]
+
+
+def test_tf_flowers_download_is_pinned_and_https():
+    from blocktune.data import TF_FLOWERS_BYTES, TF_FLOWERS_SHA256, TF_FLOWERS_URL
+
+    assert TF_FLOWERS_URL.startswith("https://")
+    assert TF_FLOWERS_BYTES == 228_813_984
+    assert TF_FLOWERS_SHA256 == "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 
 
 def _caltech_stand_in(root: Path) -> None:

@@ -498,3 +498,19 @@ def test_force_new_never_leaves_the_old_model_to_predict(image_folder, tmp_path)
     run(tiny_config(image_folder, max_candidates=2, time_budget=0.0), out, force_new=True)
     assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
     assert not list((out / "seed_0").glob("*.safetensors"))
+
+
+def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_folder, tmp_path):
+    import shutil
+
+    from blocktune.search import Events
+
+    for i in range(6):  # six copies of one photo: some land in other splits than the original
+        shutil.copy(image_folder / "red" / "000.jpg", image_folder / "red" / f"copy{i}.jpg")
+    notices = []
+    run(tiny_config(image_folder, max_candidates=1, baselines=False), tmp_path / "a",
+        Events(on_notice=notices.append))
+    assert any("exact-duplicate image(s) lie in two splits of seed 0" in n for n in notices)
+    with pytest.raises(BlocktuneError, match="exact-duplicate .* drop --strict$"):
+        run(tiny_config(image_folder, max_candidates=1, baselines=False, strict=True),
+            tmp_path / "b")

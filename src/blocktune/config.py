@@ -106,7 +106,8 @@ class RunConfig:
     keep_freed_memory: bool = opt(True, "CPU: let malloc reuse freed activations instead of "
                                   "unmapping them (faster steps, same results)")
     augment: bool = opt(False, "random flips (turns the activation cache off)", resume=True)
-    strict: bool = opt(False, "refuse unreadable images instead of skipping them")
+    strict: bool = opt(False, "refuse unreadable images (instead of skipping them) and exact "
+                       "duplicates across the splits (instead of warning)")
     executor: str = opt("local", "local (one process) or ray (Ray Tune trials on a local or "
                         "running cluster)", choices=("local", "ray"))
     trial_resources: str = opt("cpu=1", "--executor ray: resources of one trial, e.g. "

@@ -14,9 +14,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
-import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,9 +36,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 SPLITS = ("search", "val", "train", "test")
 DEFAULT_FRACTIONS = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}
 
-TF_FLOWERS_URL = "http://download.tensorflow.org/example_images/flower_photos.tgz"
-TF_FLOWERS_BYTES = 228_813_984  # as TFDS records it; the archive's sha256 is checked when known
-TF_FLOWERS_SHA256 = os.environ.get("BLOCKTUNE_TF_FLOWERS_SHA256")
+TF_FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+# the archive as TensorFlow Datasets pins it
+TF_FLOWERS_BYTES = 228_813_984
+TF_FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a corrupt file, not a grey one
 
@@ -149,15 +150,53 @@ def resolve_data(spec: str | Path, download: bool = True) -> Path:
 
 def download(url: str, dest: Path, expected_bytes: int | None = None,
              sha256: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` with a progress bar, resuming a partial ``.part`` file."""
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    """Download ``url`` to ``dest`` with a progress bar, resuming a partial ``.part`` file.
+
+    A ``.part`` already complete (a process killed after the last byte, before the rename) is
+    verified and kept without asking the server again; a server answering 416 (nothing left
+    in range) means the same. The sha256, when given, is checked before ``dest`` exists, so
+    a file at ``dest`` is always whole. One process downloads a file at a time (a lock).
+    """
+    from filelock import FileLock
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
-    start = part.stat().st_size if part.exists() else 0
+    with FileLock(str(dest) + ".lock"):
+        if dest.exists():  # another process finished it while this one waited
+            return dest
+        start = part.stat().st_size if part.exists() else 0
+        if expected_bytes is not None and start > expected_bytes:
+            part.unlink()  # longer than the file can be: not a prefix of it
+            start = 0
+        if expected_bytes is None or start < expected_bytes:
+            _fetch(url, dest, part, start, expected_bytes)
+        size = part.stat().st_size
+        if expected_bytes is not None and size != expected_bytes:
+            raise BlocktuneError(f"{dest.name}: got {size} bytes, expected {expected_bytes}: "
+                                 f"run again to resume, or delete {part} to start over")
+        digest = file_sha256(part)
+        if sha256 is not None and digest != sha256:
+            part.unlink()
+            raise BlocktuneError(f"{dest.name}: sha256 {digest} does not match {sha256}: the "
+                                 "download was corrupted, run again")
+        part.rename(dest)
+        dest.with_suffix(dest.suffix + ".sha256").write_text(digest + "\n")
+    return dest
+
+
+def _fetch(url: str, dest: Path, part: Path, start: int, expected_bytes: int | None) -> None:
+    import urllib.error
+
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
         response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and start:
+            return  # nothing left to send: the part is the whole file (verified next)
+        raise BlocktuneError(f"cannot download {url} (HTTP {error.code}): check the URL, or "
+                             "download it yourself and pass the extracted folder") from error
     except OSError as error:
         raise BlocktuneError(f"cannot download {url} ({error}): check the connection or "
                              "download it yourself and pass the extracted folder") from error
@@ -170,18 +209,6 @@ def download(url: str, dest: Path, expected_bytes: int | None = None,
         while chunk := response.read(1 << 20):
             out.write(chunk)
             bar.advance(task, len(chunk))
-    size = part.stat().st_size
-    if expected_bytes is not None and size != expected_bytes:
-        raise BlocktuneError(f"{dest.name}: got {size} bytes, expected {expected_bytes}: "
-                             f"run again to resume, or delete {part} to start over")
-    digest = file_sha256(part)
-    if sha256 is not None and digest != sha256:
-        part.unlink()
-        raise BlocktuneError(f"{dest.name}: sha256 {digest} does not match {sha256}: the "
-                             "download was corrupted, run again")
-    part.rename(dest)
-    dest.with_suffix(dest.suffix + ".sha256").write_text(digest + "\n")
-    return dest
 
 
 def file_sha256(path: Path) -> str:
@@ -197,6 +224,7 @@ def download_tf_flowers(root: Path) -> Path:
     if not archive.exists():
         download(TF_FLOWERS_URL, archive, TF_FLOWERS_BYTES, TF_FLOWERS_SHA256)
     staging = root / "flower_photos.extracting"
+    shutil.rmtree(staging, ignore_errors=True)  # a kill mid-extraction leaves a partial one
     with tarfile.open(archive) as tar:
         tar.extractall(staging, filter="data")
     (staging / "flower_photos").rename(root / "flower_photos")
@@ -481,6 +509,23 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
         "labels": {n: [int(decoded.labels[i]) for i in v] for n, v in split.items()},
     })
     return split
+
+
+def duplicates_across_splits(images: DecodedImages, split: dict[str, list[int]]
+                             ) -> list[tuple[str, str, str, str]]:
+    """Exact duplicates (same bytes) in different splits: (file, its split, twin, its split).
+    A photo in both train and test inflates the test accuracy."""
+    first: dict[str, tuple[str, str]] = {}
+    found = []
+    for name, indices in split.items():
+        for i in indices:
+            digest = images.digests[i] if images.digests else ""
+            if not digest:
+                continue
+            if digest in first and first[digest][1] != name:
+                found.append((*first[digest], images.files[i], name))
+            first.setdefault(digest, (images.files[i], name))
+    return found
 
 
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:

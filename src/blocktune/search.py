@@ -35,6 +35,7 @@ from blocktune.config import RunConfig, differing_keys
 from blocktune.data import (
     DecodedImages,
     decode_folder,
+    duplicates_across_splits,
     load_or_make_split,
     open_data,
 )
@@ -198,6 +199,7 @@ class SeedRun:
         self.events = events or Events()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
+        self._check_duplicates()
         self.bench = Workbench(config, seed, images, self.split, data_cfg,
                                spill_dir=folder / "cache")
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
@@ -205,6 +207,19 @@ class SeedRun:
         self.executor = executor or make_executor(config, self.bench, folder)
         self.log = TensorBoardLog(folder.parent / "tensorboard", seed) \
             if "tensorboard" in config.log else None
+
+    def _check_duplicates(self) -> None:
+        found = duplicates_across_splits(self.images, self.split)
+        if not found:
+            return
+        a, split_a, b, split_b = found[0]
+        message = (f"{len(found)} exact-duplicate image(s) lie in two splits of seed "
+                   f"{self.seed} (e.g. {a} in {split_a} = {b} in {split_b}): a duplicate in "
+                   "train and test inflates the test accuracy")
+        if self.config.strict:
+            raise BlocktuneError(f"{message}: remove the copies, or drop --strict")
+        log.warning("%s", message)
+        self.events.on_notice(message + "; --strict refuses them")
 
     def feed(self, cover: tuple[str, ...]):
         return self.bench.feed(cover)
