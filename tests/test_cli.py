@@ -100,17 +100,22 @@ def test_groups_command_prints_the_table_and_plot(tmp_path, capsys):
 
 
 def test_finetune_then_predict(tmp_path, capsys):
-    folder = make_image_folder(tmp_path / "images", per_class=12)
+    folder = make_image_folder(tmp_path / "images", per_class=20)
     out = tmp_path / "ft"
-    assert main(["finetune", *TINY, "--data", str(folder), "--train", "head", "--out",
-                 str(out)]) == 0
+    assert main(["finetune", *TINY, "--final-epochs", "8", "--lr", "0.01", "--body-lr-scale", "1",
+                 "--data", str(folder), "--train",
+                 "all", "--out", str(out)]) == 0
     for name in ("config.yaml", "splits.json", "metrics.csv", "result.json", "model.safetensors"):
         assert (out / name).exists(), name
     capsys.readouterr()
-    image = folder / "red" / "000.jpg"
-    assert main(["predict", "--run", str(out), str(image)]) == 0
-    path, name, probability = capsys.readouterr().out.strip().split("\t")
-    assert path == str(image) and name in ("red", "green", "blue") and 0 < float(probability) <= 1
+    # unseen photos of each colour come back as their colour
+    unseen = make_image_folder(tmp_path / "unseen", per_class=2, seed=99)
+    images = [unseen / c / "001.jpg" for c in ("red", "green", "blue")]
+    assert main(["predict", "--run", str(out), *map(str, images)]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [path for path, _, _ in lines] == list(map(str, images))
+    assert [name for _, name, _ in lines] == ["red", "green", "blue"]
+    assert all(1 / 3 < float(probability) <= 1 for _, _, probability in lines)
 
 
 def test_finetune_by_regex_trains_only_those_layers(tmp_path):

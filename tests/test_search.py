@@ -200,8 +200,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
     states_at_kill = []
     for number, (rows, delay) in enumerate(points):
         out = tmp_path / f"killed{number}"
-        kill_after_rows(cli_run(flower_like, out, *extra), out / "seed_0" / "candidates.csv",
-                        rows, delay, env)
+        finished = kill_after_rows(cli_run(flower_like, out, *extra),
+                                   out / "seed_0" / "candidates.csv", rows, delay, env)
+        assert not finished, f"the run ended before the kill at row {rows}: nothing was tested"
         states_at_kill.append(len(list((out / "seed_0" / "rungs").glob("*.pt"))))
         if (out / "config.yaml").exists():
             build_report(out)  # a killed folder is readable as it stands
@@ -216,22 +217,24 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
 
 
 def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path, monkeypatch):
-    import blocktune.workbench as search
-    from blocktune.train import TrainResult
+    import torch
 
-    real = search.train_group
+    import blocktune.train as train
+
+    real = train.fit
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second candidate runs out of memory
-            return TrainResult(status="failed", error="out of memory: test"), None, 0
+        if calls["n"] == 2:  # the second candidate runs out of memory inside training
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "train_group", flaky)
+    monkeypatch.setattr(train, "fit", flaky)  # train_group's own handler must catch it
     run(tiny_config(image_folder, max_candidates=3, baselines=False), tmp_path / "r")
     rows = read_csv(tmp_path / "r" / "seed_0" / "candidates.csv")
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[1]["error"].startswith("out of memory: CUDA out of memory")
     assert choose(read_candidates(tmp_path / "r" / "seed_0" / "candidates.csv"),
                   "block").status == "ok"
 

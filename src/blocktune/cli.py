@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import sys
 
@@ -308,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BlocktuneError as error:
         print(f"blocktune: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the disk, not blocktune: full, read-only, permissions
+        if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"blocktune: error: {error.strerror}{where}: free space or fix permissions, then "
+              "run the same command to resume (finished work is saved)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("blocktune: interrupted; finished work is saved, run the same command to resume",

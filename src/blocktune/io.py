@@ -117,7 +117,14 @@ class RunLock:
     def __enter__(self) -> RunLock:
         from filelock import FileLock, Timeout
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise BlocktuneError(f"--out {folder} is a file, not a folder: give a folder for "
+                                 "the run (created if missing)")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BlocktuneError(f"run folder {folder} is not writable: fix its permissions, "
+                                 "or use another --out folder")
         self._lock = FileLock(self.path, timeout=0)
         try:
             self._lock.acquire()

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import logging
 import math
 import platform
@@ -80,7 +81,7 @@ from blocktune.records import (
 )
 from blocktune.select import SearchView, get_rule, pick
 from blocktune.tblog import TensorBoardLog
-from blocktune.train import TrainResult
+from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,11 @@ class Events:
     on_notice: Callable[[str], None] = lambda text: None
 
 
-def environment() -> dict:
+def environment(config: RunConfig | None = None) -> dict:
     import timm
 
-    return {"blocktune": __version__, "torch": torch.__version__, "timm": timm.__version__,
+    device = {"device": device_for(config.device).type} if config is not None else {}
+    return {**device, "blocktune": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else False,
             "threads": torch.get_num_threads()}
@@ -125,6 +127,14 @@ def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> No
 
         saved = yaml.safe_load(saved_path.read_text()) or {}
         keys = differing_keys(saved, config)
+        env_path = folder / "environment.json"
+        ran_on = json.loads(env_path.read_text()).get("device") if env_path.exists() else None
+        now_on = device_for(config.device).type
+        if ran_on is not None and ran_on != now_on:
+            raise BlocktuneError(
+                f"run folder {folder} was started on {ran_on}; resuming on {now_on} would mix "
+                f"rows trained with other numerics in one table: pass --device {ran_on}, use "
+                "another --out folder, or --force-new")
         if keys:
             raise BlocktuneError(
                 f"run folder {folder} was started with a different {', '.join(keys)}: use "
@@ -134,7 +144,7 @@ def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> No
 def write_config(folder: Path, config: RunConfig) -> None:
     """Record what was asked (and with which versions), once the inputs proved valid."""
     atomic_write_yaml(folder / "config.yaml", config.to_dict())
-    atomic_write_json(folder / "environment.json", environment())
+    atomic_write_json(folder / "environment.json", environment(config))
 
 
 def clear_results(folder: Path) -> None:
@@ -633,7 +643,6 @@ def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSe
 def run_status(folder: str | Path) -> list[str]:
     """What a run folder has done and what is left, per seed, from its files (the model is
     built with random weights only to list the planned candidates)."""
-    import json
 
     import yaml
 
