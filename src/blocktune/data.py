@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from blocktune import faults
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_write_json
 
@@ -381,6 +382,7 @@ def _decode(folder: ImageFolder, todo: list[int], size: int, interpolation: str,
             full[i] = decode_resized(io.BytesIO(data), size, interpolation)
         except Exception:  # noqa: BLE001 - PIL raises many types for broken files
             ok[i] = False
+        faults.point("decode")
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, todo))

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 import yaml
 
+from blocktune import faults
 from blocktune.errors import BlocktuneError
 
 
@@ -51,7 +52,13 @@ def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("write")
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:  # say which file could not be written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from blocktune import faults  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
@@ -342,6 +343,7 @@ def build_report(folder: str | Path) -> Path:
                                 f"{label(method)} ({method}), seed {seed}", chosen, val_images)
                 parts += ["", f"![{method}](plots/{name})"]
     markdown = "\n".join(parts) + "\n"
+    faults.point("report")
     atomic_write_text(folder / "report.md", markdown)
     atomic_write_text(folder / "report.html", _to_html(markdown, folder))
     if (folder / "model.json").exists():

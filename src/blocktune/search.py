@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from blocktune import __version__
+from blocktune import __version__, faults
 from blocktune.config import RunConfig, differing_keys
 from blocktune.data import (
     DecodedImages,
@@ -294,6 +294,7 @@ class SeedRun:
             nonlocal best
             rows.append(row)
             write_candidates(path, rows)
+            faults.point("candidate")
             if self.log is not None:
                 self.log.record(row)
             if row.status == "ok" and row.strategy not in BASELINES:
@@ -467,6 +468,7 @@ class SeedRun:
         def record(row: FinalRow) -> None:
             finished.append(row)
             write_finals(path, finished)
+            faults.point("final")
             if self.log is not None:
                 self.log.record(row)
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from blocktune import faults
 from blocktune.cache import Feed, to_model_layout
 from blocktune.errors import BlocktuneError
 from blocktune.fold import FoldPair, folded
@@ -280,6 +281,7 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         scheduler.step(val_acc)
         if on_epoch is not None:
             on_epoch(epoch, result.loss_curve[-1], val_acc, time.perf_counter() - epoch_start)
+        faults.point("epoch")
         if since_best >= config.patience:
             stopped_early = True
             break

@@ -1,0 +1,32 @@
+"""Fault injection, for the test suite: ``BLOCKTUNE_FAULT=<point>:<n>`` kills the process with
+SIGKILL the n-th time it reaches ``<point>`` (no clean-up, no ``finally``: what a power cut or
+the OOM killer does). Without the variable, :func:`point` does nothing.
+
+Points: ``decode`` (an image decoded), ``epoch`` (an epoch of any training ended),
+``candidate`` (a search row recorded), ``final`` (a final recorded), ``write`` (an atomic
+write has its bytes in the temp file, not yet renamed), ``report`` (a report being written).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+
+POINTS = ("decode", "epoch", "candidate", "final", "write", "report")
+_hits: Counter[str] = Counter()
+_lock = threading.Lock()
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("BLOCKTUNE_FAULT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    with _lock:
+        _hits[name] += 1
+        if _hits[name] == int(count or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
