@@ -7,6 +7,7 @@ import torch
 
 from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
 from blocktune.data import decode_folder, scan_folder, stratified_split
+from blocktune.errors import BlocktuneError
 from blocktune.layers import walk
 from blocktune.models import BlockModel, LinearHead, build_model, data_config
 from blocktune.search import subsample
@@ -92,3 +93,29 @@ def test_lite0_cached_equals_naive(flowers, lite0):
     a, b = train_both(model, w, group, naive, cached, TrainConfig(epochs=2, batch_size=8))
     assert a.val_curve == b.val_curve
     assert a.loss_curve == pytest.approx(b.loss_curve, abs=LOSS_TOLERANCE)
+
+
+def test_a_cache_that_cannot_fit_is_refused_with_its_estimate(image_folder, tmp_path, capsys,
+                                                               monkeypatch):
+    import blocktune.resources as resources
+    from blocktune.cli import main
+
+    argv = ["run", "--model", "test_efficientnet", "--no-pretrained", "--data",
+            str(image_folder), "--image-size", "32", "--epochs", "1", "--final-epochs", "1",
+            "--max-candidates", "2", "--cache-max-gb", "0", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--time-budget", "0"]) == 0  # images decoded, nothing trained
+    monkeypatch.setattr(resources, "free_disk", lambda path: 1000)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("blocktune: error: the activation cache (")
+    assert "needs 0.00 GiB of memory and " in err and "0.00 GiB free in " in err
+    assert err.endswith("lower --cache-max-gb, use a smaller --image-size, or --no-cache")
+
+
+def test_an_image_store_that_cannot_fit_is_refused_with_its_estimate(image_folder, monkeypatch):
+    import blocktune.resources as resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 10_000)
+    with pytest.raises(BlocktuneError, match=r"^decoding 60 images at 64×64 needs 0\.00 GiB of "
+                                             r"memory .* use a smaller --image-size"):
+        decode_folder(scan_folder(image_folder), 64)

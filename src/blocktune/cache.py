@@ -39,6 +39,7 @@ from torch import nn
 
 from blocktune.data import normalize
 from blocktune.layers import ModelWalk, SpineRunner, device_of
+from blocktune.resources import require
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class ActivationCache:
         start = max((c for c in self.store if c <= wanted[0]), default=0) if exact else 0
         stop = wanted[-1]
         runner = SpineRunner(self.body, self.walk, start, stop).eval()
+        self._check_room(wanted)
         order = sorted(self.rows, key=self.rows.get)
         source = self.store.get(start)
         self.passes += 1
@@ -187,6 +189,25 @@ class ActivationCache:
                     self._put(cut, rows, x)
                 x = part(x)
             self._put(stop, rows, x)
+
+    def _check_room(self, cuts: Sequence[int]) -> None:
+        """Estimate the cuts' bytes (one image through the spine) and refuse, in one line,
+        what neither the memory cap nor the free disk can hold."""
+        one = self.pixels[:1].to(self.device)
+        x = to_model_layout(normalize(one, self.mean, self.std))
+        sizes = []  # elements per image entering each cut
+        for cut, part in enumerate(SpineRunner(self.body, self.walk, 0, max(cuts)).eval().parts):
+            if cut in cuts:
+                sizes.append(x[0].numel())
+            x = part(x)
+        sizes.append(x[0].numel())  # the deepest cut
+        total = len(self.rows) * sum(sizes) * self.dtype.itemsize
+        in_memory = min(total, max(0, self.max_bytes - self.bytes_in_memory))
+        if self.store_device.type == "cpu":
+            disk = self.spill_dir or Path(tempfile.gettempdir())
+            require(f"the activation cache ({len(self.rows)} images at {len(cuts)} cuts)",
+                    in_memory, total - in_memory, disk,
+                    "lower --cache-max-gb, use a smaller --image-size, or --no-cache")
 
     def adopt(self, store: Mapping[int, torch.Tensor]) -> None:
         """Take cuts another process computed (a Ray worker gets the driver's cache through

@@ -30,6 +30,7 @@ from PIL import Image, ImageFile
 from blocktune import faults
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_write_json
+from blocktune.resources import require
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,10 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
             return _decoded(folder, torch.from_numpy(pixels), [e["ok"] for e in old["entries"]],
                             [e["sha256"] for e in old["entries"]], strict)
         todo = [i for i in range(len(folder.files)) if i not in reuse]
+        size_bytes = len(folder.files) * 3 * size * size
+        require(f"decoding {len(folder.files)} images at {size}×{size}", size_bytes,
+                size_bytes, store, "use a smaller --image-size or --max-images-per-class, "
+                "or set BLOCKTUNE_CACHE_DIR to a larger disk")
         if old is not None:
             log.info("decoded-image store: %d of %d files changed, decoding them",
                      len(todo), len(folder.files))
