@@ -157,3 +157,39 @@ def test_tf_slim_reader_rejects_another_graph(tmp_path):
     (tmp_path / "g.pb").write_bytes(graph_pb2.GraphDef().SerializeToString())
     with pytest.raises(BlocktuneError, match="no tensor 'MobilenetV1/Conv2d_0/weights'"):
         tf_slim_mobilenet_v1(tmp_path / "g.pb", {})
+
+@pytest.mark.parametrize("name", ["resnet18.a1_in1k", "tf_efficientnet_lite0.in1k"])
+def test_tagged_names_build_offline(name):
+    model, source = build_model(name, 3, "linear", 64, pretrained=False)
+    assert source == "random" and model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_hf_hub_names_build_with_only_the_download_mocked(tmp_path, monkeypatch):
+    """hf-hub: names take their architecture from the hub's config.json: that download (and
+    only it) is stood in for by the file timm itself writes for the model."""
+    import timm.models._hub as hub
+
+    timm.models.save_for_hf(timm.create_model("resnet18"), str(tmp_path / "hub"))
+    asked = []
+
+    def download_from_hf(model_id, filename, **kwargs):
+        asked.append((model_id, filename))
+        return str(tmp_path / "hub" / filename)
+
+    monkeypatch.setattr(hub, "download_from_hf", download_from_hf)
+    model, source = build_model("hf-hub:timm/resnet18.a1_in1k", 4, "linear", 64,
+                                pretrained=False)
+    assert asked == [("timm/resnet18.a1_in1k", "config.json")] and source == "random"
+    assert type(model.body.model).__name__ == "ResNet"
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("resnet*", "is a pattern, not a model name: it matches"),
+    ("resnet50.no_such_tag", "timm has no weights tagged 'no_such_tag' for resnet50"),
+    ("hf-hub:not a repo", "a Hugging Face Hub name looks like hf-hub:timm/resnet18.a1_in1k"),
+    ("local-dir:/no/such/folder", "has no config.json"),
+])
+def test_names_timm_would_refuse_get_one_line(name, words):
+    with pytest.raises(BlocktuneError, match=words):
+        check_model_name(name)

@@ -517,3 +517,17 @@ def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_fol
     with pytest.raises(BlocktuneError, match="exact-duplicate .* drop --strict$"):
         run(tiny_config(image_folder, max_candidates=1, baselines=False, strict=True),
             tmp_path / "b")
+
+
+def test_result_files_take_the_process_umask(tmp_path):
+    from blocktune.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.csv", "x\n")
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "b.csv", "x\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o640
