@@ -65,6 +65,8 @@ def bad_inputs(tmp_path):
          "batch_size = 0 is out of range"),
         ("negative time budget", [*run, "--data", str(good), "--time-budget", "-1"],
          "time_budget = -1.0 is out of range"),
+        ("--out naming a file", [*run, "--data", str(good), "--out", str(tmp_path / "bad.yaml")],
+         "is a file, not a folder"),
     ]
 
 
