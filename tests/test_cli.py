@@ -104,9 +104,8 @@ def test_groups_command_prints_the_table_and_plot(tmp_path, capsys):
 def test_finetune_then_predict(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "images", per_class=20)
     out = tmp_path / "ft"
-    assert main(["finetune", *TINY, "--final-epochs", "8", "--lr", "0.01", "--body-lr-scale", "1",
-                 "--data", str(folder), "--train",
-                 "all", "--out", str(out)]) == 0
+    assert main(["finetune", *TINY, "--final-epochs", "10", "--lr", "0.05", "--patience", "10",
+                 "--data", str(folder), "--train", "head", "--out", str(out)]) == 0
     for name in ("config.yaml", "splits.json", "metrics.csv", "result.json", "model.safetensors"):
         assert (out / name).exists(), name
     capsys.readouterr()
