@@ -19,9 +19,12 @@ def _events(path):
 
 
 def test_one_tensorboard_run_per_candidate_and_final(image_folder, tmp_path):
+    """Logging turned on at a resume: the runs of rows recorded before are written too."""
     out = tmp_path / "run"
-    config = tiny_config(image_folder, max_candidates=3, log=["tensorboard"])
-    run(config, out)
+    run(tiny_config(image_folder, max_candidates=2), out)  # logging off
+    assert not (out / "tensorboard").exists()
+    run(tiny_config(image_folder, max_candidates=3, log=["tensorboard"]), out)
+    assert not list((out / "tensorboard").rglob("*.writing"))
     rows = read_candidates(out / "seed_0" / "candidates.csv")
     finals = read_finals(out / "seed_0" / "finals.csv")
     search_runs = sorted((out / "tensorboard" / "seed_0" / "search").iterdir())
@@ -40,13 +43,3 @@ def test_one_tensorboard_run_per_candidate_and_final(image_folder, tmp_path):
         assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(plugins)
     # learning curves are in the CSVs too, finals included
     assert all(len(f.val_loss_curve) == len(f.loss_curve) == f.epochs for f in finals)
-
-
-def test_a_resume_writes_only_the_missing_runs(image_folder, tmp_path):
-    out = tmp_path / "run"
-    run(tiny_config(image_folder, max_candidates=2), out)  # logging off
-    assert not (out / "tensorboard").exists()
-    run(tiny_config(image_folder, max_candidates=3, log=["tensorboard"]), out)
-    search = out / "tensorboard" / "seed_0" / "search"
-    assert len(list(search.iterdir())) == 2 + 3
-    assert not list(search.glob("*.writing"))
