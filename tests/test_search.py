@@ -431,7 +431,7 @@ def test_two_fold_rule_refits_the_top_candidates_on_the_swapped_fold(image_folde
 
 def test_another_selection_rule_on_resume_refits_only_the_changed_choice(image_folder, tmp_path):
     out = tmp_path / "run"
-    config = tiny_config(image_folder, max_candidates=8, baselines=False)
+    config = tiny_config(image_folder, max_candidates=8, baselines=False, select="max-val")
     run(config, out)
     before = {r["method"]: r for r in read_csv(out / "seed_0" / "finals.csv")}
     rows = read_csv(out / "seed_0" / "candidates.csv")

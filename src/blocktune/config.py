@@ -92,7 +92,7 @@ class RunConfig:
                                     "in time are left for a resume (0: plan only)", low=0)
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
                           "and the finals")
-    select: str = opt("max-val", "selection rule: which candidate of each strategy is "
+    select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
                       "fine-tuned (val only; see README, 'Can the search be trusted?')",
                       choices=lambda: tuple(RULES))
     cache: bool = opt(True, "frozen-prefix activation cache (--no-cache: run the whole "
