@@ -26,7 +26,8 @@ STABLE = ["strategy", "index", "layers", "layer_indices", "trained_params", "val
 def tiny_config(data, **overrides) -> RunConfig:
     values = dict(model="test_efficientnet", data=str(data), pretrained=False, image_size=32,
                   strategies=["block"], epochs=2, final_epochs=2, batch_size=8, lr=0.01,
-                  fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2})
+                  fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2},
+                  select="max-val")  # the mechanics tests compare with choose(): max-val
     values.update(overrides)
     return RunConfig(**values)
 
