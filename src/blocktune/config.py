@@ -32,13 +32,11 @@ from blocktune.train import PAPER, TrainConfig, device_for
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
-        choices=None, low: float | None = None, above: float | None = None,
-        flag: str | None = None):
+        choices=None, low: float | None = None, above: float | None = None):
     """A config field: ``help`` for the flag, ``choices`` (a tuple, or a callable returning
     one: registries fill up on import), ``low``/``above`` the smallest value allowed
     (inclusive/exclusive), ``resume`` when a change makes earlier results meaningless."""
-    metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above,
-                "flag": flag}
+    metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)

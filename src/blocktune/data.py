@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from PIL import Image, ImageFile
 
 from blocktune import faults
 from blocktune.errors import BlocktuneError
-from blocktune.io import atomic_write_json
+from blocktune.io import atomic_file, atomic_write_json
 from blocktune.resources import require
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class ImageFolder:
         return {c: counter[i] for i, c in enumerate(self.classes)}
 
 
-def _torchvision_root(name: str, folder: str) -> Path:
+def _torchvision_root(folder: str) -> Path:
     """Where a torchvision dataset lies: under BLOCKTUNE_DATA_DIR when there, else the cache."""
     env = os.environ.get("BLOCKTUNE_DATA_DIR")
     if env and (Path(env) / folder).is_dir():
@@ -94,7 +93,7 @@ def caltech101(download: bool = True) -> ImageFolder:
     """Caltech-101 through torchvision: 101 classes, the BACKGROUND_Google clutter dropped."""
     from torchvision.datasets import Caltech101
 
-    root = _torchvision_root("caltech101", "caltech101")
+    root = _torchvision_root("caltech101")
     data = _open_torchvision("caltech101", lambda download: Caltech101(root, download=download),
                              download)
     # torchvision lists the categories without BACKGROUND_Google ("not a real class")
@@ -109,7 +108,7 @@ def flowers102(download: bool = True) -> ImageFolder:
     makes its own stratified split)."""
     from torchvision.datasets import Flowers102
 
-    root = _torchvision_root("flowers102", "flowers-102")
+    root = _torchvision_root("flowers-102")
     by_file: dict[str, int] = {}
     for split in ("train", "val", "test"):
         data = _open_torchvision(
@@ -341,9 +340,8 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
         reuse = {i: known[(f, *st)] for i, (f, st) in enumerate(zip(folder.files, stats,
                                                                       strict=True))
                  if (f, *st) in known}
-        if old is not None and len(reuse) == len(folder.files) \
-                and len(old["entries"]) == len(folder.files) \
-                and all(reuse[i] == i for i in range(len(folder.files))):
+        if old is not None and len(old["entries"]) == len(folder.files) \
+                and all(reuse.get(i) == i for i in range(len(folder.files))):
             pixels = np.load(store / old["pixels"], mmap_mode="c")
             return _decoded(folder, torch.from_numpy(pixels), [e["ok"] for e in old["entries"]],
                             [e["sha256"] for e in old["entries"]], strict)
@@ -415,21 +413,15 @@ def _read_store(store: Path) -> dict | None:
 def _write_store(store: Path, pixels: np.ndarray, entries: list[dict]) -> None:
     """The pixels under a new name, then meta.json pointing at it (both replaced whole)."""
     name = f"pixels-{uuid.uuid4().hex[:12]}.npy"
-    fd, tmp = tempfile.mkstemp(prefix=".pixels.", suffix=".tmp", dir=store)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, pixels)
-        os.replace(tmp, store / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(store / name) as handle:
+        np.save(handle, pixels)
     atomic_write_json(store / "meta.json", {
         "version": 2, "pixels": name,
         "entries": [{k: e[k] for k in ("file", "stat", "ok", "sha256")} for e in entries]})
     for stale in store.glob("pixels*.npy"):  # earlier versions; open memory maps keep theirs
         if stale.name != name:
             stale.unlink(missing_ok=True)
-    for stale in store.glob(".pixels.*.tmp"):  # left by a process killed mid-write
+    for stale in store.glob(".pixels-*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
 
 

@@ -40,7 +40,7 @@ def _file_mode() -> int:
 
 
 @contextmanager
-def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary handle on a temp file beside ``path`` that replaces it when the block ends."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,13 +65,13 @@ def _atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with _atomic_file(path) as handle:
+    with atomic_file(path) as handle:
         handle.write(data)
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> None:
     """Copy ``source`` to ``path`` (streamed: weights files can be large)."""
-    with open(source, "rb") as src, _atomic_file(path) as handle:
+    with open(source, "rb") as src, atomic_file(path) as handle:
         shutil.copyfileobj(src, handle)
 
 

@@ -18,7 +18,14 @@ from torch import nn
 
 from blocktune.errors import BlocktuneError
 from blocktune.fastlayers import use_fast_layers
-from blocktune.packaged import PackagedWeights, _tensors, map_by_order, packaged_for
+from blocktune.packaged import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PackagedWeights,
+    map_by_order,
+    named_tensors,
+    packaged_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +189,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load ``state`` into ``model``, naming the first missing, unexpected or mis-shaped key."""
     own = model.state_dict()
-    for name, tensor in _tensors(state):
+    for name, tensor in named_tensors(state):
         if name not in own:
             raise BlocktuneError(f"{origin}: unexpected key {name!r} (the model has no such "
                                  "parameter): the weights are for another architecture")
@@ -191,7 +198,7 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin
                 f"{origin}: key {name!r} has shape {tuple(tensor.shape)} but the model needs "
                 f"{tuple(own[name].shape)}: the weights are for another architecture")
     present = set(state)
-    for name, _ in _tensors(own):
+    for name, _ in named_tensors(own):
         if name not in present:
             raise BlocktuneError(f"{origin}: missing key {name!r}: the weights are for another "
                                  "architecture or were saved from part of a model")
@@ -245,14 +252,11 @@ def data_config(model: nn.Module | str, paper_scaling: bool = False,
     """
     import timm
 
-    if packaged is not None and packaged.preprocessing is not None:
-        mean, std, interpolation = packaged.preprocessing
-        cfg = {"mean": mean, "std": std, "interpolation": interpolation}
-        if paper_scaling:
-            return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), interpolation)
-        return DataConfig(tuple(mean), tuple(std), interpolation)
     try:
-        if isinstance(model, str) and timm.models.parse_model_name(model)[0]:
+        if packaged is not None and packaged.preprocessing is not None:
+            mean, std, interpolation = packaged.preprocessing
+            cfg = {"mean": mean, "std": std, "interpolation": interpolation}
+        elif isinstance(model, str) and timm.models.parse_model_name(model)[0]:
             # hf-hub: / local-dir: carry their own pretrained config
             cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
         elif isinstance(model, str):
@@ -263,8 +267,7 @@ def data_config(model: nn.Module | str, paper_scaling: bool = False,
         else:
             cfg = timm.data.resolve_model_data_config(model)
     except Exception:  # noqa: BLE001 - not a timm model: ImageNet defaults
-        cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-               "interpolation": "bilinear"}
+        cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
     if paper_scaling:
         return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.get("interpolation", "bilinear"))
     return DataConfig(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bilinear"))

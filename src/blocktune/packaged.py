@@ -59,7 +59,7 @@ class PackagedWeights:
         return self.read(path, target)
 
 
-def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+def named_tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
     # num_batches_tracked is bookkeeping, absent from many exported files.
     return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
 
@@ -67,7 +67,7 @@ def _tensors(state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
 def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
                  origin: str) -> dict[str, torch.Tensor]:
     """Rename ``source`` to ``target``'s names, pairing entries by order; every shape must match."""
-    src, dst = _tensors(source), _tensors(target)
+    src, dst = named_tensors(source), named_tensors(target)
     if len(src) != len(dst):
         raise BlocktuneError(f"{origin} has {len(src)} tensors but the model has {len(dst)}: "
                              "the weights are for another architecture")

@@ -37,8 +37,8 @@ def _curves_text(row) -> dict[str, str]:
     return {name: " ".join(f"{v:.6f}" for v in getattr(row, name)) for name in CURVES}
 
 
-def _curves(row: dict[str, str], names) -> dict[str, list[float]]:
-    return {name: [float(v) for v in (row.get(name) or "").split()] for name in names}
+def _curves(row: dict[str, str]) -> dict[str, list[float]]:
+    return {name: [float(v) for v in (row.get(name) or "").split()] for name in CURVES}
 
 
 @dataclass
@@ -96,7 +96,7 @@ class CandidateRow:
             best_epoch=int(row["best_epoch"]), seconds=_float(row["seconds"]),
             status=row["status"], error=row.get("error") or "",
             same_as=row.get("same_as") or "", val_pred=_predictions(row.get("val_pred")),
-            **_curves(row, CURVES))
+            **_curves(row))
 
 
 @dataclass
@@ -145,7 +145,7 @@ class FinalRow:
             seconds=_float(row["seconds"]), status=row["status"],
             same_as=row.get("same_as") or "", select=row.get("select") or "",
             val_pred=_predictions(row.get("val_pred")),
-            test_pred=_predictions(row.get("test_pred")), **_curves(row, CURVES))
+            test_pred=_predictions(row.get("test_pred")), **_curves(row))
 
 
 CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(CandidateRow)]

@@ -381,6 +381,7 @@ def model_card(folder: Path, config: dict, assessment: Assessment) -> str:
               f"- **Input**: {card['image_size']}×{card['image_size']} RGB, resized with "
               f"{card['interpolation']} interpolation, mean {card['mean']}, std {card['std']}",
               f"- **Pretrained weights**: {card['weights_source']}"
+              + (f", {card['weights_origin']}" if card.get("weights_origin") else "")
               + (f" (licence: {card['weights_licence']})" if card.get("weights_licence") else ""),
               "- **Versions**: " + ", ".join(f"{k} {versions[k]}" for k in
                                              ("blocktune", "torch", "timm") if k in versions),

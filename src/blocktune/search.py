@@ -631,6 +631,7 @@ def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_sourc
             "head": config.head, "image_size": config.image_size,
             "classes": images.classes, "mean": list(data_cfg.mean), "std": list(data_cfg.std),
             "interpolation": data_cfg.interpolation, "weights_source": weights_source,
+            "weights_origin": packaged.origin if packaged else None,
             "weights_licence": packaged.licence if packaged else None,
             "method": method, **result, "data": config.data,
             "versions": {k: v for k, v in environment().items()
@@ -645,7 +646,6 @@ def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSe
 def run_status(folder: str | Path) -> list[str]:
     """What a run folder has done and what is left, per seed, from its files (the model is
     built with random weights only to list the planned candidates)."""
-
     import yaml
 
     from blocktune.layers import walk
@@ -656,6 +656,7 @@ def run_status(folder: str | Path) -> list[str]:
         raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
                              "folder of a blocktune run")
     saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    # the data folder and weights file need not exist any more to read a folder's progress
     config = RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None})
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
              f"{', '.join(map(str, config.seeds))}"]
@@ -667,18 +668,17 @@ def run_status(folder: str | Path) -> list[str]:
             continue
         if model is None:
             classes = json.loads((seed_dir / "splits.json").read_text())["classes"]
-            packaged = packaged_source(saved.get("model", config.model), None, True)
+            packaged = packaged_source(config.model)
             model, _ = build_model(config.model, len(classes), config.head, config.image_size,
                                    pretrained=False,
                                    model_args=packaged.model_kwargs if packaged else None)
             model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
         rows = read_candidates(seed_dir / "candidates.csv")
+        settings = search_settings(config, seed)
         planned = functools.partial(_planned, model_walk, strategy_options(
-            config, seed, model.body), search_settings(config, seed))
-
+            config, seed, model.body), settings)
         parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
-                 for method, done, total in progress(search_settings(config, seed), rows,
-                                                     planned)]
+                 for method, done, total in progress(settings, rows, planned)]
         finals = [r for r in read_finals(seed_dir / "finals.csv") if r.status == "ok"]
         methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + list(dict.fromkeys(
             m for strategy in config.strategies for m, _ in planned(strategy, rows)))
