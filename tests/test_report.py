@@ -68,3 +68,17 @@ def test_report_html_renders_in_a_real_browser_with_the_verdict(finished_run, tm
     subprocess.run([*flags, "--window-size=1100,1400", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_report_says_which_rule_chose_and_where_it_looks(finished_run):
+    from types import SimpleNamespace
+
+    from blocktune.report import _rule_region
+    from blocktune.select import RULES
+
+    text = (finished_run / "report.md").read_text()
+    assert f"by the `max-val` rule: {RULES['max-val'].help}." in text  # tiny_config's rule
+    layers = [SimpleNamespace(last=i) for i in range(100)]  # candidates ending at 0 … 99
+    assert _rule_region("last-quarter", layers) == 75
+    assert _rule_region("last-quarter", layers[:3]) == 2  # a tiny model: its last layer
+    assert _rule_region("max-val", layers) is None

@@ -153,8 +153,13 @@ def _find_group_matcher(model: nn.Module | None) -> tuple[nn.Module | None, str]
     return None, ""
 
 
+def last_quarter_start(num_layers: int) -> int:
+    """The first layer of a model's last quarter (at least its last layer)."""
+    return num_layers - max(1, num_layers // 4)
+
+
 def in_last_quarter(group: Group, num_layers: int) -> bool:
-    return min(group) >= num_layers - max(1, num_layers // 4)
+    return min(group) >= last_quarter_start(num_layers)
 
 
 def candidates(walk: ModelWalk, strategy: str, options: StrategyOptions | None = None
