@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -514,7 +515,11 @@ def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_fol
     notices = []
     run(tiny_config(image_folder, max_candidates=1, baselines=False), tmp_path / "a",
         Events(on_notice=notices.append))
-    assert any("exact-duplicate image(s) lie in two splits of seed 0" in n for n in notices)
+    [notice] = [n for n in notices if "exact-duplicate image(s) lie in two splits of seed 0" in n]
+    # the count of each pair of splits, and they add up to the total
+    count = int(notice.split()[0])
+    pairs = re.findall(r"(search|val|train|test)–(search|val|train|test) (\d+)", notice)
+    assert pairs and sum(int(n) for *_, n in pairs) == count
     with pytest.raises(BlocktuneError, match="exact-duplicate .* drop --strict$"):
         run(tiny_config(image_folder, max_candidates=1, baselines=False, strict=True),
             tmp_path / "b")

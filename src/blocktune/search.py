@@ -25,6 +25,7 @@ import math
 import platform
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,9 +224,11 @@ class SeedRun:
         if not found:
             return
         a, split_a, b, split_b = found[0]
+        pairs = Counter("–".join(sorted((x, y))) for _, x, _, y in found)
         message = (f"{len(found)} exact-duplicate image(s) lie in two splits of seed "
-                   f"{self.seed} (e.g. {a} in {split_a} = {b} in {split_b}): a duplicate in "
-                   "train and test inflates the test accuracy")
+                   f"{self.seed} ({', '.join(f'{k} {v}' for k, v in sorted(pairs.items()))}; "
+                   f"e.g. {a} in {split_a} = {b} in {split_b}): a photo scored on val or test "
+                   "that was also trained on makes that score optimistic")
         if self.config.strict:
             raise BlocktuneError(f"{message}: remove the copies, or drop --strict")
         log.warning("%s", message)
