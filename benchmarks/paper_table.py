@@ -65,10 +65,16 @@ def quarters(folder: Path, seeds: list[int]) -> list[int | None]:
     return out
 
 
-def finished(folder: Path, seeds: list[int]) -> bool:
-    methods = {BASELINE_I, BASELINE_II, "block"}
-    return all({r["method"] for r in read_csv(folder / f"seed_{s}" / "finals.csv")
-                if r["status"] == "ok"} >= methods for s in seeds)
+def finished(folder: Path, seeds: list[int], rule: str) -> bool:
+    """Every seed has both baselines and a BW final chosen by ``rule`` (a fresh copy for
+    another rule still holds the first rule's BW finals until it has been resumed)."""
+    def done(r: dict) -> bool:
+        return r["status"] == "ok" and (r["method"] != "block" or r["select"] == rule)
+
+    return all(
+        (folder / f"seed_{s}" / "finals.csv").exists()
+        and {r["method"] for r in read_csv(folder / f"seed_{s}" / "finals.csv") if done(r)}
+        >= {BASELINE_I, BASELINE_II, "block"} for s in seeds)
 
 
 def compute_seconds(folder: Path, seeds: list[int]) -> float:
@@ -262,7 +268,7 @@ def main() -> None:
                                        max_images_per_class=args.max_images_per_class)
                     log(f"{name}, rule {rule}: {folder}")
                     run(config, folder)
-                if (folder / "config.yaml").exists() and finished(folder, seeds):
+                if (folder / "config.yaml").exists() and finished(folder, seeds, rule):
                     results.setdefault(name, {})[rule] = measure(folder, seeds)
             markdown, rows = tables({n: r for n, r in results.items() if rules[0] in r},
                                     rules[0], seeds, args)

@@ -446,7 +446,22 @@ def test_another_selection_rule_on_resume_refits_only_the_changed_choice(image_f
     assert after["block"]["select"] == "val-loss"
     assert read_csv(out / "seed_0" / "candidates.csv") == rows  # the search is not redone
     if by_loss["layer_indices"] == before["block"]["layer_indices"]:
-        assert after["block"] == {**before["block"], "select": "max-val"}
+        assert after["block"] == {**before["block"], "select": "val-loss"}
+
+
+def test_a_kept_final_is_recorded_as_the_current_rules_choice(image_folder, tmp_path):
+    """A resume whose rule picks the group already fine-tuned keeps the final, untrained, and
+    says that this rule chose it (as a run under this rule from the start would)."""
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, max_candidates=4, baselines=False, select="max-val")
+    run(config, out)
+    path = out / "seed_0" / "finals.csv"
+    before = read_csv(path)
+    weights = (out / "seed_0" / "block.safetensors").stat().st_mtime_ns
+    atomic_write_csv(path, [{**r, "select": "val-loss"} for r in before], list(before[0]))
+    run(config, out)
+    assert read_csv(path) == before  # same row, same seconds: nothing re-trained
+    assert (out / "seed_0" / "block.safetensors").stat().st_mtime_ns == weights
 
 
 def test_seeds_vary_the_batch_order(image_folder, tmp_path, monkeypatch):

@@ -461,6 +461,12 @@ class SeedRun:
         chosen = {method: group for method, group, _ in methods}
         finished = [r for r in read_finals(path)
                     if r.method not in chosen or final_group(r) == chosen[r.method]]
+        # a final the current rule also chose is kept, and recorded as this rule's choice
+        relabelled = [dataclasses.replace(r, select=self._rule_of(r.method))
+                      if r.method in chosen else r for r in finished]
+        if relabelled != finished:
+            finished = relabelled
+            write_finals(path, finished)
         plan = finals_plan(methods, finished)
         if self.log is not None:
             self.log.sync(finished)
