@@ -163,6 +163,10 @@ def _head(name: str) -> str:
     return name.rsplit(" (", 1)[1].rstrip(")")
 
 
+def seeds_of(measured: dict) -> list[float]:
+    return next(iter(measured.values()))["per_seed"]["block"]
+
+
 def claims(results: dict, rule: str) -> str:
     """The paper's claims, answered from the measured table in plain words.
 
@@ -188,6 +192,11 @@ def claims(results: dict, rule: str) -> str:
                 for label, m in (("Baseline I", BASELINE_I), ("Baseline II", BASELINE_II),
                                  ("BW", "block"))}
     steadiest = min(variance, key=variance.get) if n > 1 else "–"
+    spread = {label: statistics.fmean(statistics.stdev(r["per_seed"][m]) for r in
+                                      measured.values()) if len(seeds_of(measured)) > 1
+              else float("nan")
+              for label, m in (("Baseline I", BASELINE_I), ("Baseline II", BASELINE_II),
+                               ("BW", "block"))}
     better_rule = sum(r[rule]["tests"]["block"].value > r["max-val"]["tests"]["block"].value
                       for r in rows.values() if "max-val" in r)
     chosen = [q for r in rows.values() for q in _quarters(r) if q]
@@ -199,7 +208,9 @@ def claims(results: dict, rule: str) -> str:
            + (f"; it is worse than a baseline on {', '.join(loses)}" if loses else "") + ".",
            "- **Is BW the most reliable?** Variance of the mean test accuracy across models: "
            + ", ".join(f"{k} {v:.5f}" for k, v in variance.items())
-           + (f"; the lowest is {steadiest}." if n > 1 else " (needs two models)."),
+           + (f"; the lowest is {steadiest}" if n > 1 else " (needs two models)")
+           + ". Over seeds (the mean of each model's standard deviation over its seeds, in "
+           "points): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in spread.items()) + ".",
            f"- **Does the fourth quarter win?** {fourth} of {len(chosen)} groups that `max-val` "
            "chose from all candidates lie in the last quarter of the model"
            + (f"; `{rule}` (the best candidate of the last quarter) beats `max-val` on "
