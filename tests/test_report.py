@@ -79,6 +79,6 @@ def test_report_says_which_rule_chose_and_where_it_looks(finished_run):
     text = (finished_run / "report.md").read_text()
     assert f"by the `max-val` rule: {RULES['max-val'].help}." in text  # tiny_config's rule
     layers = [SimpleNamespace(last=i) for i in range(100)]  # candidates ending at 0 … 99
-    assert _rule_region("last-quarter", layers) == 75
-    assert _rule_region("last-quarter", layers[:3]) == 2  # a tiny model: its last layer
+    assert _rule_region("last-quarter", layers) == (75, 99)
+    assert _rule_region("last-quarter", layers[:3]) == (2, 2)  # a tiny model: its last layer
     assert _rule_region("max-val", layers) is None

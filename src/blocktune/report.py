@@ -19,7 +19,6 @@ import yaml  # noqa: E402
 from blocktune import faults  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
-from blocktune.groups import last_quarter_start  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_text,
@@ -197,11 +196,12 @@ def plot_layer_params(walk: ModelWalk, groups: Sequence[Sequence[int]], path: st
 
 def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
                     chosen: dict | None = None, val_images: int = 0,
-                    region: float | None = None) -> Path:
+                    region: tuple[int, int] | None = None) -> Path:
     """Figs. 4–6: val accuracy per candidate in model order, the chosen one marked, the
     baselines' search scores as reference lines and the best candidate's 95% interval as the
     search's noise band: candidates inside it are not told apart by this val split.
-    ``region``: the first layer of the part of the model the selection rule picks from."""
+    ``region``: the first and last layer of the part of the model the selection rule picks
+    from, shaded."""
     def at(status: str, rung: str | None = None) -> list[dict]:
         return sorted((r for r in rows if r.strategy == method and r.status == status
                        and (rung is None or r.rung == rung)), key=lambda r: (r.first, r.last))
@@ -230,7 +230,7 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
             ax.axhline(searched.val_acc, color="0.3", ls=style, lw=1.2,
                        label=f"{label(baseline)} {searched.val_acc:.3f}")
     if region is not None:
-        ax.axvspan(region - 0.5, max(r.last for r in mine) + 0.5, color="C2", alpha=0.1,
+        ax.axvspan(region[0] - 0.5, region[1] + 0.5, color="C2", alpha=0.1,
                    label="the rule picks from here")
     best = chosen or top
     if best is not None:
@@ -243,14 +243,15 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
     return _save(fig, path)
 
 
-def _rule_region(rule: str, rows: list) -> int | None:
-    """The first layer of the part the rule picks from, for ``last-quarter``; else None.
-
-    The candidates of a strategy cover the model, so the last one ends at its last layer.
-    """
-    if rule != "last-quarter" or not rows:
+def _rule_region(rule: str, rows: list) -> tuple[int, int] | None:
+    """The first and last layer of the part of the model ``rule`` picks from, when it picks
+    from part only. The candidates of a strategy cover the model, so the last one ends at its
+    last layer."""
+    picks_from = RULES[rule].picks_from
+    if picks_from is None or not rows:
         return None
-    return last_quarter_start(max(r.last for r in rows) + 1)
+    last = max(r.last for r in rows)
+    return picks_from(last + 1), last
 
 
 def _comparison_plot(tests: dict[str, Interval], path: Path, title: str) -> Path:
@@ -357,7 +358,8 @@ def build_report(folder: str | Path) -> Path:
                 parts.append(f"Chosen: **{chosen.layers}** (search val {chosen.val_acc:.3f}, "
                              f"{chosen.trained_params:,} trained parameters) by the `{rule}` "
                              f"rule: {RULES[rule].help}"
-                             + (f" (layers {region} on, shaded in the plot)" if region else "")
+                             + (f" (layers {region[0]} on, shaded in the plot)" if region
+                                else "")
                              + ".")
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"

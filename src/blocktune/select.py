@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blocktune.errors import BlocktuneError
-from blocktune.groups import in_last_quarter
+from blocktune.groups import in_last_quarter, last_quarter_start
 from blocktune.records import CandidateRow, rank_key
 from blocktune.stats import standard_error
 
@@ -55,14 +55,17 @@ class Rule:
     pick: Callable[[SearchView], CandidateRow | None]
     # groups (``layer_indices``) the rule needs re-trained on the swapped fold before it picks
     refits: Callable[[SearchView], list[str]] = lambda view: []
+    # for a rule that picks from part of the model only: layers → the first layer of that part
+    picks_from: Callable[[int], int] | None = None
 
 
 RULES: dict[str, Rule] = {}
 
 
-def register_rule(name: str, help: str, refits: Callable[[SearchView], list[str]] | None = None):
+def register_rule(name: str, help: str, refits: Callable[[SearchView], list[str]] | None = None,
+                  picks_from: Callable[[int], int] | None = None):
     def wrap(pick: Callable[[SearchView], CandidateRow | None]):
-        RULES[name] = Rule(name, help, pick, refits or (lambda view: []))
+        RULES[name] = Rule(name, help, pick, refits or (lambda view: []), picks_from)
         return pick
     return wrap
 
@@ -88,7 +91,8 @@ def val_loss(view: SearchView) -> CandidateRow | None:
 
 
 @register_rule("last-quarter", "the conference paper's: the best (max-val) candidate lying in the "
-               "last quarter of the layers; max-val when none does")
+               "last quarter of the layers; max-val when none does",
+               picks_from=last_quarter_start)
 def last_quarter(view: SearchView) -> CandidateRow | None:
     late = [r for r in view.rows if in_last_quarter(group_of(r), view.num_layers)]
     return max_val(SearchView(late or list(view.rows)))
