@@ -34,6 +34,9 @@ from blocktune.report import assess
 from blocktune.search import BASELINE_I, BASELINE_II, run
 from blocktune.stats import mean_interval
 
+# the table's three methods: its label → blocktune's method name
+METHODS = {"Baseline I": BASELINE_I, "Baseline II": BASELINE_II, "BW": "block"}
+
 PAPER = {"VGG16": [0.714, 0.874, 0.876],
          "MobileNet v1": [0.828, 0.876, 0.877],
          "MobileNet v2": [0.811, 0.869, 0.867],
@@ -54,15 +57,12 @@ def quarter_of(layer_indices: str, num_layers: int) -> int | None:
     return min(4, int(centre / num_layers * 4) + 1)
 
 
-def quarters(folder: Path, seeds: list[int]) -> list[int | None]:
-    out = []
-    for seed in seeds:
-        candidates = read_csv(folder / f"seed_{seed}" / "candidates.csv")
-        layers = max((int(r["last"]) + 1 for r in candidates if r["last"]), default=1)
-        bw = [r for r in read_csv(folder / f"seed_{seed}" / "finals.csv")
-              if r["method"] == "block" and r["status"] == "ok"]
-        out.append(quarter_of(bw[0]["layer_indices"], layers) if bw else None)
-    return out
+def quarter_of_seed(candidates: list[dict], finals: list[dict]) -> int | None:
+    """The quarter of the seed's BW final (the candidates cover the model: the last one ends
+    at its last layer)."""
+    layers = max((int(r["last"]) + 1 for r in candidates if r["last"]), default=1)
+    bw = [r for r in finals if r["method"] == "block" and r["status"] == "ok"]
+    return quarter_of(bw[0]["layer_indices"], layers) if bw else None
 
 
 def finished(folder: Path, seeds: list[int], rule: str) -> bool:
@@ -74,28 +74,24 @@ def finished(folder: Path, seeds: list[int], rule: str) -> bool:
     return all(
         (folder / f"seed_{s}" / "finals.csv").exists()
         and {r["method"] for r in read_csv(folder / f"seed_{s}" / "finals.csv") if done(r)}
-        >= {BASELINE_I, BASELINE_II, "block"} for s in seeds)
-
-
-def compute_seconds(folder: Path, seeds: list[int]) -> float:
-    """Seconds of training recorded in a run folder: every candidate and every final."""
-    return sum(float(r["seconds"] or 0) for s in seeds
-               for name in ("candidates.csv", "finals.csv")
-               for r in read_csv(folder / f"seed_{s}" / name))
+        >= set(METHODS.values()) for s in seeds)
 
 
 def measure(folder: Path, seeds: list[int]) -> dict:
-    """What one finished run folder says: tests over seeds, BW vs each baseline, quarters."""
+    """What one finished run folder says: tests over seeds, BW vs each baseline, quarters,
+    seconds of training, and each seed's BW final (group, seconds)."""
     assessment = assess(folder)
-    tests = {m: assessment.test_over_seeds[m] for m in (BASELINE_I, BASELINE_II, "block")}
+    tests = {m: assessment.test_over_seeds[m] for m in METHODS.values()}
     versus = {c.b: c for c in assessment.versus_baselines if c.a == "BW"}
     per_seed = {m: [assessment.per_seed[s][m].test.value for s in seeds]
-                for m in (BASELINE_I, BASELINE_II, "block")}
-    bw_finals = [next(((r["layer_indices"], float(r["seconds"] or 0))
-                       for r in read_csv(folder / f"seed_{s}" / "finals.csv")
-                       if r["method"] == "block"), ("", 0.0)) for s in seeds]
+                for m in METHODS.values()}
+    files = [(read_csv(folder / f"seed_{s}" / "candidates.csv"),
+              read_csv(folder / f"seed_{s}" / "finals.csv")) for s in seeds]
+    seconds = sum(float(r["seconds"] or 0) for both in files for rows in both for r in rows)
+    bw_finals = [next(((r["layer_indices"], float(r["seconds"] or 0)) for r in finals
+                       if r["method"] == "block"), ("", 0.0)) for _, finals in files]
     return {"tests": tests, "versus": versus, "per_seed": per_seed,
-            "quarters": quarters(folder, seeds), "seconds": compute_seconds(folder, seeds),
+            "quarters": [quarter_of_seed(*both) for both in files], "seconds": seconds,
             "bw_finals": bw_finals}
 
 
@@ -163,10 +159,6 @@ def _head(name: str) -> str:
     return name.rsplit(" (", 1)[1].rstrip(")")
 
 
-def seeds_of(measured: dict) -> list[float]:
-    return next(iter(measured.values()))["per_seed"]["block"]
-
-
 def claims(results: dict, rule: str) -> str:
     """The paper's claims, answered from the measured table in plain words.
 
@@ -188,15 +180,12 @@ def claims(results: dict, rule: str) -> str:
              if any(r["versus"].get(b) and r["versus"][b].word == "worse"
                     for b in ("Baseline I", "Baseline II"))]
     variance = {label: statistics.pvariance([r["tests"][m].value for r in measured.values()])
-                if n > 1 else float("nan")
-                for label, m in (("Baseline I", BASELINE_I), ("Baseline II", BASELINE_II),
-                                 ("BW", "block"))}
+                if n > 1 else float("nan") for label, m in METHODS.items()}
     steadiest = min(variance, key=variance.get) if n > 1 else "–"
-    spread = {label: statistics.fmean(statistics.stdev(r["per_seed"][m]) for r in
-                                      measured.values()) if len(seeds_of(measured)) > 1
-              else float("nan")
-              for label, m in (("Baseline I", BASELINE_I), ("Baseline II", BASELINE_II),
-                               ("BW", "block"))}
+    several_seeds = len(next(iter(measured.values()))["per_seed"]["block"]) > 1
+    spread = {label: statistics.fmean(statistics.stdev(r["per_seed"][m])
+                                      for r in measured.values())
+              if several_seeds else float("nan") for label, m in METHODS.items()}
     rule_gain = mean_interval([a - b for r in rows.values() if "max-val" in r
                                for a, b in zip(r[rule]["per_seed"]["block"],
                                                r["max-val"]["per_seed"]["block"], strict=True)])
