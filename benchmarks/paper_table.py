@@ -163,8 +163,8 @@ def claims(results: dict, rule: str) -> str:
     """The paper's claims, answered from the measured table in plain words.
 
     The first three from the ``linear`` head's rows (the first head run when it is absent);
-    the fourth pairs each model and seed with and without the pretrained classifier: one seed
-    is one split, so the two BW test accuracies are on the same test images.
+    the fourth pairs each model and seed with and without the pretrained classifier, for each
+    method: one seed is one split, so both test accuracies are on the same test images.
     """
     if not results:
         return "No model has finished yet."
@@ -205,22 +205,22 @@ def claims(results: dict, rule: str) -> str:
            "chose from all candidates lie in the last quarter of the model"
            + (f"; BW's test accuracy with `{rule}` minus with `max-val`, paired over every "
               f"model and seed: {rule_gain.points()}" if rule != "max-val" else "") + "."]
-    differences, models = [], 0
-    for name, r in results.items():
-        keep = results.get(name.replace(" (linear)", " (keep-pretrained)"))
-        if _head(name) == "linear" and keep:
-            models += 1
-            differences += [k - lin for lin, k in zip(r[rule]["per_seed"]["block"],
-                                                      keep[rule]["per_seed"]["block"],
-                                                      strict=True)]
-    if differences:
-        gain = mean_interval(differences)
-        word = ("helps" if gain.low > 0 else "hurts" if gain.high < 0
-                else "makes no clear difference")
-        out.append(f"- **Does keeping the pretrained classifier help?** BW's test accuracy with "
-                   f"it minus without, over {len(differences)} model × seed pairs ({models} "
-                   "model(s)):"
-                   f" {gain.points()}; it {word}.")
+    pairs = [(r, results[name.replace(" (linear)", " (keep-pretrained)")])
+             for name, r in results.items() if _head(name) == "linear"
+             and name.replace(" (linear)", " (keep-pretrained)") in results]
+    if pairs:
+        answers = []
+        for label, method in METHODS.items():
+            gain = mean_interval([k - lin for r, keep in pairs
+                                  for lin, k in zip(r[rule]["per_seed"][method],
+                                                    keep[rule]["per_seed"][method], strict=True)])
+            word = ("helps" if gain.low > 0 else "hurts" if gain.high < 0
+                    else "no clear difference")
+            answers.append(f"{label} {gain.points()} ({word})")
+        seeds = len(pairs[0][0][rule]["per_seed"]["block"])
+        out.append("- **Does keeping the pretrained classifier help?** Test accuracy with it "
+                   f"minus without, paired over {len(pairs)} model(s) × {seeds} seed(s) (one "
+                   "seed is one split: the same test images): " + "; ".join(answers) + ".")
     else:
         out.append("- **Does keeping the pretrained classifier help?** Not measured yet "
                    "(--heads linear,keep-pretrained answers it).")
