@@ -181,7 +181,10 @@ def claims(results: dict, rule: str) -> str:
                     for b in ("Baseline I", "Baseline II"))]
     variance = {label: statistics.pvariance([r["tests"][m].value for r in measured.values()])
                 if n > 1 else float("nan") for label, m in METHODS.items()}
-    steadiest = min(variance, key=variance.get) if n > 1 else "–"
+    steadiest, runner_up = sorted(variance, key=variance.get)[:2]
+    ratio = variance[runner_up] / variance[steadiest] if n > 1 else float("nan")
+    means = {label: statistics.fmean(r["tests"][m].value for r in measured.values())
+             for label, m in METHODS.items()}
     several_seeds = len(next(iter(measured.values()))["per_seed"]["block"]) > 1
     spread = {label: statistics.fmean(statistics.stdev(r["per_seed"][m])
                                       for r in measured.values())
@@ -197,8 +200,10 @@ def claims(results: dict, rule: str) -> str:
            + (f": {', '.join(beats)}" if beats else "")
            + (f"; it is worse than a baseline on {', '.join(loses)}" if loses else "") + ".",
            "- **Is BW the most reliable?** Variance of the mean test accuracy across models: "
-           + ", ".join(f"{k} {v:.5f}" for k, v in variance.items())
-           + (f"; the lowest is {steadiest}" if n > 1 else " (needs two models)")
+           + ", ".join(f"{k} {v:.6f}" for k, v in variance.items())
+           + (f"; the lowest is {steadiest}, the next ({runner_up}) {ratio:.2f}× it"
+              if n > 1 else " (needs two models)")
+           + ". Mean over models: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
            + ". Over seeds (the mean of each model's standard deviation over its seeds, in "
            "points): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in spread.items()) + ".",
            f"- **Does the fourth quarter win?** {fourth} of {len(chosen)} groups that `max-val` "
