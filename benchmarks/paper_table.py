@@ -32,7 +32,7 @@ from blocktune.config import RunConfig
 from blocktune.io import atomic_write_csv, atomic_write_text, read_csv
 from blocktune.report import assess
 from blocktune.search import BASELINE_I, BASELINE_II, run
-from blocktune.stats import mean_interval
+from blocktune.stats import compare_over_seeds, mean_interval
 
 # the table's three methods: its label → blocktune's method name
 METHODS = {"Baseline I": BASELINE_I, "Baseline II": BASELINE_II, "BW": "block"}
@@ -210,22 +210,21 @@ def claims(results: dict, rule: str) -> str:
            "chose from all candidates lie in the last quarter of the model"
            + (f"; BW's test accuracy with `{rule}` minus with `max-val`, paired over every "
               f"model and seed: {rule_gain.points()}" if rule != "max-val" else "") + "."]
-    pairs = [(r, results[name.replace(" (linear)", " (keep-pretrained)")])
-             for name, r in results.items() if _head(name) == "linear"
-             and name.replace(" (linear)", " (keep-pretrained)") in results]
+    pairs = [(r, results[keep]) for name, r in results.items() if _head(name) == "linear"
+             and (keep := name.replace(" (linear)", " (keep-pretrained)")) in results]
     if pairs:
-        answers = []
-        for label, method in METHODS.items():
-            gain = mean_interval([k - lin for r, keep in pairs
-                                  for lin, k in zip(r[rule]["per_seed"][method],
-                                                    keep[rule]["per_seed"][method], strict=True)])
-            word = ("helps" if gain.low > 0 else "hurts" if gain.high < 0
-                    else "no clear difference")
-            answers.append(f"{label} {gain.points()} ({word})")
+        images = next(iter(pairs[0][0][rule]["versus"].values())).images
+        answers = [compare_over_seeds(
+            "keep-pretrained", "linear",
+            [k - lin for r, keep in pairs for lin, k in zip(
+                r[rule]["per_seed"][method], keep[rule]["per_seed"][method], strict=True)],
+            images) for method in METHODS.values()]
         seeds = len(pairs[0][0][rule]["per_seed"]["block"])
         out.append("- **Does keeping the pretrained classifier help?** Test accuracy with it "
                    f"minus without, paired over {len(pairs)} model(s) × {seeds} seed(s) (one "
-                   "seed is one split: the same test images): " + "; ".join(answers) + ".")
+                   "seed is one split: the same test images): "
+                   + "; ".join(f"{label} {c.difference.points()} ({c.word})"
+                               for label, c in zip(METHODS, answers, strict=True)) + ".")
     else:
         out.append("- **Does keeping the pretrained classifier help?** Not measured yet "
                    "(--heads linear,keep-pretrained answers it).")
