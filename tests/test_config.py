@@ -101,6 +101,47 @@ def test_every_key_out_of_range_gives_one_line(f, tmp_path, capsys):
     assert f"{f.name} = " in err and "is out of range" in err, err
 
 
+def _holds_floats(f) -> bool:
+    hint = _base(HINTS[f.name])
+    return hint is float or float in typing.get_args(hint)
+
+
+FLOAT_FIELDS = [f for f in FIELDS if _holds_floats(f)]
+
+
+def not_finite(f, text: str):
+    hint = _base(HINTS[f.name])
+    if typing.get_origin(hint) is dict:
+        return {"search": text, "val": 0.1, "train": 0.6, "test": 0.2}
+    if typing.get_origin(hint) is list:
+        return [text]
+    return text
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("f", FLOAT_FIELDS, ids=[f.name for f in FLOAT_FIELDS])
+def test_every_float_key_refuses_nan_and_infinity(f, text, tmp_path, capsys):
+    # NaN passes `v < low` checks: --lr nan once trained NaN weights and exited 0
+    flag = "--" + f.name.replace("_", "-")
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"),
+                            f"{flag}={as_flag_value(not_finite(f, text))}"])
+    assert f"{f.name} = " in err and "finite" in err, err
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({f.name: not_finite(f, float(text))}))
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), "--config",
+                            str(tmp_path / "c.yaml")])
+    assert f"{f.name} = " in err and "finite" in err, err
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(seeds=[0, 0]), "seed 0 is given twice"),
+    (dict(fractions={"search": 0.2, "val": 0.0, "train": 0.6, "test": 0.2}), "val"),
+    (dict(batch_size=1), "batch_size = 1 is out of range"),
+], ids=["repeated-seed", "empty-split", "batch-of-one"])
+def test_values_that_would_mean_something_else_are_refused(values, message):
+    with pytest.raises(BlocktuneError, match=message):
+        RunConfig(**values)
+
+
 def test_every_key_has_a_flag_with_its_help():
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()
                if a.prog.endswith(" run"))

@@ -1,9 +1,9 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -88,6 +88,10 @@ def test_missing_empty_and_one_class_folders(tmp_path):
     make_image_folder(tmp_path / "one", classes=("only",), per_class=5)
     with pytest.raises(BlocktuneError, match="only one class"):
         scan_folder(tmp_path / "one")
+    make_image_folder(tmp_path / "three", classes=("a", "b"), per_class=3)
+    (tmp_path / "three" / "c").mkdir()  # would be a class the model can predict, never seen
+    with pytest.raises(BlocktuneError, match=r"class folder .*three/c holds no images"):
+        scan_folder(tmp_path / "three")
 
 
 def write_bad_images(folder):
@@ -184,14 +188,12 @@ def test_a_kill_mid_decode_leaves_nothing_trusted(tmp_path):
     env = {**os.environ, "BLOCKTUNE_CACHE_DIR": str(tmp_path / "cache")}
     script = ("import sys; from blocktune.data import decode_folder, scan_folder; "
               "decode_folder(scan_folder(sys.argv[1]), 64, workers=1)")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], env=env)
+    # killed at the 450th of 900 images, whatever the machine's speed
+    killed = subprocess.run([sys.executable, "-c", script, str(folder)],
+                            env={**env, "BLOCKTUNE_FAULT": "decode:450"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
     store = tmp_path / "cache" / "decoded"
-    deadline = time.time() + 60
-    while not list(store.glob("*/store.lock")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert list(store.glob("*/store.lock")), "the kill came before the store was started"
     assert not list(store.glob("*/meta.json")), "killed before the end, yet a store was kept"
     after = subprocess.run([sys.executable, "-c", script + "; print('ok')", str(folder)],
                            env=env, capture_output=True, text=True, timeout=300)
@@ -341,6 +343,15 @@ def test_flowers102_pools_its_three_splits(monkeypatch, tmp_path):
     saved = split_labels(tmp_path / "splits.json")
     for name, indices in split.items():
         assert saved[name].tolist() == decoded.labels[indices].tolist()
+
+
+def test_caltech101_without_its_background_folder_gives_one_line(monkeypatch, tmp_path):
+    _caltech_stand_in(tmp_path)
+    shutil.rmtree(tmp_path / "caltech101" / "101_ObjectCategories" / "BACKGROUND_Google")
+    monkeypatch.setenv("BLOCKTUNE_DATA_DIR", str(tmp_path))
+    with pytest.raises(BlocktuneError, match="^caltech101 under .* is incomplete or not in "
+                       "torchvision's layout"):
+        open_data("caltech101", download=False)
 
 
 @pytest.mark.parametrize("name", ["caltech101", "flowers102"])

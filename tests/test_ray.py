@@ -15,7 +15,7 @@ from blocktune.io import read_csv
 from blocktune.search import run
 
 from .conftest import make_image_folder
-from .test_search import kill_after_rows, tiny_config
+from .test_search import killed_at, tiny_config
 
 ray = pytest.importorskip("ray", reason="pip install 'blocktune[ray]' for the Ray tests")
 
@@ -110,9 +110,9 @@ def test_a_sigkilled_ray_driver_resumes_to_the_same_table(data, tmp_path, local_
         "fractions: {search: 0.25, val: 0.25, train: 0.3, test: 0.2}\n")
     command += ["--config", str(tmp_path / "split.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = kill_after_rows([*command, "--executor", "ray", "--trial-resources", "cpu=1"],
-                               out / "seed_0" / "candidates.csv", 3, 0.0, env)
-    assert not finished, "the driver finished before it was killed"
+    # the driver is killed just after it records its third row
+    assert killed_at([*command, "--executor", "ray", "--trial-resources", "cpu=1"],
+                     "candidate:3", env), "the driver finished before it was killed"
     rows_at_kill = len(read_csv(out / "seed_0" / "candidates.csv"))
     assert 3 <= rows_at_kill < 5
     subprocess.run([*command, "--executor", "ray"], env=env, check=True,

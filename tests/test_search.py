@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -158,20 +157,12 @@ def cli_run(data, out, *extra):
             "layer,block", "--out", str(out), *extra]
 
 
-def kill_after_rows(command, csv_path, rows, delay, env):
-    """Start ``command``; SIGKILL it ``delay`` s after ``candidates.csv`` has ``rows`` rows."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if csv_path.exists() and len(read_csv(csv_path)) >= rows:
-            time.sleep(delay)
-            break
-        time.sleep(0.02)
-    finished_before_kill = process.poll() is not None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return finished_before_kill
+def killed_at(command, fault, env) -> bool:
+    """Run ``command`` with ``BLOCKTUNE_FAULT=fault``; True when the fault's SIGKILL ended it
+    (the same point of the run on any machine, however fast)."""
+    done = subprocess.run(command, env={**env, "BLOCKTUNE_FAULT": fault},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    return done.returncode == -signal.SIGKILL
 
 
 @pytest.fixture
@@ -179,15 +170,16 @@ def flower_like(tmp_path):
     return make_image_folder(tmp_path / "kill-images", per_class=16)
 
 
-@pytest.mark.parametrize("extra, rows_range, default_points", [
-    ((), (1, 40), 3),
-    # pruned: layer's first rung is rows 1-30 (one per layer); rows 31-40 are its second
-    # rung, where the survivors continue from rung states saved on disk
-    (("--prune",), (31, 40), 2),
+@pytest.mark.parametrize("extra, rows_range, epochs_per_row, default_points", [
+    ((), (1, 40), 2, 3),
+    # pruned: layer's first rung is rows 1-30 (one per layer, one epoch each); rows 31-40 are
+    # its second rung, where the survivors continue from rung states saved on disk
+    (("--prune",), (31, 40), 1, 2),
 ], ids=["full", "pruned"])
-def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, tmp_path, extra,
-                                                                   rows_range, default_points):
+def test_sigkill_at_random_points_then_resume_gives_the_same_table(
+        flower_like, tmp_path, extra, rows_range, epochs_per_row, default_points):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("BLOCKTUNE_FAULT", None)
     reference = tmp_path / "reference"
     subprocess.run(cli_run(flower_like, reference, *extra), env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,20 +190,24 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(flower_like, 
     rng = random.Random(7)
     # more for a thorough check
     count = int(os.environ.get("BLOCKTUNE_KILL_POINTS", str(default_points)))
-    points = [(rng.randint(*rows_range), rng.uniform(0, 0.3)) for _ in range(count)]
+    # alternately just after a row is recorded and inside a candidate's training (an epoch
+    # of about that row has ended); the first point is always after a row
+    points = []
+    for number in range(count):
+        rows = rng.randint(*rows_range)
+        points.append(f"candidate:{rows}" if number % 2 == 0
+                      else f"epoch:{max(1, rows * epochs_per_row - 1)}")
     states_at_kill = []
-    for number, (rows, delay) in enumerate(points):
+    for number, fault in enumerate(points):
         out = tmp_path / f"killed{number}"
-        finished = kill_after_rows(cli_run(flower_like, out, *extra),
-                                   out / "seed_0" / "candidates.csv", rows, delay, env)
-        assert not finished, f"the run ended before the kill at row {rows}: nothing was tested"
+        assert killed_at(cli_run(flower_like, out, *extra), fault, env), \
+            f"the run ended before the kill at {fault}: nothing was tested"
         states_at_kill.append(len(list((out / "seed_0" / "rungs").glob("*.pt"))))
         if (out / "config.yaml").exists():
             build_report(out)  # a killed folder is readable as it stands
         subprocess.run(cli_run(flower_like, out, *extra), env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert stable(read_csv(out / "seed_0" / "candidates.csv"), fields) == expected, \
-            (rows, delay)
+        assert stable(read_csv(out / "seed_0" / "candidates.csv"), fields) == expected, fault
         assert stable(read_csv(out / "seed_0" / "finals.csv"),
                       ["method", "group", "val_acc", "test_acc"]) == expected_finals
     if extra:  # the resumes really continued from saved rung states

@@ -10,8 +10,10 @@ from blocktune.stats import (
     Comparison,
     Interval,
     accuracy_interval,
+    adjust,
     compare,
     compare_over_seeds,
+    holm,
     mcnemar_exact,
     mean_interval,
     paired_bootstrap,
@@ -110,3 +112,44 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_the_word_never_contradicts_the_test_beside_it():
+    # as seen in a run: the bootstrap interval excludes zero, McNemar does not (p = 0.052)
+    a, b = outcomes(16, 6, 100, 50)
+    alone = compare("BW", "Baseline II", a, b)
+    assert alone.difference.low > 0 and alone.p_value > 0.05
+    assert alone.word == "no clear difference"
+    # 4 discordant images of 4: the exact test cannot reach 0.05 (p = 0.125)
+    few = compare("BW", "Baseline I", *outcomes(4, 0, 100, 50))
+    assert few.difference.low > 0
+    assert few.p_value == pytest.approx(0.125) and few.word == "no clear difference"
+
+
+def test_holm_adjusts_a_verdict_block_together():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan],
+                                                                nan_ok=True)
+    strong = compare("BW", "Baseline I", *outcomes(30, 10, 200, 60))  # p ≈ 0.002
+    weak = compare("BW", "Baseline II", *outcomes(23, 10, 200, 67))  # p ≈ 0.035: × 2 > 0.05
+    tie = compare("Baseline II", "Baseline I", *outcomes(5, 5, 200, 90))
+    block = adjust([strong, weak, tie])
+    assert [c.family for c in block] == [3, 3, 3]
+    assert block[0].word == "better" and block[0].p_adjusted == pytest.approx(3 * strong.p_value)
+    assert weak.p_value < 0.05 and block[1].word == "no clear difference"
+    assert "Holm over 3 comparisons" in block[1].sentence()
+
+
+def test_over_seeds_the_t_test_is_the_interval_inverted():
+    for diffs in ([0.02, 0.03, 0.025], [0.01, -0.002, 0.03], [-0.03, -0.01, -0.02, -0.015]):
+        c = compare_over_seeds("BW", "Baseline II", diffs, images=900)
+        assert (c.difference.low > 0 or c.difference.high < 0) == (c.p_value < 0.05)
+
+
+def test_bootstrap_by_counts_needs_no_memory_per_image():
+    # 10,000 resamples of a million images: drawing every index would take 40 GB
+    a = np.zeros(1_000_000, dtype=bool)
+    a[:600_000] = True
+    b = np.roll(a, 1000)
+    interval = paired_bootstrap(a, b)
+    assert interval.value == 0 and interval.low < 0 < interval.high
+    assert interval.high - interval.low < 0.001

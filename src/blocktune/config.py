@@ -13,6 +13,7 @@ a config that differs in a resume key is refused, naming the keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -58,12 +59,13 @@ class RunConfig:
                            "--no-pretrained: random", resume=True)
     fractions: dict[str, float] = opt(factory=lambda: dict(DEFAULT_FRACTIONS),
                                       help="split fractions, e.g. search=0.1,val=0.1,train=0.6,"
-                                      "test=0.2", resume=True, low=0)
+                                      "test=0.2", resume=True, above=0)
     max_images_per_class: int | None = opt(None, "subsample each class (seeded) before splitting",
                                            resume=True, low=1)
     epochs: int = opt(5, "epochs per search candidate", resume=True, low=1)
     final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1)
-    batch_size: int = opt(32, "images per training step", resume=True, low=1)
+    batch_size: int = opt(32, "images per training step (at least 2: BatchNorm cannot train "
+                          "on one image)", resume=True, low=2)
     lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0)
     body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0)
     patience: int = opt(3, "early stop after this many epochs without a better val accuracy",
@@ -127,6 +129,10 @@ class RunConfig:
             self.strategies.insert(self.strategies.index("layer") + 1, "ranked")
         if not self.seeds:
             raise BlocktuneError("seeds = []: give at least one seed, e.g. --seeds 0,1,2")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:  # a seed twice would be run once and counted twice in every interval
+            raise BlocktuneError(f"seeds = {self.seeds}: seed {repeated[0]} is given twice; "
+                                 "give each seed once, e.g. --seeds 0,1,2")
         if not self.strategies:
             raise BlocktuneError("strategies = []: give at least one, e.g. --strategies block")
         if set(self.fractions) != set(DEFAULT_FRACTIONS) or abs(sum(self.fractions.values())
@@ -239,10 +245,11 @@ def describe_type(hint) -> str:
         return describe_type(args[0])
     origin = typing.get_origin(hint)
     if origin is list:
-        return "comma-separated " + {int: "whole numbers", float: "numbers"}.get(args[0], "names")
+        return "comma-separated " + {int: "whole numbers", float: "finite numbers"}.get(
+            args[0], "names")
     if origin is dict:
-        return "name=number pairs, comma-separated"
-    return {bool: "true or false", int: "a whole number", float: "a number",
+        return "name=number pairs (finite numbers), comma-separated"
+    return {bool: "true or false", int: "a whole number", float: "a finite number",
             str: "text"}[hint]
 
 
@@ -264,13 +271,17 @@ def _scalar(hint, value):
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        # NaN passes every `v < low` check and inf is no setting: neither is a number here
+        if number is not None and math.isfinite(number):
+            return number
     elif hint is str and isinstance(value, str):
         return value
     raise ValueError
@@ -316,10 +327,12 @@ def convert(f: dataclasses.Field, hint, value):
         if bad:
             raise wrong(f"unknown {bad[0]!r}; choose from {', '.join(map(str, choices))}")
     low, above = f.metadata.get("low"), f.metadata.get("above")
-    for v in values:
+    named = converted.items() if isinstance(converted, dict) else [(None, v) for v in values]
+    for key, v in named:
         if (low is not None and v < low) or (above is not None and v <= above):
             bound = f"at least {low}" if low is not None else f"greater than {above}"
-            raise BlocktuneError(f"{f.name} = {v} is out of range: it must be {bound}")
+            which = f"{f.name} = {v}" if key is None else f"{f.name} = {converted}: {key} = {v}"
+            raise BlocktuneError(f"{which} is out of range: it must be {bound}")
     return converted
 
 

@@ -65,6 +65,10 @@ class ImageFolder:
         return {c: counter[i] for i, c in enumerate(self.classes)}
 
 
+# the folder torchvision extracts each named dataset into
+TORCHVISION_FOLDERS = {"caltech101": "caltech101", "flowers102": "flowers-102"}
+
+
 def _torchvision_root(folder: str) -> Path:
     """Where a torchvision dataset lies: under BLOCKTUNE_DATA_DIR when there, else the cache."""
     env = os.environ.get("BLOCKTUNE_DATA_DIR")
@@ -81,6 +85,13 @@ def _open_torchvision(name: str, make, download: bool):
             raise BlocktuneError(f"{name} is not available offline: set BLOCKTUNE_DATA_DIR to a "
                                  "folder holding it in torchvision's layout, or go online to "
                                  "download it") from None
+    except (ValueError, KeyError, IndexError, OSError) as error:
+        # present but not as torchvision lays it out (Caltech-101 without BACKGROUND_Google:
+        # ValueError from list.remove), or unreadable: a download would not mend it
+        raise BlocktuneError(f"{name} under {_torchvision_root(TORCHVISION_FOLDERS[name])} is "
+                             f"incomplete or not in torchvision's layout ({type(error).__name__}"
+                             f": {error}): restore the extracted archive as it was, or move it "
+                             "away to download it again") from error
     try:
         return make(download=True)
     except Exception as error:  # noqa: BLE001 - network and archive errors alike
@@ -93,7 +104,7 @@ def caltech101(download: bool = True) -> ImageFolder:
     """Caltech-101 through torchvision: 101 classes, the BACKGROUND_Google clutter dropped."""
     from torchvision.datasets import Caltech101
 
-    root = _torchvision_root("caltech101")
+    root = _torchvision_root(TORCHVISION_FOLDERS["caltech101"])
     data = _open_torchvision("caltech101", lambda download: Caltech101(root, download=download),
                              download)
     # torchvision lists the categories without BACKGROUND_Google ("not a real class")
@@ -108,7 +119,7 @@ def flowers102(download: bool = True) -> ImageFolder:
     makes its own stratified split)."""
     from torchvision.datasets import Flowers102
 
-    root = _torchvision_root("flowers-102")
+    root = _torchvision_root(TORCHVISION_FOLDERS["flowers102"])
     by_file: dict[str, int] = {}
     for split in ("train", "val", "test"):
         data = _open_torchvision(
@@ -187,6 +198,7 @@ def download(url: str, dest: Path, expected_bytes: int | None = None,
 
 def _fetch(url: str, dest: Path, part: Path, start: int, expected_bytes: int | None) -> None:
     import urllib.error
+    import urllib.request
 
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -255,6 +267,10 @@ def scan_folder(root: str | Path) -> ImageFolder:
     if not files:
         raise BlocktuneError(f"data folder {root} holds no images: put each class's images "
                              "in a sub-folder named after the class")
+    empty = [name for label, name in enumerate(classes) if label not in set(labels)]
+    if empty:  # it would become an output class with no image to learn it from
+        raise BlocktuneError(f"class folder {root / empty[0]} holds no images: add images to "
+                             "it or move it out of the data folder")
     present = sorted(set(labels))
     if len(present) < 2:
         raise BlocktuneError(f"data folder {root} has images of only one class: fine-tuning a "

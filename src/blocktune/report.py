@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from blocktune.stats import (  # noqa: E402
     Comparison,
     Interval,
     accuracy_interval,
+    adjust,
     compare,
     compare_over_seeds,
     mean_interval,
@@ -142,6 +144,18 @@ def _paired(a: str, b: str, per_seed: dict[int, dict[str, MethodResult]], seeds:
     return compare_over_seeds(label(a), label(b), diffs, images)
 
 
+def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
+    """The verdict block's comparisons (each pair once, as :meth:`Assessment.lines` prints
+    them) with their p-values Holm-adjusted together; every list gets the adjusted copies."""
+    unique: dict[frozenset, Comparison] = {}
+    for comparison in (c for group in lists for c in group):
+        unique.setdefault(frozenset((comparison.a, comparison.b)), comparison)
+    adjusted = dict(zip(unique, adjust(list(unique.values())), strict=True))
+    return [[dataclasses.replace(c, p_adjusted=adjusted[frozenset((c.a, c.b))].p_adjusted,
+                                 family=adjusted[frozenset((c.a, c.b))].family)
+             for c in group] for group in lists]
+
+
 def assess(folder: str | Path) -> Assessment:
     """Recommendation, paired verdicts and intervals of a run, from its files alone."""
     folder = Path(folder)
@@ -159,6 +173,7 @@ def assess(folder: str | Path) -> Assessment:
         versus_baselines.append(_paired(BASELINE_II, BASELINE_I, per_seed, seeds))
     versus_recommended = [c for m in methods if recommended and m != recommended
                           if (c := _paired(recommended, m, per_seed, seeds)) is not None]
+    versus_recommended, versus_baselines = _holm_block(versus_recommended, versus_baselines)
     test_over_seeds = {}
     for m in methods:
         values = [per_seed[s][m].test for s in seeds if m in per_seed[s]]
@@ -299,9 +314,11 @@ def build_report(folder: str | Path) -> Path:
     verdict = assessment.lines()
     parts += [f"- {line}" for line in verdict] or ["- No final fine-tune has finished yet."]
     parts += ["", "Intervals are 95%. A difference is better or worse only when its whole "
-              "interval lies on one side of zero; paired on the same test images (bootstrap "
-              "interval, McNemar's exact test) for one seed, the mean of the seeds' differences "
-              "(Student's t) for several.", ""]
+              "interval lies on one side of zero and its test agrees: paired on the same test "
+              "images (bootstrap interval, McNemar's exact test) for one seed, the mean of the "
+              "seeds' differences (Student's t interval and t-test) for several. The p-values "
+              "of the comparisons above are Holm-adjusted together (the several comparisons "
+              "of one verdict), and the adjusted p must be below 0.05.", ""]
     parts.append(f"Head `{config['head']}`, image size {config['image_size']}, "
                  f"{config['epochs']} search epochs, {config['final_epochs']} final epochs, "
                  f"seeds {', '.join(map(str, seeds))}, selection rule "

@@ -8,11 +8,16 @@ was right), so a report can be rebuilt from the files a run writes:
 * two methods scored on the same images are compared *paired*: the difference of their
   accuracies with a paired bootstrap 95% interval (images resampled together), and McNemar's
   exact test on the images where exactly one of them is right;
-* over several seeds, the mean of the per-seed differences with a Student-t 95% interval.
+* over several seeds, the mean of the per-seed differences with a Student-t 95% interval and
+  the matching one-sample t-test;
+* a difference is *better* or *worse* only when its interval excludes zero **and** its test,
+  Holm-adjusted over the comparisons of one verdict block, is below 0.05: the word never
+  contradicts the p-value printed beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,28 @@ def paired_bootstrap(correct_a: Sequence[bool], correct_b: Sequence[bool],
     if len(a) == 0:
         return Interval(math.nan, math.nan, math.nan)
     diff = a.astype(np.int8) - b.astype(np.int8)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(diff), size=(resamples, len(diff)), dtype=np.int32)
-    means = diff[draws].mean(axis=1, dtype=np.float64)
+    # A resample of the images is fully described by how many of its draws fall on images
+    # where A alone, B alone, or both or neither are right: multinomial counts, O(resamples)
+    # memory however many images there are (drawing every index costs resamples × n).
+    n = len(diff)
+    kinds = np.array([np.sum(diff == 1), np.sum(diff == -1), np.sum(diff == 0)]) / n
+    counts = np.random.default_rng(seed).multinomial(n, kinds, size=resamples)
+    means = (counts[:, 0] - counts[:, 1]) / n
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(float(diff.mean()), float(low), float(high))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of several p-values (family-wise error ≤ alpha); ``nan``
+    entries are not tests and stay ``nan``."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -108,28 +130,51 @@ class Comparison:
     a: str
     b: str
     difference: Interval
-    p_value: float  # McNemar's exact test; nan over seeds
+    p_value: float  # McNemar's exact test on one seed, the t-test over seeds
     images: int
     seeds: int = 1
+    # Holm-adjusted over the comparisons of one verdict block (``adjust``); p_value alone
+    family: int = 1
+    p_adjusted: float | None = None
+
+    @property
+    def p_decisive(self) -> float:
+        return self.p_value if self.p_adjusted is None else self.p_adjusted
 
     @property
     def word(self) -> str:
-        """better / worse when the whole interval lies on one side of zero, else a tie."""
+        """better / worse when the whole interval lies on one side of zero and the (adjusted)
+        test agrees; else a tie."""
         if math.isnan(self.difference.low):
             return "no interval (no per-image predictions saved)" if self.images == 0 \
                 else "no interval"
-        if self.difference.low > 0:
+        significant = not math.isnan(self.p_decisive) and self.p_decisive < ALPHA
+        if self.difference.low > 0 and significant:
             return "better"
-        if self.difference.high < 0:
+        if self.difference.high < 0 and significant:
             return "worse"
         return "no clear difference"
 
     def sentence(self) -> str:
-        """``BW vs Baseline I: −2.9 points [−5.0, −0.8], worse (McNemar p = 0.008)``."""
-        detail = f"McNemar p = {self.p_value:.3g}" if not math.isnan(self.p_value) else \
-            f"mean over {self.seeds} seeds"
+        """``BW vs Baseline I: −2.9 points [−5.0, −0.8], worse (McNemar p = 0.008, Holm over
+        3 comparisons 0.024)``."""
+        if self.seeds == 1:
+            detail = f"McNemar p = {self.p_value:.3g}"
+        else:
+            detail = f"mean over {self.seeds} seeds" + (
+                f", t-test p = {self.p_value:.3g}" if not math.isnan(self.p_value) else "")
+        if self.p_adjusted is not None and self.family > 1 and not math.isnan(self.p_value):
+            detail += f", Holm over {self.family} comparisons {self.p_adjusted:.3g}"
         text = self.difference.points().replace("-", "\u2212")
         return f"{self.a} vs {self.b}: {text}, {self.word} ({detail})"
+
+
+def adjust(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons of one verdict block with their p-values Holm-adjusted together."""
+    adjusted = holm([c.p_value for c in comparisons])
+    family = sum(not math.isnan(c.p_value) for c in comparisons)
+    return [dataclasses.replace(c, p_adjusted=p, family=family)
+            for c, p in zip(comparisons, adjusted, strict=True)]
 
 
 def compare(a: str, b: str, correct_a: Sequence[bool], correct_b: Sequence[bool],
@@ -140,8 +185,14 @@ def compare(a: str, b: str, correct_a: Sequence[bool], correct_b: Sequence[bool]
 
 
 def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int) -> Comparison:
-    """Per-seed paired differences (A − B), summarised as their mean with a t interval."""
-    return Comparison(a, b, mean_interval(differences), math.nan, images, len(differences))
+    """Per-seed paired differences (A − B), summarised as their mean with a t interval and the
+    one-sample t-test that the interval inverts."""
+    x = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
+    p_value = math.nan
+    if len(x) >= 2:
+        p_value = 1.0 if np.all(x == x[0]) and x[0] == 0 else (
+            0.0 if np.all(x == x[0]) else float(scipy_stats.ttest_1samp(x, 0.0).pvalue))
+    return Comparison(a, b, mean_interval(differences), p_value, images, len(differences))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
