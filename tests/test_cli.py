@@ -161,3 +161,16 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path):
                                       "--image-size", "64", "--out", str(tmp_path)])
     config = _config(args, base={"epochs": 2, "image_size": 128, "final_epochs": 9})
     assert (config.epochs, config.image_size, config.final_epochs) == (7, 64, 9)
+
+
+def test_a_run_whose_trials_failed_exits_1_with_one_line(tmp_path, capsys):
+    # lr 1e30 makes some losses non-finite: those rows are recorded as failed, the rest of
+    # the run finishes and is reported, and the exit status says it was not a clean run
+    data = make_image_folder(tmp_path / "images", per_class=16)
+    out = tmp_path / "out"
+    code = main(["run", *TINY, "--data", str(data), "--lr", "1e30", "--max-candidates", "2",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert err.startswith("blocktune: error: ") and "trial(s) failed (first: seed 0" in err
+    assert (out / "report.md").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blocktune.errors import BlocktuneError
-from blocktune.executors.ray import FAULT_ENV, check_reachable, parse_resources
+from blocktune.executors.ray import FAULT_ENV, RAISE_ENV, check_reachable, parse_resources
 from blocktune.io import read_csv
 from blocktune.search import run
 
@@ -166,3 +166,30 @@ def test_resources_unreachable_cluster_and_missing_ray_are_one_line(tmp_path, ca
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(base) == 2
     assert "pip install 'blocktune[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trial, kind, rows_kept", [
+    ("block#1", "search", 4),  # the baselines and two other candidates are kept
+    ("final:block", "finals", 0),
+], ids=["search-trial", "final"])
+def test_a_trial_that_fails_for_good_stops_the_run_loudly(data, tmp_path, one_thread, trial,
+                                                           kind, rows_kept):
+    # Tune reports a trial that exhausted its retries in the ResultGrid and does not raise:
+    # it once vanished, and the run exited 0 without that candidate or final
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {RAISE_ENV: trial}})
+    try:
+        out = tmp_path / "run"
+        with pytest.raises(BlocktuneError, match=rf"^1 Ray trial\(s\) of the {kind} failed "
+                           r"after 3 attempts \(first: .*injected failure"):
+            run(tiny_config(data, max_candidates=3, executor="ray"), out)
+        rows = read_csv(out / "seed_0" / "candidates.csv")
+        if kind == "search":
+            assert len(rows) == rows_kept and not (out / "seed_0" / "finals.csv").exists()
+        else:
+            assert len(rows) == 5
+            assert "block" not in {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")}
+            assert not (out / "model.safetensors").exists()
+    finally:
+        ray.shutdown()

@@ -1,4 +1,5 @@
-"""``blocktune``: thin commands over the library. Errors print one line and exit with 2."""
+"""``blocktune``: thin commands over the library. Errors print one line and exit with 2; a run
+whose trials failed finishes what it can and exits with 1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import errno
 import logging
 import sys
+from pathlib import Path
 
 from blocktune.errors import BlocktuneError
 
@@ -146,7 +148,7 @@ def cmd_groups(args) -> int:
 
 def cmd_run(args) -> int:
     from blocktune.report import assess, build_report
-    from blocktune.search import run
+    from blocktune.search import failures, run
 
     config = _config(args, base=getattr(args, "defaults", None))
     if args.print_config:
@@ -157,6 +159,16 @@ def cmd_run(args) -> int:
     report = build_report(args.out)
     _print_assessment(assess(args.out), summary)
     print(f"report: {report}")
+    waiting = [s for s in config.seeds if not (Path(args.out) / f"seed_{s}" / "finals.csv"
+                                               ).exists()]
+    if waiting:  # the only normal early stop: a spent --time-budget
+        print(f"--time-budget spent: the search of seed(s) {', '.join(map(str, waiting))} is "
+              "not finished and their final fine-tunes wait; run the same command to resume",
+              file=sys.stderr)
+    failed = failures(args.out, config.seeds)
+    if failed:
+        print(f"blocktune: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -616,6 +616,25 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
     return summary
 
 
+def failures(folder: str | Path, seeds: list[int]) -> str | None:
+    """One line on the search candidates and finals of a run that failed, or None."""
+    failed: list[tuple[int, str, str]] = []
+    for seed in seeds:
+        seed_dir = Path(folder) / f"seed_{seed}"
+        failed += [(seed, f"{label(r.strategy)} #{r.index}", r.error)
+                   for r in read_candidates(seed_dir / "candidates.csv") if r.status == "failed"]
+        failed += [(seed, f"the {label(r.method)} final", getattr(r, "error", ""))
+                   for r in read_finals(seed_dir / "finals.csv") if r.status != "ok"]
+    if not failed:
+        return None
+    seed, what, error = failed[0]
+    error = error or "no error recorded"
+    return (f"{len(failed)} trial(s) failed (first: seed {seed}, {what}: {error}); the rest "
+            "of the run is saved: see the status and error columns of "
+            f"{Path(folder) / f'seed_{seed}'}'s CSVs, fix the cause (e.g. a lower --lr or "
+            "--batch-size) and start over with --force-new")
+
+
 def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], images: DecodedImages,
                   data_cfg) -> None:
     """Copy the method with the best final *val* accuracy to ``model.safetensors`` + ``model.json``."""

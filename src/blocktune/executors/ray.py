@@ -43,6 +43,9 @@ RESOURCE_KEYS = ("cpu", "gpu")
 # Fault injection for the test suite: a trial of this method and index SIGKILLs its own worker
 # once, the first time it reaches its first epoch (the marker file remembers it happened).
 FAULT_ENV = "BLOCKTUNE_FAULT_KILL_TRIAL"
+# ... and this one makes every attempt of a trial raise: ``block#1`` (a search trial, its
+# refit too), ``final:block`` (a final), so that it fails for good after Tune's retries.
+RAISE_ENV = "BLOCKTUNE_FAULT_RAISE_TRIAL"
 
 
 def require_ray():
@@ -147,12 +150,15 @@ def _trial_of(config: dict) -> Trial:
     return Trial(**fields)
 
 
-def _maybe_fault(trial: Trial) -> None:
+def _maybe_fault(name: str) -> None:
+    """Test-suite faults for the trial ``name`` (``block#1``, ``final:block``)."""
+    if os.environ.get(RAISE_ENV) == name:
+        raise RuntimeError(f"injected failure of trial {name}")
     target = os.environ.get(FAULT_ENV)
     if not target:
         return
     wanted, _, marker = target.partition("@")
-    if wanted == f"{trial.method}#{trial.index}" and not Path(marker).exists():
+    if wanted == name and not Path(marker).exists():
         Path(marker).write_text("killed once\n")
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -164,7 +170,7 @@ def _search_trainable(config: dict, spec=None, cache=None, checkpoints=None) -> 
     trial = _trial_of(config)
 
     def on_epoch(epoch, loss, acc, seconds):
-        _maybe_fault(trial)
+        _maybe_fault(f"{trial.method}#{trial.index}")
         tune.report({"epoch": epoch, "train_loss": loss, "val_acc": acc, "seconds": seconds})
 
     result = bench.train(trial, (checkpoints or {}).get(trial.key), on_epoch,
@@ -184,6 +190,7 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     bench = _worker_bench(spec, cache)
     group = config["final"]["group"]
     group = None if group is None else tuple(group)
+    _maybe_fault(f"final:{config['final']['method']}")
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
         {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}))
     saved = None
@@ -195,6 +202,13 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
                  "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
                 checkpoint=saved)
+
+
+def _trial_name(config: dict) -> str:
+    """``block #3`` or ``final block``, from a Tune trial's config."""
+    if "final" in config:
+        return f"final {config['final']['method']}"
+    return f"{config['trial']['method']} #{config['trial']['index']}"
 
 
 def _relay_epoch(on_epoch: Callable | None, result: dict) -> None:
@@ -321,10 +335,11 @@ class RayExecutor:
                 storage_path=str(self.folder / "ray"), callbacks=[Relay(token)], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.max_failures)))
         failure: list[BaseException] = []
+        grids: list = []
 
         def work():
             try:
-                tuner.fit()
+                grids.append(tuner.fit())
             except BaseException as error:  # noqa: BLE001 - handed to the driver thread
                 failure.append(error)
             finally:
@@ -342,6 +357,19 @@ class RayExecutor:
             raise BlocktuneError(f"the Ray Tune run failed ({type(failure[0]).__name__}: "
                                  f"{failure[0]}): finished trials are saved, run the same "
                                  "command to resume") from failure[0]
+        # Tune does not raise for trials that failed for good (after max_failures retries):
+        # it lists them in the ResultGrid, which must be read or they vanish
+        failed = [r for r in grids[0] if r.error is not None] if grids else []
+        if failed:
+            first = failed[0]
+            name = _trial_name(first.config)
+            cause = str(first.error).strip().splitlines()
+            raise BlocktuneError(
+                f"{len(failed)} Ray trial(s) of the {kind} failed after "
+                f"{self.max_failures + 1} attempts (first: {name}: "
+                f"{cause[-1] if cause else type(first.error).__name__}): finished trials are "
+                f"saved; Tune's logs are under {self.folder / 'ray'}; fix the cause and run "
+                "the same command to resume")
 
     def close(self) -> None:
         pass
