@@ -174,3 +174,57 @@ def test_a_run_whose_trials_failed_exits_1_with_one_line(tmp_path, capsys):
     assert code == 1, err
     assert err.startswith("blocktune: error: ") and "trial(s) failed (first: seed 0" in err
     assert (out / "report.md").exists()
+
+
+def _someone_elses(folder):
+    folder.mkdir(parents=True)
+    mine = {"README.md": "my notes\n", "report.md": "my report\n", "summary.csv": "a,b\n1,2\n",
+            "config.json": "{}\n"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    return mine
+
+
+OUT_COMMANDS = {
+    "run": lambda data, out, run: ["run", *TINY, "--data", str(data), "--out", str(out)],
+    "finetune": lambda data, out, run: ["finetune", *TINY, "--data", str(data), "--train",
+                                        "head", "--out", str(out)],
+    "export-timm": lambda data, out, run: ["export", str(run), "--format", "timm", "--out",
+                                           str(out)],
+    "export-onnx": lambda data, out, run: ["export", str(run), "--format", "onnx", "--out",
+                                           str(out)],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_no_command_writes_over_someone_elses_folder(command, tmp_path, capsys):
+    data = make_image_folder(tmp_path / "images", per_class=8)
+    out = tmp_path / "mine"
+    mine = _someone_elses(out)
+    err = error_line(capsys, OUT_COMMANDS[command](data, out, tmp_path / "a-run"))
+    assert "already holds files that are not" in err and "give an empty or new folder" in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine  # untouched, nothing added
+
+
+def test_finetune_refuses_a_run_folder_and_run_a_finetune_folder(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "images", per_class=8)
+    a_run = tmp_path / "a-run"
+    (a_run / "seed_0").mkdir(parents=True)
+    (a_run / "config.yaml").write_text("model: test_efficientnet\n")  # made before markers
+    err = error_line(capsys, OUT_COMMANDS["finetune"](data, a_run, None))
+    assert "holds a blocktune run, not a finetune" in err
+    a_finetune = tmp_path / "a-finetune"
+    a_finetune.mkdir()
+    (a_finetune / ".blocktune").write_text('{"command": "finetune"}')
+    err = error_line(capsys, OUT_COMMANDS["run"](data, a_finetune, None))
+    assert "holds a blocktune finetune, not a run" in err
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
+    few = make_image_folder(tmp_path / "few", per_class=12)
+    for extra in sorted((few / "blue").iterdir())[3:]:
+        extra.unlink()
+    out = tmp_path / "new" / "out"
+    err = error_line(capsys, ["run", *TINY, "--data", str(few), "--out", str(out)])
+    assert "class 'blue' has 3" in err
+    assert not (tmp_path / "new").exists()

@@ -93,11 +93,23 @@ def check_images(folder: Path, card: dict, count: int = CHECK_IMAGES) -> list[Pa
     return [root / f for f in files]
 
 
+# what each format writes into its folder
+EXPORT_FILES = {"timm": {"model.safetensors", "config.json", "README.md"},
+                "onnx": {"model.onnx", "model.onnx.data", "model.json"}}
+
+
 def export(folder: str | Path, fmt: str, out: str | Path | None = None) -> Exported:
     if fmt not in FORMATS:
         raise BlocktuneError(f"unknown export format {fmt!r}: choose {' or '.join(FORMATS)}")
     folder = Path(folder)
     out = Path(out) if out is not None else folder / "export" / fmt
+    if out.exists() and not out.is_dir():
+        raise BlocktuneError(f"--out {out} is a file: give a folder for the export")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES[fmt]) \
+        if out.is_dir() else []
+    if foreign:  # an export writes over its own earlier files, never over a user's
+        raise BlocktuneError(f"--out {out} already holds files that are not a {fmt} export's "
+                             f"({', '.join(foreign[:3])}): give an empty or new folder")
     return export_timm(folder, out) if fmt == "timm" else export_onnx(folder, out)
 
 

@@ -111,15 +111,73 @@ def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict | No
     atomic_write_bytes(path, save(contiguous, metadata=metadata))
 
 
+MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
+# What each command writes at the top of its --out folder. A folder holding anything else
+# belongs to someone else: a run never writes over it.
+RUN_FILES = frozenset({
+    "config.yaml", "environment.json", "run.lock", "run.pid", "summary.csv", "model.safetensors",
+    "model.json", "README.md", "report.md", "report.html", "plots", "tensorboard", "export",
+    "metrics.csv", "splits.json", "cache", MARKER})
+FINETUNE_FILES = frozenset({
+    "config.yaml", "environment.json", "run.lock", "run.pid", "splits.json", "metrics.csv",
+    "result.json", "model.safetensors", "model.json", "README.md", "cache", "rungs",
+    "tensorboard", MARKER})
+
+
+def _owner(folder: Path) -> str | None:
+    """The command a folder was made by: its marker, or for folders made before markers, its
+    layout (a config.yaml of blocktune's keys, and seed folders for ``run``)."""
+    try:
+        return json.loads((folder / MARKER).read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+    except Exception:  # noqa: BLE001 - absent, unreadable or not YAML: no owner
+        return None
+    if not isinstance(saved, dict) or "model" not in saved:
+        return None
+    return "run" if any(folder.glob("seed_*")) else "finetune"
+
+
+def check_owned(folder: Path, command: str) -> None:
+    """Refuse, in one line, an ``--out`` folder that is neither empty nor this command's."""
+    if not folder.is_dir():
+        return
+    entries = sorted(p.name for p in folder.iterdir())
+    allowed = RUN_FILES if command == "run" else FINETUNE_FILES
+    foreign = [n for n in entries if n not in allowed and not (
+        command == "run" and n.startswith("seed_"))]
+    owner = _owner(folder) if entries else command
+    if owner is None and not foreign and set(entries) <= {"run.lock", "run.pid", MARKER}:
+        owner = command  # a run refused or killed before it wrote anything
+    if owner == command and not foreign:
+        return
+    if owner is not None and owner != command:
+        raise BlocktuneError(f"--out {folder} holds a blocktune {owner}, not a {command}: "
+                             "give an empty or new folder")
+    shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
+    raise BlocktuneError(f"--out {folder} already holds files that are not a blocktune "
+                         f"{command}'s ({shown or ', '.join(entries[:3])}): give an empty or "
+                         "new folder")
+
+
 class RunLock:
     """One writer per run folder: an OS lock on ``run.lock`` (``filelock``), released by the
     kernel when its process dies however it dies, so no lock is ever stale; ``run.pid`` names
-    the holder for the error message."""
+    the holder for the error message.
 
-    def __init__(self, folder: str | Path):
+    With ``command``, the folder must be empty or that command's (:func:`check_owned`), and it
+    is marked as that command's. A folder this lock created is removed again when the work
+    inside fails before it wrote its config: a refused run leaves nothing behind.
+    """
+
+    def __init__(self, folder: str | Path, command: str | None = None):
         self.path = Path(folder) / "run.lock"
         self.pid_path = Path(folder) / "run.pid"
+        self.command = command
         self._lock = None
+        self._created: Path | None = None
 
     def __enter__(self) -> RunLock:
         from filelock import FileLock, Timeout
@@ -128,6 +186,12 @@ class RunLock:
         if folder.exists() and not folder.is_dir():
             raise BlocktuneError(f"--out {folder} is a file, not a folder: give a folder for "
                                  "the run (created if missing)")
+        if self.command is not None:
+            check_owned(folder, self.command)
+        if not folder.exists():  # the topmost folder this lock creates
+            self._created = folder
+            while not self._created.parent.exists():
+                self._created = self._created.parent
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise BlocktuneError(f"run folder {folder} is not writable: fix its permissions, "
@@ -143,11 +207,17 @@ class RunLock:
             raise BlocktuneError(f"run folder {self.path.parent} is being written by {holder}: "
                                  "wait for it to finish, or use another --out folder") from None
         self.pid_path.write_text(f"{os.getpid()}\n")
+        if self.command is not None and not (folder / MARKER).exists():
+            atomic_write_json(folder / MARKER, {"command": self.command})
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self.pid_path.unlink(missing_ok=True)
         self._lock.release()
+        folder = self.path.parent
+        if kind is not None and self._created is not None and not (
+                folder / "config.yaml").exists():
+            shutil.rmtree(self._created, ignore_errors=True)
 
 
 def predictions_text(predictions) -> str:

@@ -154,8 +154,8 @@ def clear_results(folder: Path) -> None:
     for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
                   *folder.glob("seed_*/rungs/*.pt"), *folder.glob("seed_*/*.safetensors"),
                   folder / "metrics.csv", folder / "splits.json", folder / "summary.csv",
-                  folder / "model.safetensors", folder / "model.json",
-                  folder / "report.md", folder / "report.html"]:
+                  folder / "model.safetensors", folder / "model.json", folder / "README.md",
+                  folder / "report.md", folder / "report.html", *folder.glob("plots/*.png")]:
         stale.unlink(missing_ok=True)
     shutil.rmtree(folder / "tensorboard", ignore_errors=True)
 
@@ -590,7 +590,7 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
         force_new: bool = False) -> list[dict]:
     """The whole protocol for every seed; resumable. Returns the summary rows."""
     folder = Path(folder)
-    with RunLock(folder):
+    with RunLock(folder, "run"):
         check_resume(folder, config, force_new)
         check_executor(config)
         images, data_cfg = load_images(config)
@@ -751,7 +751,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     """
     folder = Path(folder)
     events = events or Events()
-    with RunLock(folder):
+    with RunLock(folder, "finetune"):
         check_resume(folder, config)
         images, data_cfg = load_images(config)
         seed = config.seeds[0]

@@ -175,12 +175,14 @@ def _search_trainable(config: dict, spec=None, cache=None, checkpoints=None) -> 
 
     result = bench.train(trial, (checkpoints or {}).get(trial.key), on_epoch,
                          config["train_split"], config["val_split"])
-    saved = None
-    if result.checkpoint is not None:
-        folder = tempfile.mkdtemp(prefix="blocktune-rung-")
-        torch.save(result.checkpoint, Path(folder) / "rung.pt")
-        saved = tune.Checkpoint.from_directory(folder)
-    tune.report({"blocktune_result": json.dumps(result.to_dict())}, checkpoint=saved)
+    # report() copies the checkpoint into the experiment's storage before it returns: the
+    # temporary folder goes with the context
+    with tempfile.TemporaryDirectory(prefix="blocktune-rung-") as folder:
+        saved = None
+        if result.checkpoint is not None:
+            torch.save(result.checkpoint, Path(folder) / "rung.pt")
+            saved = tune.Checkpoint.from_directory(folder)
+        tune.report({"blocktune_result": json.dumps(result.to_dict())}, checkpoint=saved)
 
 
 def _final_trainable(config: dict, spec=None, cache=None) -> None:
@@ -193,15 +195,15 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     _maybe_fault(f"final:{config['final']['method']}")
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
         {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}))
-    saved = None
-    if outcome.state is not None:
-        folder = tempfile.mkdtemp(prefix="blocktune-final-")
-        save_file({k: v.contiguous() for k, v in outcome.state.items()},
-                  str(Path(folder) / "model.safetensors"))
-        saved = tune.Checkpoint.from_directory(folder)
-    tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
-                 "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
-                checkpoint=saved)
+    with tempfile.TemporaryDirectory(prefix="blocktune-final-") as folder:
+        saved = None
+        if outcome.state is not None:
+            save_file({k: v.contiguous() for k, v in outcome.state.items()},
+                      str(Path(folder) / "model.safetensors"))
+            saved = tune.Checkpoint.from_directory(folder)
+        tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
+                     "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
+                    checkpoint=saved)
 
 
 def _trial_name(config: dict) -> str:
