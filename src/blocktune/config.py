@@ -25,6 +25,7 @@ import yaml
 from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS
 from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
+from blocktune.io import damaged, read_yaml_mapping
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
 from blocktune.select import RULES
@@ -213,6 +214,18 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise BlocktuneError(f"config {path} is not a mapping of RunConfig keys to values")
     return values
+
+
+def read_saved_config(folder: str | Path) -> dict:
+    """A run folder's ``config.yaml``, its keys checked for type and range (not for the
+    environment: its data folder and weights need not exist where it is read)."""
+    path = Path(folder) / "config.yaml"
+    saved = read_yaml_mapping(path)
+    try:
+        RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None, "device": "cpu"})
+    except BlocktuneError as error:
+        raise damaged(path, str(error)) from None
+    return saved
 
 
 def resume_keys() -> list[str]:

@@ -28,7 +28,7 @@ from PIL import Image, ImageFile
 
 from blocktune import faults
 from blocktune.errors import BlocktuneError
-from blocktune.io import atomic_file, atomic_write_json
+from blocktune.io import atomic_file, atomic_write_json, damaged, read_json
 from blocktune.resources import require
 
 log = logging.getLogger(__name__)
@@ -509,7 +509,7 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
                        seed: int) -> dict[str, list[int]]:
     """Reuse ``splits.json`` when it exists and matches the files; else make and write it."""
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_splits(path)
         position = {f: i for i, f in enumerate(decoded.files)}
         missing = [f for files in saved["files"].values() for f in files if f not in position]
         if missing:
@@ -551,10 +551,27 @@ def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
+def read_splits(path: str | Path) -> dict:
+    """A ``splits.json``, checked for the shape every reader relies on."""
+    saved = read_json(path)
+    files, classes = saved.get("files"), saved.get("classes")
+    if not (isinstance(files, dict) and isinstance(classes, list) and all(
+            isinstance(v, list) and all(isinstance(f, str) for f in v) for v in files.values())
+            and set(files) <= {"search", "val", "train", "test"}):
+        raise damaged(path, "not a split: 'files' must map split names to lists of files, "
+                      "'classes' list the classes")
+    labels = saved.get("labels")
+    if labels is not None and not (isinstance(labels, dict) and all(
+            isinstance(labels.get(k), list) and len(labels[k]) == len(v)
+            for k, v in files.items())):
+        raise damaged(path, "'labels' does not match 'files'")
+    return saved
+
+
 def split_labels(path: Path) -> dict[str, np.ndarray]:
     """Class ids of each split of a ``splits.json``, in its file order (the order predictions
     are saved in). Older files without labels: a file's class is its first folder."""
-    saved = json.loads(Path(path).read_text())
+    saved = read_splits(path)
     if "labels" in saved:
         return {split: np.array(labels, dtype=np.int64) for split, labels in saved["labels"].items()}
     index = {name: i for i, name in enumerate(saved["classes"])}

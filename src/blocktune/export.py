@@ -13,16 +13,17 @@ the PyTorch model on real images from the run's test split; the largest differen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from blocktune.data import decode_resized, normalize, open_data
+from blocktune.config import read_saved_config
+from blocktune.data import decode_resized, normalize, open_data, read_splits
 from blocktune.errors import BlocktuneError
 from blocktune.fastlayers import use_fast_layers
+from blocktune.io import parsing, read_model_card
 from blocktune.models import BlockModel, build_model, load_weights_strict
 
 FORMATS = ("timm", "onnx")
@@ -42,7 +43,7 @@ def saved_card(folder: str | Path) -> dict:
     if not (folder / "model.json").exists() or not (folder / "model.safetensors").exists():
         raise BlocktuneError(f"{folder} holds no saved model (model.json + model.safetensors): "
                              "pass the --out folder of a finished blocktune run or finetune")
-    return json.loads((folder / "model.json").read_text())
+    return read_model_card(folder)
 
 
 def load_saved_model(folder: str | Path, fast_layers: bool = True) -> tuple[BlockModel, dict]:
@@ -53,7 +54,8 @@ def load_saved_model(folder: str | Path, fast_layers: bool = True) -> tuple[Bloc
     card = saved_card(folder)
     model, _ = build_model(card["model"], len(card["classes"]), card["head"], card["image_size"],
                            pretrained=False, model_args=card.get("model_args"))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    with parsing(folder / "model.safetensors"):  # cut short, garbage, or other tensors
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
     if not fast_layers:  # plain PyTorch modules: what exporters and other tools know
         use_fast_layers(model, enabled=False)
     return model.eval(), card
@@ -81,15 +83,13 @@ def check_images(folder: Path, card: dict, count: int = CHECK_IMAGES) -> list[Pa
     if not splits:
         raise BlocktuneError(f"{folder} has no splits.json: export needs the run folder")
     config = folder / "config.yaml"
-    import yaml
-
-    data = yaml.safe_load(config.read_text())["data"] if config.exists() else card["data"]
+    data = read_saved_config(folder)["data"] if config.exists() else card["data"]
     try:
         root = open_data(data, download=False).root
     except BlocktuneError as error:
         raise BlocktuneError(f"the run's data is needed to check the export on real images: "
                              f"{error}") from None
-    files = json.loads(splits[0].read_text())["files"]["test"][:count]
+    files = read_splits(splits[0])["files"].get("test", [])[:count]
     return [root / f for f in files]
 
 

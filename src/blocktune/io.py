@@ -96,12 +96,82 @@ def atomic_write_csv(path: str | Path, rows: Iterable[Mapping], fields: list[str
     atomic_write_text(path, buffer.getvalue())
 
 
-def read_csv(path: str | Path) -> list[dict[str, str]]:
+def damaged(path: str | Path, error: BaseException | str) -> BlocktuneError:
+    """The one line for a file of a run folder that cannot be read back as written."""
+    detail = error if isinstance(error, str) else (
+        f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+    return BlocktuneError(f"{path} is damaged ({detail[:160]}): restore it from a copy, or "
+                          "delete it (or start a new --out folder) to compute it again; "
+                          "nothing was written")
+
+
+@contextmanager
+def parsing(path: str | Path) -> Iterator[None]:
+    """Whatever goes wrong turning a file's bytes into values is one line naming the file."""
+    try:
+        yield
+    except BlocktuneError:
+        raise
+    except Exception as error:  # noqa: BLE001 - parsers raise many types for bad bytes
+        raise damaged(path, error) from error
+
+
+def read_json(path: str | Path, expect: type = dict):
+    """A JSON file blocktune wrote: its top-level value, of type ``expect``."""
+    with parsing(path):
+        value = json.loads(Path(path).read_text())
+    if not isinstance(value, expect):
+        raise damaged(path, f"a JSON {type(value).__name__}, not a {expect.__name__}")
+    return value
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file blocktune wrote, which must hold a mapping."""
+    with parsing(path):
+        value = yaml.safe_load(Path(path).read_text())
+    if not isinstance(value, dict):
+        raise damaged(path, f"YAML holding a {type(value).__name__}, not a mapping of keys")
+    return value
+
+
+# model.json: what predict and export need, with the type each must have
+CARD_KEYS = {"model": str, "classes": list, "head": str, "image_size": int, "mean": list,
+             "std": list, "interpolation": str, "method": str}
+
+
+def read_model_card(folder: str | Path) -> dict:
+    """``model.json`` of a run or finetune folder, checked for what rebuilding the model needs."""
+    path = Path(folder) / "model.json"
+    card = read_json(path)
+    wrong = [k for k, kind in CARD_KEYS.items() if not isinstance(card.get(k), kind)]
+    if wrong:
+        raise damaged(path, f"{wrong[0]!r} is missing or not a {CARD_KEYS[wrong[0]].__name__}")
+    return card
+
+
+def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV blocktune wrote; a header without the ``required`` columns, or a row cut
+    short or with extra cells, is damage."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    with parsing(path), open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing and path.stat().st_size:
+        raise damaged(path, f"no {missing[0]!r} column")
+    with open(path, "rb") as handle:  # every row blocktune writes ends its line
+        handle.seek(max(0, path.stat().st_size - 1))
+        last = handle.read(1)
+    if last not in (b"", b"\n"):
+        raise damaged(path, "it ends mid-line, cut short")
+    for number, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise damaged(path, f"line {number} has {len(row) - (None in row)} of "
+                          f"{len([k for k in row if k is not None])} cells")
+    return rows
 
 
 def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
@@ -140,6 +210,11 @@ def _owner(folder: Path) -> str | None:
     return "run" if any(folder.glob("seed_*")) else "finetune"
 
 
+def _is_atomic_temp(name: str) -> bool:
+    """A temp file an atomic write was killed in (``.model.json.x1y2z3.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def check_owned(folder: Path, command: str) -> None:
     """Refuse, in one line, an ``--out`` folder that is neither empty nor this command's."""
     if not folder.is_dir():
@@ -147,7 +222,7 @@ def check_owned(folder: Path, command: str) -> None:
     entries = sorted(p.name for p in folder.iterdir())
     allowed = RUN_FILES if command == "run" else FINETUNE_FILES
     foreign = [n for n in entries if n not in allowed and not (
-        command == "run" and n.startswith("seed_"))]
+        command == "run" and n.startswith("seed_")) and not _is_atomic_temp(n)]
     owner = _owner(folder) if entries else command
     if owner is None and not foreign and set(entries) <= {"run.lock", "run.pid", MARKER}:
         owner = command  # a run refused or killed before it wrote anything

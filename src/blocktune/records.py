@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocktune.io import atomic_write_csv, predictions_text, read_csv
+from blocktune.io import atomic_write_csv, parsing, predictions_text, read_csv
 
 
 def _float(text: str) -> float:
@@ -158,8 +158,16 @@ def rank_key(row: CandidateRow | FinalRow) -> tuple:
     return (-row.val_acc, row.trained_params, getattr(row, "index", 0))
 
 
+def _required(row_type) -> list[str]:
+    """The columns every version of a file has had: the fields without defaults."""
+    return [f.name for f in dataclasses.fields(row_type)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
 def read_candidates(path: str | Path) -> list[CandidateRow]:
-    return [CandidateRow.from_csv(r) for r in read_csv(path)]
+    rows = read_csv(path, _required(CandidateRow))
+    with parsing(path):
+        return [CandidateRow.from_csv(r) for r in rows]
 
 
 def write_candidates(path: str | Path, rows: list[CandidateRow]) -> None:
@@ -168,7 +176,9 @@ def write_candidates(path: str | Path, rows: list[CandidateRow]) -> None:
 
 
 def read_finals(path: str | Path) -> list[FinalRow]:
-    return [FinalRow.from_csv(r) for r in read_csv(path)]
+    rows = read_csv(path, _required(FinalRow))
+    with parsing(path):
+        return [FinalRow.from_csv(r) for r in rows]
 
 
 def write_finals(path: str | Path, rows: list[FinalRow]) -> None:

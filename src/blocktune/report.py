@@ -15,14 +15,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from blocktune import faults  # noqa: E402
+from blocktune.config import read_saved_config  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_text,
+    read_json,
+    read_model_card,
 )
 from blocktune.layers import ModelWalk  # noqa: E402
 from blocktune.records import (  # noqa: E402
@@ -159,7 +161,7 @@ def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
 def assess(folder: str | Path) -> Assessment:
     """Recommendation, paired verdicts and intervals of a run, from its files alone."""
     folder = Path(folder)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config = read_saved_config(folder)
     seeds = [int(s) for s in config["seeds"]]
     per_seed = {s: _method_results(folder / f"seed_{s}") for s in seeds}
     methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
@@ -299,7 +301,7 @@ def build_report(folder: str | Path) -> Path:
     if not (folder / "config.yaml").exists():
         raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
                              "folder of a blocktune run")
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config = read_saved_config(folder)
     seeds = [int(s) for s in config["seeds"]]
     summary = summarize(folder, seeds)
     plots = folder / "plots"
@@ -396,11 +398,9 @@ def build_report(folder: str | Path) -> Path:
 def model_card(folder: Path, config: dict, assessment: Assessment) -> str:
     """The saved model's card (``README.md`` beside ``model.safetensors``): what it is, how well
     it does with intervals, against both baselines, from which data, weights and versions."""
-    import json
-
-    card = json.loads((folder / "model.json").read_text())
+    card = read_model_card(folder)
     environment = folder / "environment.json"
-    versions = card.get("versions") or (json.loads(environment.read_text())
+    versions = card.get("versions") or (read_json(environment)
                                         if environment.exists() else {})
     method = card["method"]
     seed = card.get("seed", assessment.seeds[0])

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import json
 import logging
 import math
 import platform
@@ -33,13 +32,14 @@ from pathlib import Path
 import torch
 
 from blocktune import __version__, faults
-from blocktune.config import RunConfig, differing_keys
+from blocktune.config import RunConfig, differing_keys, read_saved_config
 from blocktune.data import (
     DecodedImages,
     decode_folder,
     duplicates_across_splits,
     load_or_make_split,
     open_data,
+    read_splits,
 )
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor
@@ -53,6 +53,7 @@ from blocktune.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_yaml,
+    read_json,
 )
 from blocktune.layers import ModelWalk
 from blocktune.models import BlockModel, check_model_name, data_config, packaged_source
@@ -124,12 +125,10 @@ def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> No
     """Refuse to resume a folder started with a config that changes results, naming the keys."""
     saved_path = folder / "config.yaml"
     if saved_path.exists() and not force_new:
-        import yaml
-
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = read_saved_config(folder)
         keys = differing_keys(saved, config)
         env_path = folder / "environment.json"
-        ran_on = json.loads(env_path.read_text()).get("device") if env_path.exists() else None
+        ran_on = read_json(env_path).get("device") if env_path.exists() else None
         now_on = device_for(config.device).type
         if ran_on is not None and ran_on != now_on:
             raise BlocktuneError(
@@ -356,7 +355,12 @@ class SeedRun:
         path = self._rung_path(trial)
         if not path.exists():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - damaged: recomputed, like a lost one
+            log.warning("%s is damaged (%s): the candidate is trained again from the start",
+                        path, type(error).__name__)
+            state = None
         path.unlink()  # the row of the next rung replaces it
         return state
 
@@ -674,7 +678,6 @@ def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSe
 def run_status(folder: str | Path) -> list[str]:
     """What a run folder has done and what is left, per seed, from its files (the model is
     built with random weights only to list the planned candidates)."""
-    import yaml
 
     from blocktune.layers import walk
     from blocktune.models import build_model
@@ -683,7 +686,7 @@ def run_status(folder: str | Path) -> list[str]:
     if not (folder / "config.yaml").exists():
         raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
                              "folder of a blocktune run")
-    saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    saved = read_saved_config(folder)
     # the data folder and weights file need not exist any more to read a folder's progress
     config = RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None})
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
@@ -695,7 +698,7 @@ def run_status(folder: str | Path) -> list[str]:
             lines.append(f"seed {seed}: not started")
             continue
         if model is None:
-            classes = json.loads((seed_dir / "splits.json").read_text())["classes"]
+            classes = read_splits(seed_dir / "splits.json")["classes"]
             packaged = packaged_source(config.model)
             model, _ = build_model(config.model, len(classes), config.head, config.image_size,
                                    pretrained=False,

@@ -1,0 +1,88 @@
+"""Every file blocktune reads back from a run folder, damaged in every way a disk, an editor or
+a copy can damage it: each command that reads it answers in one line naming the file (exit 2),
+or does its job without needing it (exit 0), and never writes over it."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from blocktune.cli import main
+
+from .conftest import make_image_folder
+
+TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+        "--final-epochs", "1", "--batch-size", "8", "--max-candidates", "2"]
+
+# the files of a finished run that some command reads back
+FILES = ["config.yaml", "environment.json", "model.json", "model.safetensors", ".blocktune",
+         "seed_0/splits.json", "seed_0/candidates.csv", "seed_0/finals.csv"]
+
+
+def cut_short(data: bytes, path: Path) -> bytes:
+    return data[: len(data) // 2]  # mid-line for text, mid-tensor for weights
+
+
+def garbage(data: bytes, path: Path) -> bytes:
+    return bytes(range(256)) * 3 + b"\x00\xff not blocktune's \n,,\"\n"
+
+
+def wrong_type(data: bytes, path: Path) -> bytes:
+    """Well-formed, but not what the file holds: a list for a mapping, another table, other
+    tensors."""
+    if path.suffix == ".csv":
+        return b"name,value\nlr,0.1\n"
+    if path.suffix == ".safetensors":
+        return save({"not.a.weight": torch.zeros(3)})
+    return b"[1, 2, 3]\n"
+
+
+# what a run publishes from its own records: a resume publishes it again, whole
+REPUBLISHED = {"model.json", "model.safetensors"}
+
+DAMAGES = {"cut-short": cut_short, "garbage": garbage, "wrong-type": wrong_type}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged")
+    data = make_image_folder(root / "images", per_class=12)
+    out = root / "run"
+    assert main(["run", *TINY, "--data", str(data), "--out", str(out)]) == 0
+    return data, out
+
+
+def commands(data: Path, run: Path, tmp: Path) -> dict[str, list[str]]:
+    image = next((data / "red").iterdir())
+    return {"run": ["run", *TINY, "--data", str(data), "--out", str(run)],
+            "status": ["status", str(run)], "report": ["report", str(run)],
+            "predict": ["predict", "--run", str(run), str(image)],
+            "export": ["export", str(run), "--format", "timm", "--out", str(tmp / "export")]}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("name", FILES)
+def test_a_damaged_file_gives_one_line_and_is_never_written_over(finished, tmp_path, capsys,
+                                                                 name, damage):
+    data, original = finished
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    path = run / name
+    broken = DAMAGES[damage](path.read_bytes(), path)
+    path.write_bytes(broken)
+    capsys.readouterr()
+    for command, argv in commands(data, run, tmp_path).items():
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code in (0, 2), (command, code, err)
+        if code == 2:
+            line = err.splitlines()[-1]
+            assert len(err.splitlines()) == 1 or "Traceback" not in err, (command, err)
+            assert line.startswith("blocktune: error: ") and "Traceback" not in err
+            assert Path(name).name in line, (command, line)
+        if command == "run" and code == 0 and name in REPUBLISHED:
+            broken = path.read_bytes()  # published anew from the seed's own files
+            continue
+        assert path.read_bytes() == broken, f"{command} wrote over the damaged {name}"
