@@ -87,6 +87,14 @@ def test_a_pruned_search_on_ray_is_the_local_one(data, tmp_path, local_ray, one_
         {"rung", "ok"}
 
 
+def test_an_augmented_search_on_ray_is_the_local_one(data, tmp_path, local_ray, one_thread):
+    # each trial draws its flips from the seed, whichever worker runs it after whichever trial
+    config = dict(max_candidates=3, augment=True, baselines=False)
+    run(tiny_config(data, **config), tmp_path / "local")
+    run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
+    assert table(tmp_path / "ray") == table(tmp_path / "local")
+
+
 def test_a_search_resumes_across_executors(data, tmp_path, local_reference, local_ray,
                                            one_thread):
     # started locally with a smaller budget, finished on Ray, and the other way round

@@ -548,3 +548,24 @@ def test_result_files_take_the_process_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_augmented_candidates_do_not_depend_on_what_trained_before(image_folder, tmp_path):
+    # --augment's flips are drawn per trial from the seed (and paused with a rung's state):
+    # they once came from one generator per process, so a candidate's flips depended on what
+    # trained before it, and a resume, a pruned survivor or a Ray worker gave other rows
+    config = dict(augment=True, baselines=False, epochs=3)
+    whole = run_rows(tiny_config(image_folder, max_candidates=4, **config), tmp_path / "whole")
+    out = tmp_path / "resumed"
+    run(tiny_config(image_folder, max_candidates=1, **config), out)
+    resumed = run_rows(tiny_config(image_folder, max_candidates=4, **config), out)
+    fields = STABLE + ["val_pred"]
+    assert stable(resumed, fields) == stable(whole, fields)
+    # successive halving: a survivor continues from its rung state, flips included, to the
+    # row the unpruned search gives it
+    pruned = run_rows(tiny_config(image_folder, max_candidates=4, prune=True, **config),
+                      tmp_path / "pruned")
+    survivors = [r for r in pruned if r["status"] == "ok"]
+    by_group = {r["layer_indices"]: r for r in whole}
+    assert survivors and all(stable([r], fields) == stable([by_group[r["layer_indices"]]], fields)
+                             for r in survivors)

@@ -84,7 +84,22 @@ class ImageFeed:
                  augment: bool = False, seed: int = 0):
         self.body, self.walk, self.pixels, self.labels = body, walk, pixels, labels
         self.splits, self.mean, self.std = splits, mean, std
-        self.augment = flip_augment(torch.Generator().manual_seed(seed)) if augment else None
+        self.seed = seed
+        self.flips = torch.Generator().manual_seed(seed) if augment else None
+        self.augment = flip_augment(self.flips) if augment else None
+
+    def reseed(self, state: torch.Tensor | None = None) -> None:
+        """Every trial draws its flips afresh from the seed (or, continuing a paused trial,
+        from the state it paused with): a candidate's flips never depend on what trained
+        before it in this process, so resumes, Ray workers and twins see the same ones."""
+        if self.flips is not None:
+            if state is None:
+                self.flips.manual_seed(self.seed)
+            else:
+                self.flips.set_state(state.cpu())
+
+    def flip_state(self) -> torch.Tensor | None:
+        return None if self.flips is None else self.flips.get_state()
 
     def inputs(self, cut: int, split) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.tensor(_indices(self.splits, split), dtype=torch.long)

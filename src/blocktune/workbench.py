@@ -95,9 +95,10 @@ class Workbench:
         if self.spill_dir is not None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 
-    def reset(self) -> BlockModel:
+    def reset(self, flip_state: torch.Tensor | None = None) -> BlockModel:
         self.model.load_state_dict(self.pristine)
         torch.manual_seed(self.seed)  # dropout in the head draws from the global generator
+        self.image_feed.reseed(flip_state)  # --augment's flips: per trial, from the seed
         return self.model
 
     # -- training ----------------------------------------------------------------------
@@ -107,11 +108,14 @@ class Workbench:
         """Train a search trial from the pretrained weights (or ``checkpoint``, the state it
         paused with at the previous rung) until ``trial.epochs``; a result that stopped before
         the configured epochs carries the state to continue from (``result.checkpoint``)."""
-        result, _, _ = train_group(self.reset(), self.walk, trial.group, self.feed(SEARCH_COVER),
-                                   self.config.search_training(self.seed),
+        flips = checkpoint.get("flips") if checkpoint is not None else None
+        result, _, _ = train_group(self.reset(flips), self.walk, trial.group,
+                                   self.feed(SEARCH_COVER), self.config.search_training(self.seed),
                                    train_split=train_split, val_split=val_split,
                                    on_epoch=on_epoch, checkpoint=checkpoint,
                                    stop_after=trial.epochs, fold=self.fold)
+        if result.checkpoint is not None and self.image_feed.flips is not None:
+            result.checkpoint["flips"] = self.image_feed.flip_state()  # a rung pauses them too
         return result
 
     def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None
