@@ -569,3 +569,28 @@ def test_augmented_candidates_do_not_depend_on_what_trained_before(image_folder,
     by_group = {r["layer_indices"]: r for r in whole}
     assert survivors and all(stable([r], fields) == stable([by_group[r["layer_indices"]]], fields)
                              for r in survivors)
+
+
+def test_a_resume_with_more_candidates_drops_the_stale_ranked_group(image_folder, tmp_path):
+    config = dict(strategies=["layer", "ranked"], ranked_k=[2], baselines=False)
+    whole = tmp_path / "whole"
+    run(tiny_config(image_folder, max_candidates=6, **config), whole)
+    out = tmp_path / "resumed"
+    run(tiny_config(image_folder, max_candidates=2, **config), out)
+    rows = read_csv(out / "seed_0" / "candidates.csv")
+    stale = {r["layer_indices"] for r in rows if r["strategy"] == "ranked-2"}
+    for row in rows:  # the stale group scored best: it must still not be picked
+        if row["strategy"] == "ranked-2":
+            row["val_acc"] = "1.000000"
+    atomic_write_csv(out / "seed_0" / "candidates.csv", rows, list(rows[0]))
+    run(tiny_config(image_folder, max_candidates=6, **config), out)
+
+    def final(folder):
+        return next(r for r in read_csv(folder / "seed_0" / "finals.csv")
+                    if r["method"] == "ranked-2")["layer_indices"]
+
+    assert final(out) == final(whole) and final(whole) not in stale
+    # the ranked-2 group of the first two layers is still recorded, but no longer a candidate
+    ranked = {r["layer_indices"] for r in read_csv(out / "seed_0" / "candidates.csv")
+              if r["strategy"] == "ranked-2"}
+    assert stale <= ranked

@@ -387,7 +387,13 @@ class SeedRun:
         """What a selection rule sees of one strategy's search (val only)."""
         val_labels = self.images.labels[torch.tensor(self.split["val"], dtype=torch.long)]
         refit_rows = {r.layer_indices: r for r in (refits or []) if r.strategy == method}
-        return SearchView([r for r in rows if r.strategy == method and r.status == "ok"],
+        # only rows the current plan still holds: a resume with a larger --max-candidates
+        # re-ranks ranked-k's layers, and the group ranked from fewer layers is no candidate
+        strategy = "ranked" if method.startswith("ranked-") else method
+        planned = {indices_text(c.layers) for m, c in self.planned(strategy, rows)
+                   if m == method}
+        return SearchView([r for r in rows if r.strategy == method and r.status == "ok"
+                           and r.layer_indices in planned],
                           num_layers=len(self.walk.layers), val_labels=val_labels.numpy(),
                           refits=refit_rows)
 
