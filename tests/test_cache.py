@@ -73,6 +73,26 @@ def test_spills_to_disk_past_the_memory_cap(tiny, tmp_path, caplog):
     assert torch.equal(x, in_memory.inputs(3, "search")[0])
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_a_spilled_cut_holds_what_memory_would_and_travels_to_ray_intact(tiny, tmp_path, dtype):
+    # a bf16 cut once went to disk as float16 while it said bfloat16: a Ray worker read its
+    # bits as bfloat16 (1.5 arrived as 0.125), and locally --cache-max-gb changed results
+    from blocktune.executors.ray import _from_numpy, _to_numpy
+
+    model, w, decoded, split = tiny
+    spilled = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3,
+                              (0.5,) * 3, cover=("search", "val"), dtype=dtype, max_bytes=0,
+                              spill_dir=tmp_path)
+    in_memory = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split,
+                                (0.5,) * 3, (0.5,) * 3, cover=("search", "val"), dtype=dtype)
+    spilled.prepare_cuts([3])
+    in_memory.prepare_cuts([3])
+    assert spilled.on_disk == [3] and spilled.store[3].dtype == getattr(torch, dtype)
+    assert torch.equal(spilled.store[3], in_memory.store[3])
+    travelled = _from_numpy(_to_numpy(spilled.store[3]), spilled.dtype)
+    assert travelled.dtype == spilled.dtype and torch.equal(travelled, in_memory.store[3])
+
+
 def test_augmentation_bypasses_the_cache(tiny, caplog):
     model, w, decoded, split = tiny
     _, cached, _ = feeds(model, w, decoded, split, (0.5,) * 3, (0.5,) * 3, augment=True)

@@ -161,8 +161,10 @@ class ActivationCache:
         return self._allocate_on_disk(cut, (n, *shape))
 
     def _allocate_on_disk(self, cut: int, shape: tuple[int, ...]) -> torch.Tensor:
-        # numpy has no bfloat16: on disk, activations are float16 (or float32 when asked).
-        np_dtype = np.float32 if self.dtype == torch.float32 else np.float16
+        # numpy has no bfloat16: its bits go to disk as int16 and are viewed back, so a cut
+        # on disk holds exactly what it would in memory (the memory cap changes no result)
+        np_dtype = {torch.float32: np.float32, torch.float16: np.float16,
+                    torch.bfloat16: np.int16}[self.dtype]
         if self.spill_dir is None:
             self.spill_dir = Path(tempfile.mkdtemp(prefix="blocktune-cache-"))
         self.spill_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,8 @@ class ActivationCache:
         self.on_disk.append(cut)
         log.warning("activation cache: over its memory cap, cut %d goes to disk in %s", cut,
                     self.spill_dir)
-        return torch.from_numpy(array)
+        tensor = torch.from_numpy(array)
+        return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
 
     @torch.no_grad()
     def prepare_cuts(self, cuts: Sequence[int]) -> None:
