@@ -39,7 +39,7 @@ def test_an_absent_or_unknown_device_is_refused_before_any_work(name, words):
     if name == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(BlocktuneError, match=words):
-        RunConfig(device=name)
+        RunConfig(device=name).check_environment()  # a name torch does not know: at once
 
 
 def test_a_run_trains_where_its_config_says(image_folder, tmp_path, monkeypatch):

@@ -95,6 +95,35 @@ def test_an_augmented_search_on_ray_is_the_local_one(data, tmp_path, local_ray, 
     assert table(tmp_path / "ray") == table(tmp_path / "local")
 
 
+def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, local_ray,
+                                                              one_thread):
+    # on a real cluster the data folder and --weights file exist on the driver only: the
+    # workers once rebuilt the driver's config, checked both paths, and every trial failed
+    import shutil
+
+    import timm
+
+    from blocktune.search import Events
+
+    own = tmp_path / "driver-data"
+    shutil.copytree(data, own)
+    weights = tmp_path / "driver.pth"
+    torch.manual_seed(3)
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    config = dict(max_candidates=2, baselines=False, weights=str(weights))
+    run(tiny_config(own, **config), tmp_path / "local")
+
+    def vanish(text):  # the images are decoded and the model built: only the driver has them
+        shutil.rmtree(own, ignore_errors=True)
+        weights.unlink(missing_ok=True)
+
+    run(tiny_config(own, executor="ray", **config), tmp_path / "ray", Events(on_phase=vanish))
+    assert not own.exists() and not weights.exists()
+    assert table(tmp_path / "ray") == table(tmp_path / "local")
+    assert table(tmp_path / "ray", "finals.csv", FINAL_FIELDS) == \
+        table(tmp_path / "local", "finals.csv", FINAL_FIELDS)
+
+
 def test_a_search_resumes_across_executors(data, tmp_path, local_reference, local_ray,
                                            one_thread):
     # started locally with a smaller budget, finished on Ray, and the other way round

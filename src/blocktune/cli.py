@@ -125,10 +125,12 @@ def cmd_groups(args) -> int:
 
     from blocktune.api import model_groups
     from blocktune.config import RunConfig
+    from blocktune.models import check_model_name
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in
              {f.name for f in dataclasses.fields(RunConfig)}}
     config = RunConfig.from_dict({"image_size": 224, **given, "seeds": args.seed})
+    check_model_name(config.model)
     result = model_groups(config.model, args.strategy, image_size=config.image_size,
                           head=config.head, delimiters=config.delimiters, window=config.window,
                           stride=config.stride, k=config.random_k, seed=config.seeds[0],

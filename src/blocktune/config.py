@@ -30,7 +30,7 @@ from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
 from blocktune.select import RULES
 from blocktune.tblog import LOGGERS
-from blocktune.train import PAPER, TrainConfig, device_for
+from blocktune.train import PAPER, TrainConfig, device_for, parse_device
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
@@ -140,15 +140,6 @@ class RunConfig:
                                                                  - 1) > 1e-6:
             raise BlocktuneError(f"fractions = {self.fractions}: give search, val, train and "
                                  "test, summing to 1")
-        check_model_name(self.model)
-        if self.data not in ("tf_flowers", *NAMED_DATASETS) and not Path(self.data).expanduser(
-                ).is_dir():
-            raise BlocktuneError(f"data folder {self.data} does not exist: pass a folder with "
-                                 "one sub-folder of images per class, or tf_flowers, "
-                                 + ", ".join(NAMED_DATASETS))
-        if self.weights is not None and not Path(self.weights).expanduser().is_file():
-            raise BlocktuneError(f"weights file {self.weights} does not exist: pass the path of a "
-                                 ".pth, .pt or .safetensors state dict")
         if self.paper_settings:
             self._paper_settings()
         if not re.fullmatch(r"cpu=\d+(\.\d+)?(,gpu=\d+(\.\d+)?)?|gpu=\d+(\.\d+)?",
@@ -159,7 +150,22 @@ class RunConfig:
                 r"auto|local|(ray://)?[\w.\-]+:\d+", self.ray_address):
             raise BlocktuneError(f"ray_address = {self.ray_address!r}: give auto, HOST:PORT or "
                                  "ray://HOST:PORT")
-        device_for(self.device)  # an unknown or absent device is refused before any work
+        parse_device(self.device)  # a name torch does not know; its presence: below
+
+    def check_environment(self) -> None:
+        """What must exist where the work runs — the model name, the data folder, the weights
+        file, the device — checked there, before any work. A config is a plain value: it loads
+        on a machine without the driver's data (``status``, a Ray worker)."""
+        check_model_name(self.model)
+        if self.data not in ("tf_flowers", *NAMED_DATASETS) and not Path(self.data).expanduser(
+                ).is_dir():
+            raise BlocktuneError(f"data folder {self.data} does not exist: pass a folder with "
+                                 "one sub-folder of images per class, or tf_flowers, "
+                                 + ", ".join(NAMED_DATASETS))
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise BlocktuneError(f"weights file {self.weights} does not exist: pass the path of a "
+                                 ".pth, .pt or .safetensors state dict")
+        device_for(self.device)  # an absent device is refused before any work
 
     def _paper_settings(self) -> None:
         """The paper's optimiser settings, recorded as the values used (not silently
@@ -222,7 +228,7 @@ def read_saved_config(folder: str | Path) -> dict:
     path = Path(folder) / "config.yaml"
     saved = read_yaml_mapping(path)
     try:
-        RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None, "device": "cpu"})
+        RunConfig.from_dict(saved)
     except BlocktuneError as error:
         raise damaged(path, str(error)) from None
     return saved

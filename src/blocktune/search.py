@@ -600,6 +600,7 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
         force_new: bool = False) -> list[dict]:
     """The whole protocol for every seed; resumable. Returns the summary rows."""
     folder = Path(folder)
+    config.check_environment()
     with RunLock(folder, "run"):
         check_resume(folder, config, force_new)
         check_executor(config)
@@ -693,8 +694,7 @@ def run_status(folder: str | Path) -> list[str]:
         raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
                              "folder of a blocktune run")
     saved = read_saved_config(folder)
-    # the data folder and weights file need not exist any more to read a folder's progress
-    config = RunConfig.from_dict({**saved, "data": "tf_flowers", "weights": None})
+    config = RunConfig.from_dict(saved)  # its data and weights need not exist here
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
              f"{', '.join(map(str, config.seeds))}"]
     model = None
@@ -760,6 +760,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     """
     folder = Path(folder)
     events = events or Events()
+    config.check_environment()
     with RunLock(folder, "finetune"):
         check_resume(folder, config)
         images, data_cfg = load_images(config)

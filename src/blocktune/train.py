@@ -127,24 +127,32 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def device_for(preference: str = "auto") -> torch.device:
-    """The device a run trains on: ``auto`` is CUDA when present, else the CPU."""
+def parse_device(preference: str = "auto") -> torch.device | None:
+    """A device name checked for what it says (None for ``auto``), not for its presence."""
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(preference)
     except RuntimeError as error:
         raise BlocktuneError(f"unknown device {preference!r}: use auto, cpu, cuda, cuda:N "
                              "or mps") from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise BlocktuneError(f"device {preference!r} is not supported: use auto, cpu, cuda, "
+                             "cuda:N or mps")
+    return device
+
+
+def device_for(preference: str = "auto") -> torch.device:
+    """The device a run trains on: ``auto`` is CUDA when present, else the CPU."""
+    device = parse_device(preference)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not (torch.cuda.is_available()
                                       and (device.index or 0) < torch.cuda.device_count()):
         raise BlocktuneError(f"{preference} is not available on this machine "
                              f"({torch.cuda.device_count()} CUDA devices): use --device auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise BlocktuneError("mps is not available on this machine: use --device auto or cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise BlocktuneError(f"device {preference!r} is not supported: use auto, cpu, cuda, "
-                             "cuda:N or mps")
     return device
 
 

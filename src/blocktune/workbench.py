@@ -41,15 +41,23 @@ class Workbench:
     """The model of one seed on its device, its layer walk and its feeds."""
 
     def __init__(self, config: RunConfig, seed: int, images: DecodedImages,
-                 split: Mapping[str, Sequence[int]], data_cfg, spill_dir: Path | None = None):
+                 split: Mapping[str, Sequence[int]], data_cfg, spill_dir: Path | None = None,
+                 weights_file_state: tuple[dict, str] | None = None):
+        """``weights_file_state``: (state dict, source) of a ``--weights`` file read on
+        another machine (a Ray worker gets the driver's, the file need not exist here)."""
         self.config, self.seed, self.images, self.split = config, seed, images, split
         self.data_cfg, self.spill_dir = data_cfg, spill_dir
         if config.keep_freed_memory:
             keep_freed_memory()
         torch.manual_seed(seed)  # random-weight bodies (--no-pretrained) are seeded too
+        from_file = weights_file_state is not None
         self.model, self.weights_source = build_model(
             config.model, len(images.classes), config.head, config.image_size,
-            weights=config.weights, pretrained=config.pretrained, head_seed=seed)
+            weights=None if from_file else config.weights,
+            pretrained=config.pretrained and not from_file, head_seed=seed)
+        if from_file:
+            self.model.load_state_dict(weights_file_state[0])
+            self.weights_source = weights_file_state[1]
         self.model.to(memory_format=torch.channels_last)  # the cache pass and prefix too
         self.walk: ModelWalk = walk(self.model.body,
                                     input_size=(3, config.image_size, config.image_size))

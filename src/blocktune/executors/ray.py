@@ -133,8 +133,11 @@ def _worker_bench(spec: dict, cache: dict | None) -> Workbench:
         torch.set_num_threads(max(1, int(spec["threads"])))
         images = DecodedImages(torch.from_numpy(spec["pixels"]), spec["files"],
                                torch.from_numpy(spec["labels"]), spec["classes"], [])
+        # The driver's config as a plain value: its data folder and --weights file are the
+        # driver's, never looked for here (the images and weights travel in the spec)
         _BENCHES[key] = Workbench(RunConfig(**spec["config"]), spec["seed"], images,
-                                  spec["split"], spec["data_cfg"])
+                                  spec["split"], spec["data_cfg"],
+                                  weights_file_state=spec["weights_file_state"])
     bench = _BENCHES[key]
     if cache is not None:
         dtype = getattr(torch, cache["dtype"])
@@ -238,6 +241,8 @@ class RayExecutor:
             "config": dataclasses.asdict(bench.config), "pixels": images.pixels.numpy(),
             "labels": images.labels.numpy(), "files": images.files, "classes": images.classes,
             "split": {k: list(v) for k, v in bench.split.items()}, "data_cfg": bench.data_cfg,
+            "weights_file_state": ({k: v.cpu() for k, v in bench.pristine.items()},
+                                   bench.weights_source) if bench.config.weights else None,
             "threads": self.resources.get("cpu", 1)})
         self._experiments = 0
 
