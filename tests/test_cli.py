@@ -57,6 +57,8 @@ def bad_inputs(tmp_path):
         ("absent device", [*run, "--data", str(good), "--device", "cuda:99"],
          "not available on this machine"),
         ("not a run folder", ["report", str(tmp_path)], "not a run folder"),
+        ("empty --train", ["finetune", *TINY, "--data", str(good), "--train", "", "--out",
+                           str(tmp_path / "o4")], "--train '' names no layer"),
         ("predict without a model", ["predict", "--run", str(tmp_path), "x.jpg"],
          "holds no saved model"),
         ("seeds not numbers", [*run, "--data", str(good), "--seeds", "a,b"], "whole numbers"),

@@ -731,6 +731,9 @@ def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | Non
     """``head`` → (), ``all`` → None, else comma-separated layer names or one regex."""
     import re
 
+    if not spec.strip():  # once read as no layer names: head only, which nobody meant
+        raise BlocktuneError("--train '' names no layer: give head, all, comma-separated "
+                             "layer names or a regex (see blocktune groups --strategy layer)")
     if spec == "head":
         return ()
     if spec == "all":
