@@ -46,17 +46,22 @@ def wrong_type(f, by_flag: bool):
     return BAD_TEXT[f.name] if by_flag else [1, 2]
 
 
-def out_of_range(f):
-    low, above = f.metadata["low"], f.metadata["above"]
-    if low is None and above is None:
-        return None
-    value = (low - 1) if low is not None else above
+def shaped(f, value):
+    """``value`` in the shape of ``f``: the search fraction of a split, a one-item list, or
+    as it is."""
     hint = _base(HINTS[f.name])
     if typing.get_origin(hint) is dict:
         return {"search": value, "val": 0.1, "train": 0.6, "test": 0.2}
     if typing.get_origin(hint) is list:
         return [value]
     return value
+
+
+def out_of_range(f):
+    low, above = f.metadata["low"], f.metadata["above"]
+    if low is None and above is None:
+        return None
+    return shaped(f, (low - 1) if low is not None else above)
 
 
 def one_line(capsys, argv) -> str:
@@ -109,24 +114,15 @@ def _holds_floats(f) -> bool:
 FLOAT_FIELDS = [f for f in FIELDS if _holds_floats(f)]
 
 
-def not_finite(f, text: str):
-    hint = _base(HINTS[f.name])
-    if typing.get_origin(hint) is dict:
-        return {"search": text, "val": 0.1, "train": 0.6, "test": 0.2}
-    if typing.get_origin(hint) is list:
-        return [text]
-    return text
-
-
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("f", FLOAT_FIELDS, ids=[f.name for f in FLOAT_FIELDS])
 def test_every_float_key_refuses_nan_and_infinity(f, text, tmp_path, capsys):
     # NaN passes `v < low` checks: --lr nan once trained NaN weights and exited 0
     flag = "--" + f.name.replace("_", "-")
     err = one_line(capsys, ["run", "--out", str(tmp_path / "o"),
-                            f"{flag}={as_flag_value(not_finite(f, text))}"])
+                            f"{flag}={as_flag_value(shaped(f, text))}"])
     assert f"{f.name} = " in err and "finite" in err, err
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({f.name: not_finite(f, float(text))}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({f.name: shaped(f, float(text))}))
     err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), "--config",
                             str(tmp_path / "c.yaml")])
     assert f"{f.name} = " in err and "finite" in err, err

@@ -156,16 +156,14 @@ def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, s
     if not path.exists():
         return []
     with parsing(path), open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
+        text = handle.read()
+        reader = csv.DictReader(io.StringIO(text))
         rows = list(reader)
         header = reader.fieldnames or []
     missing = [c for c in required if c not in header]
-    if missing and path.stat().st_size:
+    if missing and text:
         raise damaged(path, f"no {missing[0]!r} column")
-    with open(path, "rb") as handle:  # every row blocktune writes ends its line
-        handle.seek(max(0, path.stat().st_size - 1))
-        last = handle.read(1)
-    if last not in (b"", b"\n"):
+    if text and not text.endswith("\n"):  # every row blocktune writes ends its line
         raise damaged(path, "it ends mid-line, cut short")
     for number, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):

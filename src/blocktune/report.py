@@ -153,8 +153,8 @@ def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
     for comparison in (c for group in lists for c in group):
         unique.setdefault(frozenset((comparison.a, comparison.b)), comparison)
     adjusted = dict(zip(unique, adjust(list(unique.values())), strict=True))
-    return [[dataclasses.replace(c, p_adjusted=adjusted[frozenset((c.a, c.b))].p_adjusted,
-                                 family=adjusted[frozenset((c.a, c.b))].family)
+    return [[dataclasses.replace(c, p_adjusted=(same := adjusted[frozenset((c.a, c.b))]
+                                                ).p_adjusted, family=same.family)
              for c in group] for group in lists]
 
 
