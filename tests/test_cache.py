@@ -139,3 +139,18 @@ def test_an_image_store_that_cannot_fit_is_refused_with_its_estimate(image_folde
     with pytest.raises(BlocktuneError, match=r"^decoding 60 images at 64×64 needs 0\.00 GiB of "
                                              r"memory .* use a smaller --image-size"):
         decode_folder(scan_folder(image_folder), 64)
+
+
+def test_adopted_cuts_count_against_the_room_given(tiny):
+    # what a Ray worker does with the driver's cuts: copied to its device while they fit,
+    # used where they are beyond (on a GPU: tests/test_device.py)
+    model, w, decoded, split = tiny
+    _, _, source = feeds(model, w, decoded, split, (0.5,) * 3, (0.5,) * 3, "float32")
+    source.prepare_cuts([1, 2, 3])
+    sizes = {c: t.numel() * t.element_size() for c, t in source.store.items()}
+    _, _, worker = feeds(model, w, decoded, split, (0.5,) * 3, (0.5,) * 3, "float32")
+    worker.adopt(dict(source.store), max_bytes=sizes[1] + sizes[2])
+    assert worker.bytes_in_memory == sizes[1] + sizes[2]
+    assert worker.store[3].data_ptr() == source.store[3].data_ptr()  # not copied
+    for cut in (1, 2, 3):
+        assert torch.equal(worker.inputs(cut, "val")[0], source.inputs(cut, "val")[0])

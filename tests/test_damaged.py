@@ -18,7 +18,8 @@ TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32",
 
 # the files of a finished run that some command reads back
 FILES = ["config.yaml", "environment.json", "model.json", "model.safetensors", ".blocktune",
-         "seed_0/splits.json", "seed_0/candidates.csv", "seed_0/finals.csv"]
+         "seed_0/splits.json", "seed_0/candidates.csv", "seed_0/finals.csv",
+         "seed_0/choices.json"]
 
 
 def cut_short(data: bytes, path: Path) -> bytes:
@@ -40,7 +41,7 @@ def wrong_type(data: bytes, path: Path) -> bytes:
 
 
 # what a run publishes from its own records: a resume publishes it again, whole
-REPUBLISHED = {"model.json", "model.safetensors"}
+REPUBLISHED = {"model.json", "model.safetensors", "seed_0/choices.json"}
 
 DAMAGES = {"cut-short": cut_short, "garbage": garbage, "wrong-type": wrong_type}
 

@@ -124,3 +124,28 @@ def test_a_pruned_search_on_cuda_resumes_its_survivors(image_folder, tmp_path):
 def read_csv_of(config, folder):
     run(config, folder)
     return read_csv(folder / "seed_0" / "candidates.csv")
+
+
+@cuda
+def test_adopted_cuts_fill_the_gpu_only_up_to_the_room_given(image_folder):
+    # a Ray worker with gpu=0.25 gets a quarter of --cache-max-gb on the GPU; the rest of the
+    # driver's cache is read from where it lies (the object store)
+    from blocktune.data import decode_folder, scan_folder
+    from blocktune.layers import walk
+    from blocktune.models import build_model
+
+    decoded = decode_folder(scan_folder(image_folder), 32, "bilinear")
+    model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)
+    w = walk(model.body, input_size=(3, 32, 32))
+    split = {"search": list(range(0, 60, 2)), "val": list(range(1, 60, 2))}
+    source = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3,
+                             (0.5,) * 3, cover=("search", "val"))
+    source.prepare_cuts([1, 2])
+    first = source.store[1].numel() * source.store[1].element_size()
+    model.cuda()
+    worker = ActivationCache(model.body, w, decoded.pixels, decoded.labels, split, (0.5,) * 3,
+                             (0.5,) * 3, cover=("search", "val"))
+    worker.adopt(dict(source.store), max_bytes=first)
+    assert worker.store[1].device.type == "cuda" and worker.store[2].device.type == "cpu"
+    for cut in (1, 2):
+        assert torch.equal(worker.inputs(cut, "val")[0].cpu(), source.inputs(cut, "val")[0])

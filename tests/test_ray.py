@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from blocktune.errors import BlocktuneError
-from blocktune.executors.ray import FAULT_ENV, RAISE_ENV, check_reachable, parse_resources
+from blocktune.executors.ray import (
+    FAULT_ENV,
+    HANG_ENV,
+    RAISE_ENV,
+    check_devices,
+    check_reachable,
+    parse_resources,
+)
 from blocktune.io import read_csv
 from blocktune.search import run
 
@@ -85,6 +92,37 @@ def test_a_pruned_search_on_ray_is_the_local_one(data, tmp_path, local_ray, one_
     assert table(tmp_path / "ray", fields=fields) == table(tmp_path / "local", fields=fields)
     assert {r["status"] for r in read_csv(tmp_path / "ray" / "seed_0" / "candidates.csv")} == \
         {"rung", "ok"}
+
+
+def test_each_cached_cut_is_put_once_however_many_waves(data, tmp_path, local_ray, one_thread,
+                                                       monkeypatch):
+    # a pruned search hands Ray several waves; each once put the whole cache again
+    import numpy as np
+
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, *args, **kwargs):
+        def halves(x):  # the cache's float16 arrays (pixels are uint8, labels int64)
+            if isinstance(x, np.ndarray):
+                return [x.nbytes] if x.dtype == np.float16 else []
+            if isinstance(x, dict):
+                return [n for v in x.values() for n in halves(v)]
+            if isinstance(x, (list, tuple)):
+                return [n for v in x for n in halves(v)]
+            return []
+
+        puts.extend(halves(value))
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", counting_put)
+    run(tiny_config(data, max_candidates=6, prune=True, epochs=3, baselines=False,
+                    executor="ray"), tmp_path / "ray")
+    rungs = {r["rung"] for r in read_csv(tmp_path / "ray" / "seed_0" / "candidates.csv")}
+    assert len(rungs) > 1  # several waves
+    cuts = {r["layer_indices"].split(";")[0] for r in
+            read_csv(tmp_path / "ray" / "seed_0" / "candidates.csv")}
+    assert 0 < len(puts) <= len(cuts) + 2  # the search's cuts, and the finals' (at most two)
 
 
 def test_an_augmented_search_on_ray_is_the_local_one(data, tmp_path, local_ray, one_thread):
@@ -184,6 +222,7 @@ def test_resources_unreachable_cluster_and_missing_ray_are_one_line(tmp_path, ca
                                                                     monkeypatch):
     from blocktune.cli import main
 
+    ray.shutdown()  # a Ray already running in this process would be joined, not looked for
     assert parse_resources("cpu=1,gpu=0.25") == {"cpu": 1.0, "gpu": 0.25}
     assert parse_resources("gpu=0.5") == {"gpu": 0.5, "cpu": 1.0}
     for bad in ("cpu=0", "tpu=1", "cpu=one", "gpu=-1"):
@@ -200,6 +239,11 @@ def test_resources_unreachable_cluster_and_missing_ray_are_one_line(tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert err.startswith("blocktune: error: ") and words in err and "\n" not in err
     assert not (tmp_path / "out" / "seed_0").exists()  # refused before any work
+    # a run on a GPU whose trials ask for none would train on the CPU (Ray hides the GPUs)
+    with pytest.raises(BlocktuneError, match="gives its Ray trials no GPU"):
+        check_devices(torch.device("cuda"), parse_resources("cpu=1"))
+    check_devices(torch.device("cuda"), parse_resources("cpu=1,gpu=0.5"))
+    check_devices(torch.device("cpu"), parse_resources("cpu=1"))
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(base) == 2
     assert "pip install 'blocktune[ray]'" in capsys.readouterr().err
@@ -230,3 +274,23 @@ def test_a_trial_that_fails_for_good_stops_the_run_loudly(data, tmp_path, one_th
             assert not (out / "model.safetensors").exists()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("action, status, words", [
+    ("int", 130, "interrupted; finished work is saved"),
+    ("enospc", 2, "No space left on device"),
+], ids=["ctrl-c", "disk-full"])
+def test_the_driver_stops_at_once_when_it_stops_listening(data, tmp_path, action, status, words):
+    # block #2 never ends by itself; the driver gets Ctrl-C (or a full disk) as it records its
+    # first row. It once joined Tune's thread and waited for the whole wave: forever, here.
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
+               "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "2",
+               "--final-epochs", "2", "--batch-size", "8", "--max-candidates", "3",
+               "--executor", "ray", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", HANG_ENV: "block#2",
+           "BLOCKTUNE_FAULT": f"candidate:1:{action}"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == status, done.stderr[-2000:]
+    assert words in done.stderr.strip().splitlines()[-1]
+    assert len(read_csv(out / "seed_0" / "candidates.csv")) >= 1  # the finished row is kept

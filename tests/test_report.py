@@ -82,3 +82,34 @@ def test_report_says_which_rule_chose_and_where_it_looks(finished_run):
     assert _rule_region("last-quarter", layers) == (75, 99)
     assert _rule_region("last-quarter", layers[:3]) == (2, 2)  # a tiny model: its last layer
     assert _rule_region("max-val", layers) is None
+
+
+def test_report_states_a_fallback_and_a_final_that_did_not_finish(finished_run, tmp_path):
+    import json
+
+    from blocktune.io import atomic_write_csv
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    seed = out / "seed_0"
+    choices = json.loads((seed / "choices.json").read_text())
+    assert choices["block"]["rule"] == "max-val" and choices["block"]["region"] is None
+    choices["block"].update(rule="last-quarter", region=[20, 24],
+                            fallback="no finished candidate lies in layers 20–24, where the "
+                                     "`last-quarter` rule picks from: it fell back to max-val")
+    (seed / "choices.json").write_text(json.dumps(choices))
+    finals = read_csv(seed / "finals.csv")
+    atomic_write_csv(seed / "finals.csv", [r for r in finals if r["method"] != "block"],
+                     list(finals[0]))
+    build_report(out)
+    text = (out / "report.md").read_text()
+    assert "by the `last-quarter` rule" in text and "(layers 20–24, shaded in the plot)" in text
+    assert "Here no finished candidate lies in layers 20–24" in text
+    assert "Its final fine-tune did not finish" in text
+    # a run folder from before choices were recorded, stopped before its finals: the best
+    # candidate so far is not called chosen
+    (seed / "choices.json").unlink()
+    build_report(out)
+    text = (out / "report.md").read_text()
+    assert "No choice recorded: the search ended before the finals" in text
+    assert "Chosen: " not in text

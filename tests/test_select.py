@@ -8,7 +8,7 @@ import pytest
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.records import CandidateRow
-from blocktune.select import RULES, SearchView, get_rule, pick, within_one_se
+from blocktune.select import RULES, SearchView, get_rule, pick, record_choice, within_one_se
 
 
 def row(index, first, last, acc, loss=1.0, params=100, val_pred=None):
@@ -105,3 +105,16 @@ def test_every_rule_returns_one_of_the_rows_and_never_reads_test(name):
     refits = {r.layer_indices: replace(r, val_acc=0.75) for r in rows}
     chosen = pick(name, SearchView(rows, num_layers=24, val_labels=labels, refits=refits))
     assert chosen in rows
+
+
+def test_the_recorded_choice_says_where_the_rule_looked_and_when_it_fell_back():
+    late = [row(0, 90, 99, 0.70), row(1, 80, 89, 0.75), row(2, 70, 79, 0.90)]
+    chosen, record = record_choice("last-quarter", SearchView(late, num_layers=100))
+    assert chosen.index == 1 and record["layer_indices"] == late[1].layer_indices
+    assert record["region"] == [75, 99] and record["fallback"] is None
+    assert record["candidates"] == 3 and record["search_val_acc"] == 0.75
+    early = late[2:]  # nothing in the last quarter: the rule falls back, and says so
+    chosen, record = record_choice("last-quarter", SearchView(early, num_layers=100))
+    assert chosen.index == 2 and "fell back to max-val" in record["fallback"]
+    chosen, record = record_choice("max-val", SearchView([], num_layers=100))
+    assert chosen is None and record["region"] is None and record["layer_indices"] is None

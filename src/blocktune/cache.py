@@ -227,13 +227,21 @@ class ActivationCache:
                     in_memory, total - in_memory, disk,
                     "lower --cache-max-gb, use a smaller --image-size, or --no-cache")
 
-    def adopt(self, store: Mapping[int, torch.Tensor]) -> None:
+    def adopt(self, store: Mapping[int, torch.Tensor], max_bytes: int | None = None) -> None:
         """Take cuts another process computed (a Ray worker gets the driver's cache through
-        the object store instead of running the prefix again)."""
+        the object store instead of running the prefix again). A cut is copied to this
+        cache's device while ``max_bytes`` (default: the cache's cap) has room; beyond it, it
+        is used where it is."""
+        room = self.max_bytes if max_bytes is None else max_bytes
         for cut, tensor in store.items():
-            if cut not in self.store:
+            if cut in self.store:
+                continue
+            size = tensor.numel() * tensor.element_size()
+            if self.bytes_in_memory + size <= room:
                 self.store[cut] = tensor.to(self.store_device)
-                self.bytes_in_memory += tensor.numel() * tensor.element_size()
+                self.bytes_in_memory += size
+            else:
+                self.store[cut] = tensor
 
     def _put(self, cut: int, rows: torch.Tensor, x: torch.Tensor) -> None:
         if cut not in self.store:

@@ -2,6 +2,9 @@
 SIGKILL the n-th time it reaches ``<point>`` (no clean-up, no ``finally``: what a power cut or
 the OOM killer does). Without the variable, :func:`point` does nothing.
 
+``<point>:<n>:int`` sends SIGINT instead (a user's Ctrl-C), and ``<point>:<n>:enospc`` raises
+the disk-full ``OSError`` there.
+
 Points: ``decode`` (an image decoded), ``epoch`` (an epoch of any training ended),
 ``candidate`` (a search row recorded), ``final`` (a final recorded), ``write`` (an atomic
 write has its bytes in the temp file, not yet renamed), ``report`` (a report being written).
@@ -9,6 +12,7 @@ write has its bytes in the temp file, not yet renamed), ``report`` (a report bei
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -23,10 +27,14 @@ def point(name: str) -> None:
     spec = os.environ.get("BLOCKTUNE_FAULT")
     if not spec:
         return
-    target, _, count = spec.partition(":")
+    target, _, rest = spec.partition(":")
     if target != name:
         return
+    count, _, action = rest.partition(":")
     with _lock:
         _hits[name] += 1
-        if _hits[name] == int(count or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _hits[name] != int(count or 1):
+            return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<injected at {name}>")
+    os.kill(os.getpid(), signal.SIGINT if action == "int" else signal.SIGKILL)

@@ -23,6 +23,7 @@ from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_text,
+    damaged,
     read_json,
     read_model_card,
 )
@@ -251,8 +252,9 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
                    label="the rule picks from here")
     best = chosen or top
     if best is not None:
-        ax.scatter([x(best)], [best.val_acc],
-                   s=120, facecolors="none", edgecolors="C3", lw=2, label="chosen", zorder=3)
+        ax.scatter([x(best)], [best.val_acc], s=120, facecolors="none", edgecolors="C3", lw=2,
+                   label="chosen" if chosen else "best by search val (no choice yet)",
+                   zorder=3)
     ax.legend(loc="best", fontsize=7, ncol=2)
     ax.set(xlabel="layer index of the candidate (input → output)", ylabel="val accuracy",
            title=title)
@@ -260,15 +262,63 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
     return _save(fig, path)
 
 
+def read_choices(seed_dir: Path) -> dict[str, dict]:
+    """``choices.json``: per strategy, what the run's rule picked and from what (absent in run
+    folders written before it was recorded: then {})."""
+    path = seed_dir / "choices.json"
+    if not path.exists():
+        return {}
+    choices = read_json(path)
+    if not all(isinstance(v, dict) and isinstance(v.get("rule"), str) for v in choices.values()):
+        raise damaged(path, "entries that are not a rule's recorded choice")
+    return choices
+
+
 def _rule_region(rule: str, rows: list) -> tuple[int, int] | None:
-    """The first and last layer of the part of the model ``rule`` picks from, when it picks
-    from part only. The candidates of a strategy cover the model, so the last one ends at its
-    last layer."""
-    picks_from = RULES[rule].picks_from
+    """For a run folder without ``choices.json``: the part of the model ``rule`` picks from,
+    when it picks from part only, with the last searched layer standing for the model's."""
+    picks_from = RULES[rule].picks_from if rule in RULES else None
     if picks_from is None or not rows:
         return None
     last = max(r.last for r in rows)
     return picks_from(last + 1), last
+
+
+def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
+               final) -> tuple[object, tuple[int, int] | None, str]:
+    """The candidate the run's rule chose for ``method`` (its recorded choice; for older run
+    folders, the group its final trained), the region the rule picks from, and the sentence
+    that says so — including what the rule could not do and a final that is missing."""
+    ok = [r for r in mine if r.status == "ok"]
+    if recorded is not None:
+        rule = recorded["rule"]
+        chosen = next((r for r in ok if r.layer_indices == recorded.get("layer_indices")),
+                      None)
+        region = tuple(recorded["region"]) if recorded.get("region") else None
+        fallback = recorded.get("fallback")
+    else:
+        rule = config.get("select", "max-val")
+        chosen = next((r for r in ok if final is not None
+                       and r.layer_indices == final.layer_indices), None)
+        region, fallback = _rule_region(rule, ok), None
+    help_text = RULES[rule].help if rule in RULES else "a rule this version does not know"
+    if chosen is None:
+        best = choose(ok, method)
+        return None, region, (
+            "No choice recorded: the search ended before the finals"
+            + (f"; the best by search val so far is **{best.layers}** ({best.val_acc:.3f})"
+               if best is not None else "") + ".")
+    sentence = (f"Chosen: **{chosen.layers}** (search val {chosen.val_acc:.3f}, "
+                f"{chosen.trained_params:,} trained parameters) by the `{rule}` rule: "
+                f"{help_text}"
+                + (f" (layers {region[0]}–{region[1]}, shaded in the plot)" if region else "")
+                + ".")
+    if fallback:
+        sentence += f" Here {fallback}."
+    if final is None:
+        sentence += (" Its final fine-tune did not finish (failed, or the run stopped before "
+                     "it): no test accuracy for it.")
+    return chosen, region, sentence
 
 
 def _comparison_plot(tests: dict[str, Interval], path: Path, title: str) -> Path:
@@ -357,13 +407,10 @@ def build_report(folder: str | Path) -> Path:
                  for r in finals]))
         val_images = len(split_labels(seed_dir / "splits.json")["val"]) \
             if (seed_dir / "splits.json").exists() else 0
-        final_of = {r.method: r for r in finals}
+        final_of = {r.method: r for r in finals if r.status == "ok"}
+        choices = read_choices(seed_dir)
         for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
             mine = [r for r in rows if r.strategy == method]
-            # the group the run's selection rule chose is the one its final trained
-            chosen = next((r for r in mine if method in final_of and r.status == "ok"
-                           and r.layer_indices == final_of[method].layer_indices),
-                          None) or choose(rows, method)
             groups = {r.layer_indices for r in mine}
             failed = sum(r.status == "failed" for r in mine)
             finished = sum(r.status == "ok" for r in mine)
@@ -371,15 +418,9 @@ def build_report(folder: str | Path) -> Path:
             parts += ["", f"### {label(method)}: {len(groups)} candidates"
                       + (f", {finished} trained to the end (successive halving)" if pruned
                          else "") + (f", {failed} failed" if failed else ""), ""]
-            rule = config.get("select", "max-val")
-            region = _rule_region(rule, [r for r in mine if r.status == "ok"])
-            if chosen is not None:
-                parts.append(f"Chosen: **{chosen.layers}** (search val {chosen.val_acc:.3f}, "
-                             f"{chosen.trained_params:,} trained parameters) by the `{rule}` "
-                             f"rule: {RULES[rule].help}"
-                             + (f" (layers {region[0]} on, shaded in the plot)" if region
-                                else "")
-                             + ".")
+            chosen, region, sentence = _choice_of(method, mine, config, choices.get(method),
+                                                  final_of.get(method))
+            parts.append(sentence)
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
                 _candidate_plot(rows, method, plots / name,

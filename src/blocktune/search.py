@@ -26,6 +26,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ from blocktune.records import (
     write_candidates,
     write_finals,
 )
-from blocktune.select import SearchView, get_rule, pick
+from blocktune.select import SearchView, get_rule, pick, record_choice
 from blocktune.tblog import TensorBoardLog
 from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench
@@ -319,14 +320,17 @@ class SeedRun:
                            and (state := self._rung_state(t)) is not None}
             started_in_wave = functools.partial(self._start, len(copies), len(wave))
             finished = 0
-            for trial, result in self.executor.search(trainable, checkpoints, keep_going,
-                                                      started_in_wave, self.events.on_epoch):
-                if result.checkpoint is not None and not trial.final:
-                    self._save_rung_state(trial, result.checkpoint)
-                status = result.status if trial.final or result.status != "ok" else "rung"
-                record(self._row(trial.method, trial.index, trial.group, result, trial.epochs,
-                                 status))
-                finished += 1
+            # closed the moment the driver stops listening (an error, Ctrl-C): Ray then ends
+            # its run at once instead of finishing the wave
+            with closing(self.executor.search(trainable, checkpoints, keep_going,
+                                              started_in_wave, self.events.on_epoch)) as done:
+                for trial, result in done:
+                    if result.checkpoint is not None and not trial.final:
+                        self._save_rung_state(trial, result.checkpoint)
+                    status = result.status if trial.final or result.status != "ok" else "rung"
+                    record(self._row(trial.method, trial.index, trial.group, result,
+                                     trial.epochs, status))
+                    finished += 1
             if finished < len(trainable):
                 log.warning("time budget of %.0f s spent: %d trials left for a resume",
                             budget or 0, len(trainable) - finished)
@@ -419,12 +423,12 @@ class SeedRun:
             self.events.on_phase(f"{label(trial.method)}: {self.group_text(trial.group)} on "
                                  "the swapped fold")
 
-        for trial, result in self.executor.search(todo, {}, lambda: True, start,
-                                                  self.events.on_epoch, train_split="val",
-                                                  val_split="search"):
-            refits.append(self._row(trial.method, trial.index, trial.group, result,
-                                    result.epochs, result.status))
-            write_candidates(path, refits)
+        with closing(self.executor.search(todo, {}, lambda: True, start, self.events.on_epoch,
+                                          train_split="val", val_split="search")) as done:
+            for trial, result in done:
+                refits.append(self._row(trial.method, trial.index, trial.group, result,
+                                        result.epochs, result.status))
+                write_candidates(path, refits)
         return refits
 
     def chosen(self, rows: list[CandidateRow], method: str,
@@ -443,10 +447,13 @@ class SeedRun:
                 searched = next((r for r in rows if r.strategy == method and r.status == "ok"),
                                 None)
                 out.append((method, group, searched.val_acc if searched else math.nan))
+        choices = {}
         for method in _strategies(rows):
-            chosen = self.chosen(rows, method, refits)
+            chosen, choices[method] = record_choice(self.config.select,
+                                                    self.view(rows, method, refits))
             if chosen is not None:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
+        atomic_write_json(self.folder / "choices.json", choices)
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -492,24 +499,25 @@ class SeedRun:
                 self.log.record(row)
 
         def train(trials: list[FinalTrial]) -> None:
-            for trial, outcome in self.executor.finals(
+            with closing(self.executor.finals(
                     trials, lambda t: self.events.on_phase(f"final fine-tune: {label(t.method)}"),
-                    self.events.on_epoch):
-                if outcome.state is not None:
-                    atomic_save_safetensors(weights(trial.method), outcome.state,
-                                            {"model": self.config.model})
-                result = outcome.result
-                record(FinalRow(
-                    method=trial.method, group=self.group_text(trial.group),
-                    # Baseline II's row has always been written with no indices
-                    layer_indices="" if trial.group is None else indices_text(trial.group),
-                    trained_params=result.trainable_params,
-                    search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
-                    test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
-                    status=result.status, select=self._rule_of(trial.method),
-                    val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
-                    val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
-                    val_loss_curve=list(result.val_loss_curve)).recorded())
+                    self.events.on_epoch)) as done:
+                for trial, outcome in done:
+                    if outcome.state is not None:
+                        atomic_save_safetensors(weights(trial.method), outcome.state,
+                                                {"model": self.config.model})
+                    result = outcome.result
+                    record(FinalRow(
+                        method=trial.method, group=self.group_text(trial.group),
+                        # Baseline II's row has always been written with no indices
+                        layer_indices="" if trial.group is None else indices_text(trial.group),
+                        trained_params=result.trainable_params,
+                        search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
+                        test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
+                        status=result.status, select=self._rule_of(trial.method),
+                        val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
+                        val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
+                        val_loss_curve=list(result.val_loss_curve)).recorded())
 
         train([t for t in plan if t.copy_of is None])
         for trial in (t for t in plan if t.copy_of is not None):

@@ -178,3 +178,24 @@ def two_fold(view: SearchView) -> CandidateRow | None:
 
 def pick(rule: str, view: SearchView) -> CandidateRow | None:
     return get_rule(rule).pick(view)
+
+
+def record_choice(rule_name: str, view: SearchView) -> tuple[CandidateRow | None, dict]:
+    """The rule's pick, and what to record of it (``choices.json``): the rule, how many
+    candidates it chose among, the part of the model it picks from, whether it had to fall
+    back, and the chosen group with its search score. The report and the model card read this
+    rather than re-derive the choice."""
+    rule = get_rule(rule_name)
+    chosen = rule.pick(view)
+    start = rule.picks_from(view.num_layers) if rule.picks_from else None
+    fallback = None
+    if chosen is not None and start is not None and min(group_of(chosen), default=0) < start:
+        fallback = (f"no finished candidate lies in layers {start}–{view.num_layers - 1}, where "
+                    f"the `{rule.name}` rule picks from: it fell back to max-val over all")
+    return chosen, {
+        "rule": rule.name, "candidates": len(view.rows), "num_layers": view.num_layers,
+        "region": None if start is None else [start, view.num_layers - 1],
+        "fallback": fallback,
+        "layer_indices": None if chosen is None else chosen.layer_indices,
+        "layers": None if chosen is None else chosen.layers,
+        "search_val_acc": None if chosen is None else chosen.val_acc}

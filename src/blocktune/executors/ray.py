@@ -3,10 +3,14 @@
 * One Tune trial per candidate (``tune.with_resources`` from ``--trial-resources``, e.g.
   ``cpu=1,gpu=0.25`` so that four candidates share a GPU), a ``tune.report`` per epoch, and
   Tune's experiment folders under ``RUN/seed_<s>/ray``.
-* What every trial needs is put into Ray's object store once per wave: the decoded images,
-  the split, the run's config, and the frozen-prefix activation cache, computed once by the
-  driver (zero-copy for workers on the same node; Ray moves it to other nodes). A worker
-  process builds the seed's model once and reuses it for every trial it runs.
+* What every trial needs is put into Ray's object store once per run: the decoded images,
+  the split, the run's config, and each cut of the frozen-prefix activation cache, computed
+  once by the driver (zero-copy for workers on the same node; Ray moves it to other nodes).
+  A later wave puts only the cuts it adds. A worker process builds the seed's model once and
+  reuses it for every trial it runs; it copies cached cuts to its GPU only up to its share
+  of ``--cache-max-gb`` (``gpu=0.25``: a quarter), and reads the rest from the object store.
+* Ctrl-C, a disk error or any other failure on the driver stops the Tune run at once (a Tune
+  ``Stopper``): trials still running are ended, none is started, finished rows are saved.
 * A trial whose worker dies is retried (``FailureConfig``): training depends only on the
   group, the seed and the data, so the retried row equals the lost one.
 * Results come back the moment each trial finishes (a Tune callback feeds the driver), so the
@@ -46,6 +50,9 @@ FAULT_ENV = "BLOCKTUNE_FAULT_KILL_TRIAL"
 # ... and this one makes every attempt of a trial raise: ``block#1`` (a search trial, its
 # refit too), ``final:block`` (a final), so that it fails for good after Tune's retries.
 RAISE_ENV = "BLOCKTUNE_FAULT_RAISE_TRIAL"
+# ... and this one makes a trial wait forever at its first epoch (a trial that will not end
+# by itself: what the driver's Ctrl-C must not wait for).
+HANG_ENV = "BLOCKTUNE_FAULT_HANG_TRIAL"
 
 
 def require_ray():
@@ -89,6 +96,15 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
                              "or leave --ray-address out for a local Ray") from error
 
 
+def check_devices(device: torch.device, resources: Mapping[str, float]) -> None:
+    """Ray shows a trial only the GPUs it asks for: training on a GPU needs ``gpu=F``."""
+    if device.type == "cuda" and resources.get("gpu", 0) <= 0:
+        raise BlocktuneError(
+            "this run trains on cuda, but --trial-resources gives its Ray trials no GPU (Ray "
+            "hides the GPUs from them): add one, e.g. --trial-resources cpu=1,gpu=0.25, or "
+            "train on the CPU with --device cpu")
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address``, or start a local Ray sized to this machine."""
     ray, _ = require_ray()
@@ -114,15 +130,8 @@ def _from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
 
 
-def _cache_payload(bench: Workbench, cover: tuple[str, ...]) -> dict | None:
-    if not bench.config.cache or bench.config.augment:
-        return None
-    cache = bench.cache(cover)
-    return {"cover": cover, "dtype": str(cache.dtype).removeprefix("torch."),
-            "store": {cut: _to_numpy(t.cpu()) for cut, t in cache.store.items()}}
-
-
 _RELAYS: dict[str, queue.Queue] = {}  # driver side: Tune's callbacks → the driver's generator
+_STOPS: dict[str, threading.Event] = {}  # driver side: set when the driver stops a Tune run
 _BENCHES: dict[str, Workbench] = {}  # per worker process: the seed's model, built once
 
 
@@ -140,9 +149,17 @@ def _worker_bench(spec: dict, cache: dict | None) -> Workbench:
                                   weights_file_state=spec["weights_file_state"])
     bench = _BENCHES[key]
     if cache is not None:
-        dtype = getattr(torch, cache["dtype"])
-        bench.cache(tuple(cache["cover"])).adopt(
-            {int(cut): _from_numpy(array, dtype) for cut, array in cache["store"].items()})
+        import ray
+
+        mine = bench.cache(tuple(cache["cover"]))
+        missing = {int(cut): ref for cut, ref in cache["store"].items()
+                   if int(cut) not in mine.store}
+        if missing:
+            dtype = getattr(torch, cache["dtype"])
+            arrays = ray.get(list(missing.values()))
+            mine.adopt({cut: _from_numpy(array, dtype)
+                        for cut, array in zip(missing, arrays, strict=True)},
+                       max_bytes=int(cache["device_bytes"]))
     return bench
 
 
@@ -157,6 +174,8 @@ def _maybe_fault(name: str) -> None:
     """Test-suite faults for the trial ``name`` (``block#1``, ``final:block``)."""
     if os.environ.get(RAISE_ENV) == name:
         raise RuntimeError(f"injected failure of trial {name}")
+    if os.environ.get(HANG_ENV) == name:
+        threading.Event().wait()
     target = os.environ.get(FAULT_ENV)
     if not target:
         return
@@ -233,8 +252,10 @@ class RayExecutor:
         self.bench, self.folder = bench, Path(folder).resolve()
         self.resources = dict(resources)
         self.max_failures = max_failures
+        check_devices(bench.device, self.resources)
         connect(address)
         ray, _ = require_ray()
+        self._cuts: dict[tuple, object] = {}  # (cover, cut) -> its ObjectRef, put once
         images = bench.images
         self.spec = ray.put({
             "key": f"{os.getpid()}-{id(bench)}-{time.time()}", "seed": bench.seed,
@@ -246,6 +267,20 @@ class RayExecutor:
             "threads": self.resources.get("cpu", 1)})
         self._experiments = 0
 
+    def _cache_payload(self, cover: tuple[str, ...]) -> dict | None:
+        """The activation cache as one ObjectRef per cut: each cut is put once per run."""
+        if not self.bench.config.cache or self.bench.config.augment:
+            return None
+        ray, _ = require_ray()
+        cache = self.bench.cache(cover)
+        for cut, tensor in cache.store.items():
+            if (cover, cut) not in self._cuts:
+                self._cuts[cover, cut] = ray.put(_to_numpy(tensor.cpu()))
+        share = min(1.0, self.resources.get("gpu", 0.0))  # of the GPU, and of its cache room
+        return {"cover": cover, "dtype": str(cache.dtype).removeprefix("torch."),
+                "store": {cut: self._cuts[cover, cut] for cut in cache.store},
+                "device_bytes": cache.max_bytes * share}
+
     def search(self, trials: Sequence[Trial], checkpoints: Mapping[tuple, dict],
                keep_going: Callable[[], bool], on_start: Callable[[Trial, int, int], None],
                on_epoch: Callable | None = None, train_split: str = "search",
@@ -256,7 +291,7 @@ class RayExecutor:
         self.bench.prepare_cuts([t.group for t in trials], SEARCH_COVER)
         by_key = {t.key: t for t in trials}
         trainable = tune.with_parameters(
-            _search_trainable, spec=self.spec, cache=_cache_payload(self.bench, SEARCH_COVER),
+            _search_trainable, spec=self.spec, cache=self._cache_payload(SEARCH_COVER),
             checkpoints=dict(checkpoints))
         space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
                  "train_split": train_split, "val_split": val_split}
@@ -287,7 +322,7 @@ class RayExecutor:
         self.bench.prepare_cuts([t.group for t in trials], FINAL_COVER)
         by_method = {t.method: t for t in trials}
         trainable = tune.with_parameters(_final_trainable, spec=self.spec,
-                                         cache=_cache_payload(self.bench, FINAL_COVER))
+                                         cache=self._cache_payload(FINAL_COVER))
         space = {"final": tune.grid_search([{"method": t.method, "group": t.group}
                                             for t in trials])}
         for kind, config, result, checkpoint in self._fit(trainable, space, "finals"):
@@ -311,6 +346,20 @@ class RayExecutor:
         events: queue.Queue = queue.Queue()
         token = f"{id(self)}-{self._experiments}"
         _RELAYS[token] = events
+        _STOPS[token] = threading.Event()
+
+        class Stop(tune.Stopper):
+            # asked by Tune's loop in this process: the driver has stopped listening
+            def __init__(self, token: str):
+                self.token = token
+
+            def __call__(self, trial_id, result) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                from blocktune.executors.ray import _STOPS
+
+                return _STOPS[self.token].is_set()
 
         class Relay(tune.Callback):
             # Tune pickles its callbacks with the experiment: they hold a name, not the queue
@@ -340,6 +389,7 @@ class RayExecutor:
             run_config=tune.RunConfig(
                 name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{self._experiments}",
                 storage_path=str(self.folder / "ray"), callbacks=[Relay(token)], verbose=0,
+                stop=Stop(token),
                 failure_config=tune.FailureConfig(max_failures=self.max_failures)))
         failure: list[BaseException] = []
         grids: list = []
@@ -358,8 +408,12 @@ class RayExecutor:
             while (event := events.get()) is not None:
                 yield event
         finally:
+            # reached early only when the driver stopped listening (Ctrl-C, a disk error, a
+            # closed generator): end the Tune run now rather than wait for its wave
+            _STOPS[token].set()
             thread.join()
             _RELAYS.pop(token, None)
+            _STOPS.pop(token, None)
         if failure:
             raise BlocktuneError(f"the Ray Tune run failed ({type(failure[0]).__name__}: "
                                  f"{failure[0]}): finished trials are saved, run the same "
