@@ -162,3 +162,37 @@ def test_resnet50_native_coarse_is_stem_and_four_stages(timm_walks):
     assert w.names(groups[0]) == ["model.conv1", "model.bn1"]
     assert [w.names(g)[0].split(".")[1] for g in groups[1:]] == ["layer1", "layer2", "layer3",
                                                                  "layer4"]
+
+
+def lite0_walk():
+    from blocktune.models import build_model
+
+    model, _ = build_model("tf_efficientnet_lite0", 5, "linear", 64, pretrained=False)
+    return model, walk(model.body, input_size=(3, 64, 64))
+
+
+def test_top_runs_from_each_timm_stage_to_the_output_on_lite0():
+    # lite0's 98 layers: the stem (0-1), blocks.0 (2-5), blocks.1 (6-17), blocks.2 (18-29),
+    # blocks.3 (30-47), blocks.4 (48-65), blocks.5 (66-89), blocks.6 and the head conv (90-97)
+    model, w = lite0_walk()
+    groups = groups_of(w, "top", model=model.body)
+    assert [g[0] for g in groups] == [90, 66, 48, 30, 18, 6, 2]
+    assert all(g == tuple(range(g[0], 98)) for g in groups)
+    assert w.names([2])[0].startswith("model.blocks.0.") and w.names([90])[0].startswith("model.blocks.6.")
+    assert w.names([89])[0].startswith("model.blocks.5.")
+    # every stage start but the stem's: from the stem on is all layers, Baseline II
+    assert groups_of(w, "top", model=model.body)[-1] != tuple(range(98))
+
+
+def test_a_rule_that_picks_from_part_of_the_model_has_only_that_part_planned():
+    from blocktune.groups import last_quarter_start
+
+    model, w = lite0_walk()
+    every = groups_of(w, "block")
+    planned = groups_of(w, "block", picks_from=last_quarter_start)
+    assert len(every) == 33 and len(planned) == 8
+    assert planned == [g for g in every if in_last_quarter(g, len(w.layers))]
+    assert min(min(g) for g in planned) >= 74
+    # ranked and random are one group each, controls: the region does not touch them
+    assert groups_of(w, "random", k=3, seed=1, picks_from=last_quarter_start) == \
+        groups_of(w, "random", k=3, seed=1)

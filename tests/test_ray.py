@@ -133,6 +133,17 @@ def test_an_augmented_search_on_ray_is_the_local_one(data, tmp_path, local_ray, 
     assert table(tmp_path / "ray") == table(tmp_path / "local")
 
 
+def test_a_pooled_score_on_ray_is_the_local_one(data, tmp_path, local_ray, one_thread):
+    # --score-on val+train: the workers' caches hold the train split too, and score on it
+    config = dict(max_candidates=3, score_on="val+train", baselines=False)
+    run(tiny_config(data, **config), tmp_path / "local")
+    run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
+    fields = [*FIELDS, "score", "score_images"]
+    assert table(tmp_path / "ray", fields=fields) == table(tmp_path / "local", fields=fields)
+    rows = read_csv(tmp_path / "ray" / "seed_0" / "candidates.csv")
+    assert all(int(r["score_images"]) > 12 for r in rows)  # more than val's images
+
+
 def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, local_ray,
                                                               one_thread):
     # on a real cluster the data folder and --weights file exist on the driver only: the

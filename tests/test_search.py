@@ -154,7 +154,7 @@ def cli_run(data, out, *extra):
     return [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
             "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "2",
             "--final-epochs", "2", "--batch-size", "8", "--lr", "0.01", "--strategy",
-            "layer,block", "--out", str(out), *extra]
+            "layer,block", "--search-all", "--out", str(out), *extra]  # every candidate
 
 
 def killed_at(command, fault, env) -> bool:

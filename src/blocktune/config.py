@@ -96,6 +96,13 @@ class RunConfig:
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
                       "fine-tuned (val only; see README, 'Can the search be trusted?')",
                       choices=lambda: tuple(RULES))
+    score_on: str = opt("val", "what a searched candidate is scored on: val, or val+train "
+                        "(its kept weights also scored on the train split, which the search "
+                        "never trains on: forward only, several times the images)",
+                        resume=True, choices=("val", "val+train"))
+    search_all: bool = opt(False, "train every candidate, also those the selection rule can "
+                           "never pick (by default a rule that picks from part of the model, "
+                           "like last-quarter, has only that part searched)")
     cache: bool = opt(True, "frozen-prefix activation cache (--no-cache: run the whole "
                       "network every batch)")
     cache_dtype: str = opt("float16", "dtype of cached activations", resume=True,

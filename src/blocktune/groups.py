@@ -45,6 +45,10 @@ class StrategyOptions:
     layer_scores: Mapping[int, float] = field(default_factory=dict)
     # The model the walk came from, for strategies that ask the model itself (`native`).
     model: nn.Module | None = field(default=None, compare=False, hash=False)
+    # The selection rule's part of the model: number of layers -> the first layer it can pick
+    # from. Candidates starting before it are not planned (``ranked`` and ``random``, one
+    # group each, are controls and stay whole).
+    picks_from: Callable[[int], int] | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
         unknown = set(self.delimiters) - set(DELIMITER_KINDS)
@@ -138,6 +142,22 @@ def native_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
     return sorted((tuple(v) for v in groups.values()), key=lambda g: g[0])
 
 
+@register_strategy("top")
+def top_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
+    """Everything from stage k to the output, k over the model's own stages (timm's coarse
+    ``group_matcher``; models without one: the `block` groups): what fastai's ``freeze_to`` and
+    Keras' "fine-tune the top N layers" do. Its two ends are the baselines — from the first
+    stage is Baseline II, from past the last is Baseline I — which the search trains anyway:
+    the candidates are the ones in between."""
+    if _find_group_matcher(options.model)[0] is not None:
+        stages = native_groups(walk, StrategyOptions(native="coarse", model=options.model))
+    else:
+        stages = block_groups(walk, options)
+    last = len(walk.layers) - 1
+    starts = sorted({min(g) for g in stages} - {0})
+    return [tuple(range(start, last + 1)) for start in starts]
+
+
 @register_strategy("quarter")
 def quarter_groups(walk: ModelWalk, options: StrategyOptions) -> list[Group]:
     """The conference paper's shortcut: `block` groups lying in the last quarter of the layers."""
@@ -162,6 +182,10 @@ def in_last_quarter(group: Group, num_layers: int) -> bool:
     return min(group) >= last_quarter_start(num_layers)
 
 
+# strategies whose candidates a rule's region does not restrict (one group each: controls)
+UNRESTRICTED = ("ranked", "random")
+
+
 def candidates(walk: ModelWalk, strategy: str, options: StrategyOptions | None = None
                ) -> list[Candidate]:
     """The candidate groups of ``strategy``, ordered from the output end (search order)."""
@@ -173,6 +197,9 @@ def candidates(walk: ModelWalk, strategy: str, options: StrategyOptions | None =
     groups = STRATEGIES[strategy](walk, options)
     if options.quarter or strategy == "quarter":
         groups = [g for g in groups if in_last_quarter(g, len(walk.layers))]
+    if options.picks_from is not None and strategy not in UNRESTRICTED:
+        start = options.picks_from(len(walk.layers))
+        groups = [g for g in groups if min(g) >= start]
     groups = sorted(dict.fromkeys(groups), key=lambda g: (-max(g), -min(g)))
     return [Candidate(strategy, i, g) for i, g in enumerate(groups)]
 

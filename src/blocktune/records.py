@@ -65,6 +65,15 @@ class CandidateRow:
     val_pred: list[int] | None = None  # per val image at the kept epoch, splits.json order
     loss_curve: list[float] = field(default_factory=list)  # train loss per epoch
     val_loss_curve: list[float] = field(default_factory=list)
+    # what the candidate is ranked by: accuracy on val, or on val and train (--score-on),
+    # on ``score_images`` images; nan in files written before it was recorded (val_acc then)
+    score: float = math.nan
+    score_images: int = 0
+    score_seconds: float = 0.0  # the extra forward passes of a pooled score
+
+    @property
+    def ranking_score(self) -> float:
+        return self.val_acc if math.isnan(self.score) else self.score
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -78,6 +87,8 @@ class CandidateRow:
             "last": "" if self.last is None else str(self.last),
             "val_acc": f"{self.val_acc:.6f}", "val_loss": f"{self.val_loss:.6f}",
             "seconds": f"{self.seconds:.2f}",
+            "score": "" if math.isnan(self.score) else f"{self.score:.6f}",
+            "score_seconds": f"{self.score_seconds:.2f}",
             **_curves_text(self), "val_pred": predictions_text(self.val_pred or [])}
 
     def recorded(self) -> CandidateRow:
@@ -96,7 +107,8 @@ class CandidateRow:
             best_epoch=int(row["best_epoch"]), seconds=_float(row["seconds"]),
             status=row["status"], error=row.get("error") or "",
             same_as=row.get("same_as") or "", val_pred=_predictions(row.get("val_pred")),
-            **_curves(row))
+            score=_float(row.get("score", "")), score_images=int(row.get("score_images") or 0),
+            score_seconds=_float(row.get("score_seconds") or "0"), **_curves(row))
 
 
 @dataclass
@@ -153,9 +165,12 @@ FINAL_FIELDS = [f.name for f in dataclasses.fields(FinalRow)]
 
 
 def rank_key(row: CandidateRow | FinalRow) -> tuple:
-    """The one ranking of blocktune: highest val accuracy; ties to fewer trained parameters,
-    then to the candidate searched first (nearer the output). Sort ascending: best first."""
-    return (-row.val_acc, row.trained_params, getattr(row, "index", 0))
+    """The one ranking of blocktune: highest score (a candidate's: val accuracy, or its pooled
+    score with --score-on val+train; a final's: val accuracy); ties to fewer trained
+    parameters, then to the candidate searched first (nearer the output). Sort ascending:
+    best first."""
+    score = row.ranking_score if isinstance(row, CandidateRow) else row.val_acc
+    return (-score, row.trained_params, getattr(row, "index", 0))
 
 
 def _required(row_type) -> list[str]:

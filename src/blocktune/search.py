@@ -45,7 +45,7 @@ from blocktune.data import (
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor
 from blocktune.executors.local import LocalExecutor
-from blocktune.groups import Candidate, StrategyOptions, describe
+from blocktune.groups import UNRESTRICTED, Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
     RunLock,
     atomic_copy,
@@ -189,7 +189,8 @@ def strategy_options(config: RunConfig, seed: int, body: torch.nn.Module) -> Str
     c = config
     return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
                            k=c.random_k, seed=seed, native=c.native, quarter=c.quarter,
-                           model=body)
+                           model=body,
+                           picks_from=None if c.search_all else get_rule(c.select).picks_from)
 
 
 def search_settings(config: RunConfig, seed: int) -> SearchSettings:
@@ -255,6 +256,25 @@ class SeedRun:
         """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
         return strategy_candidates(self.walk, strategy, self.options(), rows, self.settings())
 
+    def plan_notes(self) -> list[str]:
+        """Per strategy the rule's region restricts: how many candidates are planned, and why."""
+        options = self.options()
+        if options.picks_from is None:
+            return []
+        start = options.picks_from(len(self.walk.layers))
+        notes = []
+        for strategy in self.config.strategies:
+            if strategy in UNRESTRICTED:
+                continue
+            planned = len(candidates(self.walk, strategy, options))
+            every = len(candidates(self.walk, strategy,
+                                   dataclasses.replace(options, picks_from=None)))
+            if planned < every:
+                notes.append(f"{label(strategy)}: {planned} of {every} candidates planned: the "
+                             f"`{self.config.select}` rule picks from layers {start}–"
+                             f"{len(self.walk.layers) - 1} only (--search-all trains all)")
+        return notes
+
     def progress(self, rows: list[CandidateRow]) -> list[tuple[str, int, int]]:
         """(method, finished, planned) of this seed's search."""
         return progress(self.settings(), rows, self.planned)
@@ -280,6 +300,8 @@ class SeedRun:
         rows = read_candidates(path)
         if self.log is not None:
             self.log.sync(rows)
+        for note in self.plan_notes():
+            self.events.on_phase(note)
         if rows:  # a resumed run says what it skips
             self.events.on_phase(f"resuming seed {self.seed}: " + ", ".join(
                 f"{done} of {total} {label(method) if method != 'baselines' else method} "
@@ -378,7 +400,18 @@ class SeedRun:
             best_epoch=result.best_epoch, seconds=result.seconds, status=status,
             error=result.error, val_curve=list(result.val_curve),
             loss_curve=list(result.loss_curve), val_loss_curve=list(result.val_loss_curve),
-            val_pred=list(result.val_pred)).recorded()
+            val_pred=list(result.val_pred), **self._score(result)).recorded()
+
+    def _score(self, result: TrainResult) -> dict:
+        """A row's score: its val accuracy, pooled with the train split's when it was scored
+        there too (counts of correct images, so the pooled accuracy is exact)."""
+        val_images = len(self.split["val"])
+        if not result.pool_images:
+            return {"score": result.best_val_acc, "score_images": val_images}
+        correct = round(result.best_val_acc * val_images) + result.pool_correct
+        images = val_images + result.pool_images
+        return {"score": correct / images, "score_images": images,
+                "score_seconds": result.pool_seconds}
 
     def group_text(self, group: tuple[int, ...] | None) -> str:
         if group is None:

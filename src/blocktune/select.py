@@ -141,7 +141,7 @@ def smooth(view: SearchView) -> CandidateRow | None:
     ordered = sorted(view.rows, key=lambda r: (min(group_of(r)), max(group_of(r))))
     if not ordered:
         return None
-    accs = [r.val_acc for r in ordered]
+    accs = [r.ranking_score for r in ordered]
     scores = []
     for i in range(len(ordered)):
         # at the ends the missing neighbour's weight is dropped and the rest renormalised

@@ -68,6 +68,10 @@ class TrainResult:
     val_pred: list[int] = field(default_factory=list)  # per val image, at the kept epoch
     status: str = "ok"  # ok | failed
     error: str = ""
+    # --score-on val+train: the kept weights scored on the train split as well
+    pool_correct: int = 0
+    pool_images: int = 0
+    pool_seconds: float = 0.0
     # set when fit() paused at ``stop_after`` with epochs to go: pass it back to continue
     checkpoint: dict | None = field(default=None, repr=False, compare=False)
 
@@ -308,6 +312,16 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
 def _in_layout(prepare: Callable[[torch.Tensor], torch.Tensor]
                ) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda batch: to_model_layout(prepare(batch))
+
+
+def evaluate_split(net: nn.Module, feed: Feed, cut: int, split: str, config: TrainConfig,
+                   device: torch.device) -> tuple[float, float, torch.Tensor]:
+    """:func:`evaluate` on one split of ``feed``, prepared as :func:`train_group` prepares."""
+    x, y = feed.inputs(cut, split)
+    prepare = feed.prepare(cut, device)
+    if config.channels_last:
+        prepare = _in_layout(prepare)
+    return evaluate(net, x, y, prepare, device=device)
 
 
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,

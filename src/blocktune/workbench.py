@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,21 @@ import torch
 from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
 from blocktune.config import RunConfig
 from blocktune.data import DecodedImages
-from blocktune.fold import foldable_pairs
+from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model
 from blocktune.plan import Trial
-from blocktune.train import TrainResult, device_for, evaluate, keep_freed_memory, train_group
+from blocktune.train import (
+    TrainResult,
+    device_for,
+    evaluate,
+    evaluate_split,
+    keep_freed_memory,
+    train_group,
+)
 
 SEARCH_COVER = ("search", "val")
+POOLED_COVER = ("search", "val", "train")  # --score-on val+train
 FINAL_COVER = ("search", "train", "val", "test")
 
 
@@ -89,10 +98,15 @@ class Workbench:
                 spill_dir=self.spill_dir)
         return self._caches[cover]
 
+    @property
+    def search_cover(self) -> tuple[str, ...]:
+        """The splits the search's feed holds: search and val, and train when it scores too."""
+        return POOLED_COVER if self.config.score_on == "val+train" else SEARCH_COVER
+
     def prepare_cuts(self, groups: Sequence[tuple[int, ...] | None],
-                     cover: tuple[str, ...] = SEARCH_COVER) -> None:
+                     cover: tuple[str, ...] | None = None) -> None:
         """Compute the cache at the cuts these groups train from, in one pass."""
-        feed = self.feed(cover)
+        feed = self.feed(cover or self.search_cover)
         if isinstance(feed, CachedFeed) and feed.cache is not None:
             self.reset()  # candidates train in place: the cache needs pretrained weights
             feed.cache.prepare_cuts([self.walk.cut_for(g) for g in groups if g is not None])
@@ -117,13 +131,23 @@ class Workbench:
         paused with at the previous rung) until ``trial.epochs``; a result that stopped before
         the configured epochs carries the state to continue from (``result.checkpoint``)."""
         flips = checkpoint.get("flips") if checkpoint is not None else None
-        result, _, _ = train_group(self.reset(flips), self.walk, trial.group,
-                                   self.feed(SEARCH_COVER), self.config.search_training(self.seed),
-                                   train_split=train_split, val_split=val_split,
-                                   on_epoch=on_epoch, checkpoint=checkpoint,
-                                   stop_after=trial.epochs, fold=self.fold)
+        feed = self.feed(self.search_cover)
+        training = self.config.search_training(self.seed)
+        result, net, cut = train_group(self.reset(flips), self.walk, trial.group, feed, training,
+                                       train_split=train_split, val_split=val_split,
+                                       on_epoch=on_epoch, checkpoint=checkpoint,
+                                       stop_after=trial.epochs, fold=self.fold)
         if result.checkpoint is not None and self.image_feed.flips is not None:
             result.checkpoint["flips"] = self.image_feed.flip_state()  # a rung pauses them too
+        if (self.config.score_on == "val+train" and train_split == "search"
+                and result.status == "ok" and result.checkpoint is None):
+            # the kept weights on images the search never trained on: forward only
+            started = time.perf_counter()
+            with folded(self.model.body, self.walk, self.fold, trial.group):
+                accuracy, _, _ = evaluate_split(net, feed, cut, "train", training, self.device)
+            result.pool_images = len(self.split["train"])
+            result.pool_correct = round(accuracy * result.pool_images)
+            result.pool_seconds = time.perf_counter() - started
         return result
 
     def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from blocktune.plan import FinalTrial, Trial
 from blocktune.train import TrainResult
-from blocktune.workbench import SEARCH_COVER, FinalOutcome, Workbench
+from blocktune.workbench import FinalOutcome, Workbench
 
 
 class LocalExecutor:
@@ -20,7 +20,7 @@ class LocalExecutor:
                on_epoch: Callable | None = None, train_split: str = "search",
                val_split: str = "val") -> Iterator[tuple[Trial, TrainResult]]:
         if trials:
-            self.bench.prepare_cuts([t.group for t in trials], SEARCH_COVER)
+            self.bench.prepare_cuts([t.group for t in trials], self.bench.search_cover)
         for position, trial in enumerate(trials):
             if not keep_going():
                 return

@@ -40,7 +40,7 @@ from blocktune.data import DecodedImages
 from blocktune.errors import BlocktuneError
 from blocktune.plan import FinalTrial, Trial
 from blocktune.train import TrainResult
-from blocktune.workbench import FINAL_COVER, SEARCH_COVER, FinalOutcome, Workbench
+from blocktune.workbench import FINAL_COVER, FinalOutcome, Workbench
 
 INSTALL_HINT = "pip install 'blocktune[ray]'"
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -288,10 +288,10 @@ class RayExecutor:
         if not trials or not keep_going():
             return
         _, tune = require_ray()
-        self.bench.prepare_cuts([t.group for t in trials], SEARCH_COVER)
+        self.bench.prepare_cuts([t.group for t in trials], self.bench.search_cover)
         by_key = {t.key: t for t in trials}
         trainable = tune.with_parameters(
-            _search_trainable, spec=self.spec, cache=self._cache_payload(SEARCH_COVER),
+            _search_trainable, spec=self.spec, cache=self._cache_payload(self.bench.search_cover),
             checkpoints=dict(checkpoints))
         space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
                  "train_split": train_split, "val_split": val_split}
