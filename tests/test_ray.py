@@ -16,6 +16,7 @@ from blocktune.executors.ray import (
     RAISE_ENV,
     check_devices,
     check_reachable,
+    connect,
     parse_resources,
 )
 from blocktune.io import read_csv
@@ -196,6 +197,7 @@ def test_a_sigkilled_ray_driver_resumes_to_the_same_table(data, tmp_path, local_
         "fractions: {search: 0.25, val: 0.25, train: 0.3, test: 0.2}\n")
     command += ["--config", str(tmp_path / "split.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)  # an earlier test's cluster: this driver starts its own
     # the driver is killed just after it records its third row
     assert killed_at([*command, "--executor", "ray", "--trial-resources", "cpu=1"],
                      "candidate:3", env), "the driver finished before it was killed"
@@ -241,6 +243,12 @@ def test_resources_unreachable_cluster_and_missing_ray_are_one_line(tmp_path, ca
             parse_resources(bad)
     with pytest.raises(BlocktuneError, match="no Ray cluster answers at --ray-address"):
         check_reachable("127.0.0.1:1")
+    # Ray's own RAY_ADDRESS names the cluster to join when --ray-address is not given (it
+    # once started a local Ray with num_cpus and ended in Ray's ValueError)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(BlocktuneError, match="no Ray cluster answers at --ray-address 127.0.0.1:1"):
+        connect(None)
+    monkeypatch.delenv("RAY_ADDRESS")
     data = make_image_folder(tmp_path / "images", per_class=8)
     base = ["run", "--model", "test_efficientnet", "--no-pretrained", "--data", str(data),
             "--out", str(tmp_path / "out"), "--executor", "ray"]
@@ -301,6 +309,7 @@ def test_the_driver_stops_at_once_when_it_stops_listening(data, tmp_path, action
                "--executor", "ray", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", HANG_ENV: "block#2",
            "BLOCKTUNE_FAULT": f"candidate:1:{action}"}
+    env.pop("RAY_ADDRESS", None)  # an earlier test's cluster: this driver starts its own
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == status, done.stderr[-2000:]
     assert words in done.stderr.strip().splitlines()[-1]

@@ -106,10 +106,12 @@ def check_devices(device: torch.device, resources: Mapping[str, float]) -> None:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at ``address``, or start a local Ray sized to this machine."""
+    """Join the cluster at ``address`` (or at ``RAY_ADDRESS``, Ray's own variable), or start a
+    local Ray sized to this machine."""
     ray, _ = require_ray()
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_reachable(address)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
