@@ -230,3 +230,21 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
     err = error_line(capsys, ["run", *TINY, "--data", str(few), "--out", str(out)])
     assert "class 'blue' has 3" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_run_display_says_each_thing_once_and_plainly(tmp_path, capsys):
+    # what `make demo` printed: a "cli.py:106" column on every line, "best 0.000" on the
+    # baselines' lines, and the duplicate-photo warning twice (a WARNING and a note)
+    import shutil
+
+    data = make_image_folder(tmp_path / "images", per_class=12)
+    for copy in range(6):  # copies of one photo: some land in different splits
+        shutil.copy(data / "red" / "000.jpg", data / "red" / f"copy{copy}.jpg")
+    assert main(["run", *TINY, "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--max-candidates", "2", "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("exact-duplicate image(s) lie in two splits") == 1
+    assert "cli.py:" not in err
+    baseline_lines = [line for line in err.splitlines() if line.strip().startswith("Baseline")
+                      and "#0" in line]
+    assert baseline_lines and not any("best" in line for line in baseline_lines)

@@ -127,6 +127,10 @@ def test_finals_plan_trains_each_group_once_and_redoes_changed_choices():
     plan = finals_plan(methods, finished)
     assert plan == [FinalTrial("quarter", (5, 6), 0.82, copy_of="block"),
                     FinalTrial("layer", (9,), 0.81)]
+    # Baseline II is known by its method id, whatever its display text says
+    renamed = [final(BASELINE_I, "head only", ""), final(BASELINE_II, "every layer", ""),
+               final("block", "b", "5,6"), final("quarter", "b", "5,6"), final("layer", "l", "9")]
+    assert finals_plan(methods, renamed) == []
 
 
 def test_group_text_round_trips():

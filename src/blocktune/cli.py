@@ -84,7 +84,7 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, log_path=False)  # no "cli.py:106" on each line
         self.verbose = verbose
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -92,7 +92,7 @@ class _Progress:
         self.task = None
 
     def events(self):
-        from blocktune.search import Events, label
+        from blocktune.search import BASELINES, Events, label
 
         def start(strategy, position, total):
             if self.task is None or position == 0:
@@ -101,13 +101,16 @@ class _Progress:
                 self.task = self.bar.add_task(f"{label(strategy)} search", total=total)
 
         def end(row, best):
+            # a baseline is no candidate: the best candidate so far says nothing about it
+            baseline = row.strategy in BASELINES
+            so_far = "" if baseline else f" · best val {best:.3f}"
             self.bar.update(self.task, advance=1,
-                            description=f"{label(row.strategy)} search · best val {best:.3f}")
+                            description=f"{label(row.strategy)} search{so_far}")
             if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
                 took = f"same as {row.same_as}" if row.same_as else f"{row.seconds:.2f}s"
                 self.console.log(f"{label(row.strategy)} #{row.index} {row.layers}: "
-                                 f"val {row.val_acc:.3f} ({row.status}, {took}) · "
-                                 f"best {best:.3f}")
+                                 f"val {row.val_acc:.3f} ({row.status}, {took})"
+                                 + ("" if baseline else f" · best {best:.3f}"))
 
         def epoch(e, loss, acc, seconds):
             if self.verbose:

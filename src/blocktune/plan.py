@@ -206,8 +206,9 @@ class FinalTrial:
 
 
 def final_group(row: FinalRow) -> tuple[int, ...] | None:
-    """The group of a ``finals.csv`` row (Baseline II's is written with no indices)."""
-    return None if row.group == "all layers" else parse_indices(row.layer_indices)
+    """The group of a ``finals.csv`` row, by its method id (Baseline II's row is written with
+    no indices; its display text is no identity)."""
+    return None if row.method == BASELINE_II else parse_indices(row.layer_indices)
 
 
 def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],

@@ -432,11 +432,11 @@ def build_report(folder: str | Path) -> Path:
     atomic_write_text(folder / "report.md", markdown)
     atomic_write_text(folder / "report.html", _to_html(markdown, folder))
     if (folder / "model.json").exists():
-        atomic_write_text(folder / "README.md", model_card(folder, config, assessment))
+        atomic_write_text(folder / "README.md", model_card_text(folder, config, assessment))
     return folder / "report.md"
 
 
-def model_card(folder: Path, config: dict, assessment: Assessment) -> str:
+def model_card_text(folder: Path, config: dict, assessment: Assessment) -> str:
     """The saved model's card (``README.md`` beside ``model.safetensors``): what it is, how well
     it does with intervals, against both baselines, from which data, weights and versions."""
     card = read_model_card(folder)

@@ -108,8 +108,9 @@ class Events:
     on_candidate_end: Callable[[dict, float], None] = lambda row, best: None
     on_epoch: Callable[[int, float, float, float], None] = lambda e, loss, acc, s: None
     on_phase: Callable[[str], None] = lambda text: None
-    # a finding the user must see, one line (e.g. no candidate beat Baseline I on val)
-    on_notice: Callable[[str], None] = lambda text: None
+    # a finding the user must see, one line (e.g. no candidate beat Baseline I on val); by
+    # default a logging warning, so that it reaches a user of the API who set no hook
+    on_notice: Callable[[str], None] = lambda text: log.warning("%s", text)
 
 
 def environment(config: RunConfig | None = None) -> dict:
@@ -232,8 +233,7 @@ class SeedRun:
                    "that was also trained on makes that score optimistic")
         if self.config.strict:
             raise BlocktuneError(f"{message}: remove the copies, or drop --strict")
-        log.warning("%s", message)
-        self.events.on_notice(message + "; --strict refuses them")
+        self.events.on_notice(message + "; --strict refuses them")  # once, where it is shown
 
     def feed(self, cover: tuple[str, ...]):
         return self.bench.feed(cover)
@@ -695,15 +695,15 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], image
         return
     best = min(ok, key=rank_key)  # the recommendation: best final val accuracy
     atomic_copy(seed_run.folder / f"{best.method}.safetensors", folder / "model.safetensors")
-    atomic_write_json(folder / "model.json", model_card(
+    atomic_write_json(folder / "model.json", model_record(
         seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
         {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
          "trained_params": best.trained_params, "val_acc": best.val_acc,
          "test_acc": best.test_acc, "select": best.select}))
 
 
-def model_card(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,
-               method: str, result: dict) -> dict:
+def model_record(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,
+                 method: str, result: dict) -> dict:
     """``model.json``: what ``predict`` and ``export`` need to rebuild the network around the
     saved weights, and what it is (method, trained layers, accuracies, seed, versions)."""
     packaged = packaged_source(config.model, config.weights, config.pretrained)
@@ -827,7 +827,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
                    else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
                    "test_acc": test_acc}
         atomic_write_json(folder / "result.json", summary)
-        atomic_write_json(folder / "model.json", model_card(
+        atomic_write_json(folder / "model.json", model_record(
             config, images, data_cfg, seed_run.weights_source, train_spec,
             {"seed": seed, "trained": train_spec, "trained_params": result.trainable_params,
              "val_acc": result.best_val_acc, "test_acc": test_acc}))
