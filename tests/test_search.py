@@ -12,9 +12,10 @@ import pytest
 
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.io import RunLock, atomic_copy, atomic_write_csv, read_csv
+from blocktune.io import atomic_copy, atomic_write_csv, read_csv
 from blocktune.records import read_candidates
 from blocktune.report import build_report
+from blocktune.runfolder import RunLock
 from blocktune.search import BASELINE_I, BASELINE_II, choose, run
 
 from .conftest import make_image_folder
@@ -135,7 +136,7 @@ def test_several_seeds_give_mean_and_std(image_folder, tmp_path):
 
 def test_lock_refuses_a_second_live_process(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from blocktune.io import RunLock\n"
+        [sys.executable, "-c", "import sys,time; from blocktune.runfolder import RunLock\n"
          f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -15,15 +15,17 @@ import torch
 
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.groups import StrategyOptions, candidates, table
+from blocktune.executors import EXECUTORS, register_executor
+from blocktune.groups import STRATEGIES, StrategyOptions, candidates, register_strategy, table
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import build_body, create_timm
 from blocktune.report import assess, build_report, plot_layer_params
 from blocktune.search import finetune, run
 from blocktune.select import RULES, register_rule
 
-__all__ = ["RULES", "RunConfig", "assess", "baseline_all", "baseline_head", "build_report",
-           "finetune", "model_groups", "model_walk", "predict", "register_rule", "run"]
+__all__ = ["EXECUTORS", "RULES", "STRATEGIES", "RunConfig", "assess", "baseline_all",
+           "baseline_head", "build_report", "finetune", "model_groups", "model_walk", "predict",
+           "register_executor", "register_rule", "register_strategy", "run"]
 
 
 def baseline_head(config: RunConfig, out: str | Path) -> dict:

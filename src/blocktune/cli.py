@@ -8,12 +8,11 @@ import dataclasses
 import errno
 import logging
 import sys
-from pathlib import Path
 
 from blocktune.errors import BlocktuneError
 
 # The embedded default: Google's packaged ImageNet weights on all 3,670 flower photos, the
-# block strategy, sized for about 7 minutes on 2 CPU cores (see README, "Results").
+# block strategy, sized for about 7 minutes on 2 CPU cores (see docs/results.md).
 DEMO = {"model": "tf_efficientnet_lite0", "data": "tf_flowers", "strategies": ["block"],
         "image_size": 128, "epochs": 4, "final_epochs": 3}
 
@@ -153,6 +152,7 @@ def cmd_groups(args) -> int:
 
 def cmd_run(args) -> int:
     from blocktune.report import assess, build_report
+    from blocktune.runfolder import RunFolder
     from blocktune.search import failures, run
 
     config = _config(args, base=getattr(args, "defaults", None))
@@ -164,8 +164,7 @@ def cmd_run(args) -> int:
     report = build_report(args.out)
     _print_assessment(assess(args.out), summary)
     print(f"report: {report}")
-    waiting = [s for s in config.seeds if not (Path(args.out) / f"seed_{s}" / "finals.csv"
-                                               ).exists()]
+    waiting = [s for s in config.seeds if not RunFolder(args.out).seed(s).finals.exists()]
     if waiting:  # the only normal early stop: a spent --time-budget
         print(f"--time-budget spent: the search of seed(s) {', '.join(map(str, waiting))} is "
               "not finished and their final fine-tunes wait; run the same command to resume",

@@ -25,7 +25,6 @@ import yaml
 from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS
 from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
-from blocktune.io import damaged, read_yaml_mapping
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
 from blocktune.select import RULES
@@ -42,6 +41,12 @@ def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bo
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _executors() -> dict:
+    from blocktune.executors import EXECUTORS  # registered ones; imported late (no cycle)
+
+    return EXECUTORS
 
 
 @dataclass
@@ -94,7 +99,7 @@ class RunConfig:
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
                           "and the finals")
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
-                      "fine-tuned (val only; see README, 'Can the search be trusted?')",
+                      "fine-tuned (val only; see docs/method.md)",
                       choices=lambda: tuple(RULES))
     score_on: str = opt("val", "what a searched candidate is scored on: val, or val+train "
                         "(its kept weights also scored on the train split, which the search "
@@ -117,7 +122,8 @@ class RunConfig:
     strict: bool = opt(False, "refuse unreadable images (instead of skipping them) and exact "
                        "duplicates across the splits (instead of warning)")
     executor: str = opt("local", "local (one process) or ray (Ray Tune trials on a local or "
-                        "running cluster)", choices=("local", "ray"))
+                        "running cluster), or any registered executor",
+                        choices=lambda: tuple(_executors()))
     trial_resources: str = opt("cpu=1", "--executor ray: resources of one trial, e.g. "
                                "cpu=1,gpu=0.25")
     ray_address: str | None = opt(None, "--executor ray: address of a running cluster (auto, "
@@ -227,18 +233,6 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise BlocktuneError(f"config {path} is not a mapping of RunConfig keys to values")
     return values
-
-
-def read_saved_config(folder: str | Path) -> dict:
-    """A run folder's ``config.yaml``, its keys checked for type and range (not for the
-    environment: its data folder and weights need not exist where it is read)."""
-    path = Path(folder) / "config.yaml"
-    saved = read_yaml_mapping(path)
-    try:
-        RunConfig.from_dict(saved)
-    except BlocktuneError as error:
-        raise damaged(path, str(error)) from None
-    return saved
 
 
 def resume_keys() -> list[str]:

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blocktune.config import read_saved_config
 from blocktune.data import decode_resized, normalize, open_data, read_splits
 from blocktune.errors import BlocktuneError
 from blocktune.fastlayers import use_fast_layers
-from blocktune.io import parsing, read_model_card
+from blocktune.io import parsing
 from blocktune.models import BlockModel, build_model, load_weights_strict
+from blocktune.runfolder import RunFolder
 
 FORMATS = ("timm", "onnx")
 AGREE = 1e-4  # largest logit difference an export may show against the run's model
@@ -39,11 +39,12 @@ class Exported:
 
 
 def saved_card(folder: str | Path) -> dict:
-    folder = Path(folder)
-    if not (folder / "model.json").exists() or not (folder / "model.safetensors").exists():
-        raise BlocktuneError(f"{folder} holds no saved model (model.json + model.safetensors): "
-                             "pass the --out folder of a finished blocktune run or finetune")
-    return read_model_card(folder)
+    files = RunFolder(folder)
+    if not files.has_model():
+        raise BlocktuneError(f"{files.root} holds no saved model ({files.model_json.name} + "
+                             f"{files.weights.name}): pass the --out folder of a finished "
+                             "blocktune run or finetune")
+    return files.model_card()
 
 
 def load_saved_model(folder: str | Path, fast_layers: bool = True) -> tuple[BlockModel, dict]:
@@ -54,8 +55,9 @@ def load_saved_model(folder: str | Path, fast_layers: bool = True) -> tuple[Bloc
     card = saved_card(folder)
     model, _ = build_model(card["model"], len(card["classes"]), card["head"], card["image_size"],
                            pretrained=False, model_args=card.get("model_args"))
-    with parsing(folder / "model.safetensors"):  # cut short, garbage, or other tensors
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    weights = RunFolder(folder).weights
+    with parsing(weights):  # cut short, garbage, or other tensors
+        model.load_state_dict(load_file(str(weights)))
     if not fast_layers:  # plain PyTorch modules: what exporters and other tools know
         use_fast_layers(model, enabled=False)
     return model.eval(), card
@@ -78,12 +80,12 @@ def prepare_images(card: dict, paths) -> torch.Tensor:
 
 def check_images(folder: Path, card: dict, count: int = CHECK_IMAGES) -> list[Path]:
     """Real images to check an export on: the first of the run's test split."""
-    folder = Path(folder)
-    splits = sorted([*folder.glob("splits.json"), *folder.glob("seed_*/splits.json")])
+    files = RunFolder(folder)
+    splits = files.seed_splits()
     if not splits:
-        raise BlocktuneError(f"{folder} has no splits.json: export needs the run folder")
-    config = folder / "config.yaml"
-    data = read_saved_config(folder)["data"] if config.exists() else card["data"]
+        raise BlocktuneError(f"{files.root} has no {files.splits.name}: export needs the run "
+                             "folder")
+    data = files.saved_config()["data"] if files.is_run() else card["data"]
     try:
         root = open_data(data, download=False).root
     except BlocktuneError as error:
@@ -102,7 +104,7 @@ def export(folder: str | Path, fmt: str, out: str | Path | None = None) -> Expor
     if fmt not in FORMATS:
         raise BlocktuneError(f"unknown export format {fmt!r}: choose {' or '.join(FORMATS)}")
     folder = Path(folder)
-    out = Path(out) if out is not None else folder / "export" / fmt
+    out = Path(out) if out is not None else RunFolder(folder).export / fmt
     if out.exists() and not out.is_dir():
         raise BlocktuneError(f"--out {out} is a file: give a folder for the export")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES[fmt]) \
@@ -156,8 +158,9 @@ def export_timm(folder: Path, out: Path) -> Exported:
                              "std": tuple(card["std"]), "interpolation": card["interpolation"],
                              "crop_pct": 1.0},
                 safe_serialization=True)
-    if (folder / "README.md").exists():
-        (out / "README.md").write_text((folder / "README.md").read_text())
+    card_text = RunFolder(folder).card
+    if card_text.exists():  # the model card goes with the model
+        (out / "README.md").write_text(card_text.read_text())
     return Exported(out, len(images), difference)
 
 
@@ -183,5 +186,6 @@ def export_onnx(folder: Path, out: Path) -> Exported:
     (onnx_logits,) = session.run(None, {"pixels": images.numpy()})  # another batch size
     with torch.no_grad():
         difference = float(np.abs(onnx_logits - model(images).numpy()).max())
-    (out / "model.json").write_text((folder / "model.json").read_text())
+    # the ONNX folder's own copy of the card: what predicting with it needs
+    (out / "model.json").write_text(RunFolder(folder).model_json.read_text())
     return Exported(path, len(images), difference)

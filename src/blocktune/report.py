@@ -17,23 +17,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from blocktune import faults  # noqa: E402
-from blocktune.config import read_saved_config  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_text,
-    damaged,
-    read_json,
-    read_model_card,
 )
 from blocktune.layers import ModelWalk  # noqa: E402
 from blocktune.records import (  # noqa: E402
     FinalRow,
     rank_key,
-    read_candidates,
-    read_finals,
 )
+from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
 from blocktune.search import (  # noqa: E402
     BASELINE_I,
     BASELINE_II,
@@ -109,10 +104,9 @@ def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(row.test_pred) == labels
 
 
-def _method_results(seed_dir: Path) -> dict[str, MethodResult]:
-    finals = [r for r in read_finals(seed_dir / "finals.csv") if r.status == "ok"]
-    labels = split_labels(seed_dir / "splits.json") if (seed_dir / "splits.json").exists() \
-        else {}
+def _method_results(seed_files: SeedFolder) -> dict[str, MethodResult]:
+    finals = [r for r in seed_files.read_finals() if r.status == "ok"]
+    labels = split_labels(seed_files.splits) if seed_files.splits.exists() else {}
     n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
     out = {}
     for row in finals:
@@ -161,13 +155,12 @@ def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
 
 def assess(folder: str | Path) -> Assessment:
     """Recommendation, paired verdicts and intervals of a run, from its files alone."""
-    folder = Path(folder)
-    config = read_saved_config(folder)
+    files = RunFolder(folder)
+    config = files.saved_config()
     seeds = [int(s) for s in config["seeds"]]
-    per_seed = {s: _method_results(folder / f"seed_{s}") for s in seeds}
+    per_seed = {s: _method_results(files.seed(s)) for s in seeds}
     methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
-    first = [r for r in read_finals(folder / f"seed_{seeds[0]}" / "finals.csv")
-             if r.status == "ok"]
+    first = [r for r in files.seed(seeds[0]).read_finals() if r.status == "ok"]
     # the model run() published: the one ranking, on the final val accuracies
     recommended = min(first, key=rank_key).method if first else None
     versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
@@ -182,8 +175,7 @@ def assess(folder: str | Path) -> Assessment:
         values = [per_seed[s][m].test for s in seeds if m in per_seed[s]]
         test_over_seeds[m] = values[0] if len(values) == 1 else \
             mean_interval([v.value for v in values])
-    found = [n for s in seeds for n in notices(s, read_candidates(folder / f"seed_{s}" /
-                                                                   "candidates.csv"))]
+    found = [n for s in seeds for n in notices(s, files.seed(s).read_candidates())]
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
                       test_over_seeds, found)
 
@@ -262,18 +254,6 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
     return _save(fig, path)
 
 
-def read_choices(seed_dir: Path) -> dict[str, dict]:
-    """``choices.json``: per strategy, what the run's rule picked and from what (absent in run
-    folders written before it was recorded: then {})."""
-    path = seed_dir / "choices.json"
-    if not path.exists():
-        return {}
-    choices = read_json(path)
-    if not all(isinstance(v, dict) and isinstance(v.get("rule"), str) for v in choices.values()):
-        raise damaged(path, "entries that are not a rule's recorded choice")
-    return choices
-
-
 def _rule_region(rule: str, rows: list) -> tuple[int, int] | None:
     """For a run folder without ``choices.json``: the part of the model ``rule`` picks from,
     when it picks from part only, with the last searched layer standing for the model's."""
@@ -348,15 +328,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def build_report(folder: str | Path) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` from the files of a run folder."""
     folder = Path(folder)
-    if not (folder / "config.yaml").exists():
-        raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
-                             "folder of a blocktune run")
-    config = read_saved_config(folder)
+    files = RunFolder(folder)
+    if not files.is_run():
+        raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
+                             "--out folder of a blocktune run")
+    config = files.saved_config()
     seeds = [int(s) for s in config["seeds"]]
     summary = summarize(folder, seeds)
-    plots = folder / "plots"
+    plots = files.plots
     plots.mkdir(exist_ok=True)
-    order = [BASELINE_I, BASELINE_II] + [m for m in _methods(folder, seeds)
+    order = [BASELINE_I, BASELINE_II] + [m for m in _methods(files, seeds)
                                          if m not in (BASELINE_I, BASELINE_II)]
     summary.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
 
@@ -386,15 +367,15 @@ def build_report(folder: str | Path) -> Path:
             table += [["std over seeds"] + [f"{float(r['test_acc_std']):.3f}" for r in summary],
                       ["variance"] + [f"{float(r['test_acc_var']):.4f}" for r in summary]]
         parts.append(_md_table(header, table))
-        parts += ["", "![test accuracy](plots/test_accuracy.png)", ""]
+        parts += ["", f"![test accuracy]({plots.name}/test_accuracy.png)", ""]
         _comparison_plot(tests, plots / "test_accuracy.png", f"{config['model']}: test accuracy")
     else:
         parts.append("No final fine-tune has finished yet.")
 
     for seed in seeds:
-        seed_dir = folder / f"seed_{seed}"
-        rows = read_candidates(seed_dir / "candidates.csv")
-        finals = read_finals(seed_dir / "finals.csv")
+        seed_files = files.seed(seed)
+        rows = seed_files.read_candidates()
+        finals = seed_files.read_finals()
         parts += ["", f"## Seed {seed}", ""]
         results = assessment.per_seed[seed]
         if finals:
@@ -405,10 +386,10 @@ def build_report(folder: str | Path) -> Path:
                   results[r.method].val.fraction() if r.method in results else "–",
                   results[r.method].test.fraction() if r.method in results else "failed"]
                  for r in finals]))
-        val_images = len(split_labels(seed_dir / "splits.json")["val"]) \
-            if (seed_dir / "splits.json").exists() else 0
+        val_images = len(split_labels(seed_files.splits)["val"]) \
+            if seed_files.splits.exists() else 0
         final_of = {r.method: r for r in finals if r.status == "ok"}
-        choices = read_choices(seed_dir)
+        choices = seed_files.read_choices()
         for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
             mine = [r for r in rows if r.strategy == method]
             groups = {r.layer_indices for r in mine}
@@ -426,23 +407,22 @@ def build_report(folder: str | Path) -> Path:
                 _candidate_plot(rows, method, plots / name,
                                 f"{label(method)} ({method}), seed {seed}", chosen, val_images,
                                 region)
-                parts += ["", f"![{method}](plots/{name})"]
+                parts += ["", f"![{method}]({plots.name}/{name})"]
     markdown = "\n".join(parts) + "\n"
     faults.point("report")
-    atomic_write_text(folder / "report.md", markdown)
-    atomic_write_text(folder / "report.html", _to_html(markdown, folder))
-    if (folder / "model.json").exists():
-        atomic_write_text(folder / "README.md", model_card_text(folder, config, assessment))
-    return folder / "report.md"
+    atomic_write_text(files.report_md, markdown)
+    atomic_write_text(files.report_html, _to_html(markdown, folder))
+    if files.model_json.exists():
+        atomic_write_text(files.card, model_card_text(files, config, assessment))
+    return files.report_md
 
 
-def model_card_text(folder: Path, config: dict, assessment: Assessment) -> str:
+def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> str:
     """The saved model's card (``README.md`` beside ``model.safetensors``): what it is, how well
     it does with intervals, against both baselines, from which data, weights and versions."""
-    card = read_model_card(folder)
-    environment = folder / "environment.json"
-    versions = card.get("versions") or (read_json(environment)
-                                        if environment.exists() else {})
+    folder = files.root
+    card = files.model_card()
+    versions = card.get("versions") or files.versions()
     method = card["method"]
     seed = card.get("seed", assessment.seeds[0])
     mine = assessment.per_seed.get(seed, {}).get(method)
@@ -481,10 +461,10 @@ def _interval_text(interval: Interval) -> str:
     return "–" if math.isnan(interval.low) else f"[{interval.low:.3f}, {interval.high:.3f}]"
 
 
-def _methods(folder: Path, seeds: list[int]) -> list[str]:
+def _methods(files: RunFolder, seeds: list[int]) -> list[str]:
     seen: dict[str, None] = {}
     for seed in seeds:
-        for row in read_finals(folder / f"seed_{seed}" / "finals.csv"):
+        for row in files.seed(seed).read_finals():
             seen.setdefault(row.method)
     return list(seen)
 

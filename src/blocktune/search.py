@@ -1,16 +1,9 @@
-"""The protocol of METHOD.md: split, search the candidates, fine-tune the best, test once.
+"""The driver of the protocol (docs/method.md): split, search the candidates, choose on val,
+fine-tune the choices and both baselines, test once, publish the recommendation.
 
-Everything a run finishes is on disk the moment it finishes, written atomically:
-
-    RUN/config.yaml, environment.json        what was asked, and with which versions
-    RUN/seed_<s>/splits.json                 the split, reused on resume
-    RUN/seed_<s>/candidates.csv              one row per finished search candidate (with its
-                                             val accuracy after every epoch)
-    RUN/seed_<s>/finals.csv                  one row per method: val and test accuracy
-    RUN/seed_<s>/<method>.safetensors        the fine-tuned models
-    RUN/summary.csv                          mean and std over seeds per method
-
-Running the same command on the same folder skips what is finished and gives the same tables.
+Everything a run finishes is on disk the moment it finishes, written atomically into the run
+folder (:mod:`blocktune.runfolder` owns its layout). Running the same command on the same
+folder skips what is finished and gives the same tables.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ from pathlib import Path
 import torch
 
 from blocktune import __version__, faults
-from blocktune.config import RunConfig, differing_keys, read_saved_config
+from blocktune.config import RunConfig
 from blocktune.data import (
     DecodedImages,
     decode_folder,
@@ -43,18 +36,14 @@ from blocktune.data import (
     read_splits,
 )
 from blocktune.errors import BlocktuneError
-from blocktune.executors import Executor
-from blocktune.executors.local import LocalExecutor
+from blocktune.executors import Executor, get_executor
 from blocktune.groups import UNRESTRICTED, Candidate, StrategyOptions, candidates, describe
 from blocktune.io import (
-    RunLock,
     atomic_copy,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
-    atomic_write_yaml,
-    read_json,
 )
 from blocktune.layers import ModelWalk
 from blocktune.models import BlockModel, check_model_name, data_config, packaged_source
@@ -77,11 +66,8 @@ from blocktune.records import (
     CandidateRow,
     FinalRow,
     rank_key,
-    read_candidates,
-    read_finals,
-    write_candidates,
-    write_finals,
 )
+from blocktune.runfolder import RunFolder, RunLock, SeedFolder
 from blocktune.select import SearchView, get_rule, pick, record_choice
 from blocktune.tblog import TensorBoardLog
 from blocktune.train import TrainResult, device_for
@@ -121,44 +107,6 @@ def environment(config: RunConfig | None = None) -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else False,
             "threads": torch.get_num_threads()}
-
-
-def check_resume(folder: Path, config: RunConfig, force_new: bool = False) -> None:
-    """Refuse to resume a folder started with a config that changes results, naming the keys."""
-    saved_path = folder / "config.yaml"
-    if saved_path.exists() and not force_new:
-        saved = read_saved_config(folder)
-        keys = differing_keys(saved, config)
-        env_path = folder / "environment.json"
-        ran_on = read_json(env_path).get("device") if env_path.exists() else None
-        now_on = device_for(config.device).type
-        if ran_on is not None and ran_on != now_on:
-            raise BlocktuneError(
-                f"run folder {folder} was started on {ran_on}; resuming on {now_on} would mix "
-                f"rows trained with other numerics in one table: pass --device {ran_on}, use "
-                "another --out folder, or --force-new")
-        if keys:
-            raise BlocktuneError(
-                f"run folder {folder} was started with a different {', '.join(keys)}: use "
-                "another --out folder, or --force-new to start it over")
-
-
-def write_config(folder: Path, config: RunConfig) -> None:
-    """Record what was asked (and with which versions), once the inputs proved valid."""
-    atomic_write_yaml(folder / "config.yaml", config.to_dict())
-    atomic_write_json(folder / "environment.json", environment(config))
-
-
-def clear_results(folder: Path) -> None:
-    """``--force-new``: forget the finished work of an earlier run in this folder."""
-    # the published model and its card too: predict must never serve the old run's model
-    for stale in [*folder.glob("seed_*/*.csv"), *folder.glob("seed_*/splits.json"),
-                  *folder.glob("seed_*/rungs/*.pt"), *folder.glob("seed_*/*.safetensors"),
-                  folder / "metrics.csv", folder / "splits.json", folder / "summary.csv",
-                  folder / "model.safetensors", folder / "model.json", folder / "README.md",
-                  folder / "report.md", folder / "report.html", *folder.glob("plots/*.png")]:
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
 
 
 def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
@@ -208,17 +156,18 @@ class SeedRun:
     def __init__(self, config: RunConfig, seed: int, folder: Path, images: DecodedImages,
                  data_cfg, events: Events | None = None, executor: Executor | None = None):
         self.config, self.seed, self.folder, self.images = config, seed, folder, images
+        self.files = SeedFolder(folder)
         self.data_cfg = data_cfg
         self.events = events or Events()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.split = load_or_make_split(folder / "splits.json", images, config.fractions, seed)
+        self.split = load_or_make_split(self.files.splits, images, config.fractions, seed)
         self._check_duplicates()
         self.bench = Workbench(config, seed, images, self.split, data_cfg,
-                               spill_dir=folder / "cache")
+                               spill_dir=self.files.cache)
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
-        self.executor = executor or make_executor(config, self.bench, folder)
-        self.log = TensorBoardLog(folder.parent / "tensorboard", seed) \
+        self._executor = executor
+        self.log = TensorBoardLog(RunFolder(folder.parent).tensorboard, seed) \
             if "tensorboard" in config.log else None
 
     def _check_duplicates(self) -> None:
@@ -238,8 +187,18 @@ class SeedRun:
     def feed(self, cover: tuple[str, ...]):
         return self.bench.feed(cover)
 
+    @property
+    def executor(self) -> Executor:
+        """Created when the first trial is handed over (``finetune`` needs none), closed
+        with the seed."""
+        if self._executor is None:
+            self._executor = make_executor(self.config, self.bench, self.folder)
+        return self._executor
+
     def close(self) -> None:
-        """Drop the activation caches, and their spill files once the seed is finished."""
+        """Close the executor; drop the activation caches, and their spill files."""
+        if self._executor is not None:
+            self._executor.close()
         self.bench.close()
 
     def reset(self) -> BlockModel:
@@ -296,8 +255,7 @@ class SeedRun:
         not trained again: training depends only on the group, the seed and the data, so its
         row is that one's, with ``same_as`` naming it and no seconds of its own.
         """
-        path = self.folder / "candidates.csv"
-        rows = read_candidates(path)
+        rows = self.files.read_candidates()
         if self.log is not None:
             self.log.sync(rows)
         for note in self.plan_notes():
@@ -318,7 +276,7 @@ class SeedRun:
         def record(row: CandidateRow) -> None:
             nonlocal best
             rows.append(row)
-            write_candidates(path, rows)
+            self.files.write_candidates(rows)
             faults.point("candidate")
             if self.log is not None:
                 self.log.record(row)
@@ -357,7 +315,7 @@ class SeedRun:
                 log.warning("time budget of %.0f s spent: %d trials left for a resume",
                             budget or 0, len(trainable) - finished)
                 return rows, False
-        shutil.rmtree(self.folder / "rungs", ignore_errors=True)  # the pruned ones' states
+        shutil.rmtree(self.files.rungs, ignore_errors=True)  # the pruned ones' states
         return rows, True
 
     def _start(self, offset: int, total: int, trial: Trial, position: int, count: int) -> None:
@@ -367,7 +325,7 @@ class SeedRun:
     def _rung_path(self, trial: Trial) -> Path:
         digest = hashlib.sha1(trial.indices.encode()).hexdigest()[:12]
         first = trial.group[0] if trial.group else "head"
-        return self.folder / "rungs" / f"{trial.method}-{first}-{digest}.pt"
+        return self.files.rung_state(f"{trial.method}-{first}-{digest}")
 
     def _save_rung_state(self, trial: Trial, state: dict) -> None:
         path = self._rung_path(trial)
@@ -438,8 +396,7 @@ class SeedRun:
               ) -> list[CandidateRow]:
         """Train the groups the selection rules ask for on the swapped fold (trained on val,
         scored on search), once each; rows go to ``refits.csv``. Returns every refit row."""
-        path = self.folder / "refits.csv"
-        refits = read_candidates(path)
+        refits = self.files.read_refits()
         have = {(r.strategy, r.layer_indices) for r in refits}
         epochs = self.settings().epochs
         todo: list[Trial] = []
@@ -461,7 +418,7 @@ class SeedRun:
             for trial, result in done:
                 refits.append(self._row(trial.method, trial.index, trial.group, result,
                                         result.epochs, result.status))
-                write_candidates(path, refits)
+                self.files.write_refits(refits)
         return refits
 
     def chosen(self, rows: list[CandidateRow], method: str,
@@ -486,7 +443,7 @@ class SeedRun:
                                                     self.view(rows, method, refits))
             if chosen is not None:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
-        atomic_write_json(self.folder / "choices.json", choices)
+        self.files.write_choices(choices)
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -504,29 +461,27 @@ class SeedRun:
 
     def finals(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
                ) -> list[FinalRow]:
-        path = self.folder / "finals.csv"
         methods = self.methods(rows, refits)
         # A resume with a larger budget (--max-candidates, --time-budget) or another --select
         # can change a strategy's choice: its earlier final no longer belongs to the table.
         chosen = {method: group for method, group, _ in methods}
-        finished = [r for r in read_finals(path)
+        finished = [r for r in self.files.read_finals()
                     if r.method not in chosen or final_group(r) == chosen[r.method]]
         # a final the current rule also chose is kept, and recorded as this rule's choice
         relabelled = [dataclasses.replace(r, select=self._rule_of(r.method))
                       if r.method in chosen else r for r in finished]
         if relabelled != finished:
             finished = relabelled
-            write_finals(path, finished)
+            self.files.write_finals(finished)
         plan = finals_plan(methods, finished)
         if self.log is not None:
             self.log.sync(finished)
 
-        def weights(method: str) -> Path:
-            return self.folder / f"{method}.safetensors"
+        weights = self.files.weights
 
         def record(row: FinalRow) -> None:
             finished.append(row)
-            write_finals(path, finished)
+            self.files.write_finals(finished)
             faults.point("final")
             if self.log is not None:
                 self.log.record(row)
@@ -573,21 +528,13 @@ class SeedRun:
 
 def make_executor(config: RunConfig, bench: Workbench, folder: Path) -> Executor:
     """The executor ``config.executor`` names, for one seed's workbench."""
-    if config.executor == "ray":
-        from blocktune.executors.ray import RayExecutor, parse_resources
-
-        return RayExecutor(bench, folder, parse_resources(config.trial_resources),
-                           config.ray_address)
-    return LocalExecutor(bench)
+    return get_executor(config.executor).create(config, bench, folder)
 
 
 def check_executor(config: RunConfig) -> None:
-    """Ray missing, bad resources or an unreachable cluster: one line, before any work."""
-    if config.executor == "ray":
-        from blocktune.executors.ray import connect, parse_resources
-
-        parse_resources(config.trial_resources)
-        connect(config.ray_address)
+    """The executor's options and backend (Ray missing, an unreachable cluster): one line,
+    before any work."""
+    get_executor(config.executor).check(config)
 
 
 def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
@@ -622,7 +569,7 @@ def summarize(folder: Path, seeds: list[int]) -> list[dict]:
     """Mean and std of test accuracy over seeds, per method; written to ``summary.csv``."""
     per_method: dict[str, list[float]] = {}
     for seed in seeds:
-        for row in read_finals(folder / f"seed_{seed}" / "finals.csv"):
+        for row in RunFolder(folder).seed(seed).read_finals():
             if row.status == "ok":
                 per_method.setdefault(row.method, []).append(row.test_acc)
     summary = []
@@ -632,7 +579,7 @@ def summarize(folder: Path, seeds: list[int]) -> list[dict]:
                         "test_acc_mean": f"{tensor.mean().item():.4f}",
                         "test_acc_std": f"{tensor.std(unbiased=False).item():.4f}",
                         "test_acc_var": f"{tensor.var(unbiased=False).item():.6f}"})
-    atomic_write_csv(folder / "summary.csv", summary,
+    atomic_write_csv(RunFolder(folder).summary, summary,
                      ["method", "label", "seeds", "test_acc_mean", "test_acc_std", "test_acc_var"])
     return summary
 
@@ -641,17 +588,18 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
         force_new: bool = False) -> list[dict]:
     """The whole protocol for every seed; resumable. Returns the summary rows."""
     folder = Path(folder)
+    files = RunFolder(folder)
     config.check_environment()
     with RunLock(folder, "run"):
-        check_resume(folder, config, force_new)
+        files.check_resume(config, device_for(config.device).type, force_new)
         check_executor(config)
         images, data_cfg = load_images(config)
         if force_new:
-            clear_results(folder)
+            files.clear_results()
         for seed in config.seeds:
-            seed_run = SeedRun(config, seed, folder / f"seed_{seed}", images, data_cfg, events)
+            seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, events)
             if seed == config.seeds[0]:
-                write_config(folder, config)
+                files.write_config(config, environment(config))
             rows, complete = seed_run.search()
             if not complete:
                 log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
@@ -672,18 +620,18 @@ def failures(folder: str | Path, seeds: list[int]) -> str | None:
     """One line on the search candidates and finals of a run that failed, or None."""
     failed: list[tuple[int, str, str]] = []
     for seed in seeds:
-        seed_dir = Path(folder) / f"seed_{seed}"
+        seed_files = RunFolder(folder).seed(seed)
         failed += [(seed, f"{label(r.strategy)} #{r.index}", r.error)
-                   for r in read_candidates(seed_dir / "candidates.csv") if r.status == "failed"]
+                   for r in seed_files.read_candidates() if r.status == "failed"]
         failed += [(seed, f"the {label(r.method)} final", getattr(r, "error", ""))
-                   for r in read_finals(seed_dir / "finals.csv") if r.status != "ok"]
+                   for r in seed_files.read_finals() if r.status != "ok"]
     if not failed:
         return None
     seed, what, error = failed[0]
     error = error or "no error recorded"
     return (f"{len(failed)} trial(s) failed (first: seed {seed}, {what}: {error}); the rest "
             "of the run is saved: see the status and error columns of "
-            f"{Path(folder) / f'seed_{seed}'}'s CSVs, fix the cause (e.g. a lower --lr or "
+            f"{RunFolder(folder).seed(seed).root}'s CSVs, fix the cause (e.g. a lower --lr or "
             "--batch-size) and start over with --force-new")
 
 
@@ -694,8 +642,9 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], image
     if not ok:
         return
     best = min(ok, key=rank_key)  # the recommendation: best final val accuracy
-    atomic_copy(seed_run.folder / f"{best.method}.safetensors", folder / "model.safetensors")
-    atomic_write_json(folder / "model.json", model_record(
+    files = RunFolder(folder)
+    atomic_copy(seed_run.files.weights(best.method), files.weights)
+    atomic_write_json(files.model_json, model_record(
         seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
         {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
          "trained_params": best.trained_params, "val_acc": best.val_acc,
@@ -731,40 +680,41 @@ def run_status(folder: str | Path) -> list[str]:
     from blocktune.models import build_model
 
     folder = Path(folder)
-    if not (folder / "config.yaml").exists():
-        raise BlocktuneError(f"{folder} is not a run folder (no config.yaml): pass the --out "
-                             "folder of a blocktune run")
-    saved = read_saved_config(folder)
+    files = RunFolder(folder)
+    if not files.is_run():
+        raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
+                             "--out folder of a blocktune run")
+    saved = files.saved_config()
     config = RunConfig.from_dict(saved)  # its data and weights need not exist here
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
              f"{', '.join(map(str, config.seeds))}"]
     model = None
     for seed in config.seeds:
-        seed_dir = folder / f"seed_{seed}"
-        if not (seed_dir / "splits.json").exists():
+        seed_files = files.seed(seed)
+        if not seed_files.splits.exists():
             lines.append(f"seed {seed}: not started")
             continue
         if model is None:
-            classes = read_splits(seed_dir / "splits.json")["classes"]
+            classes = read_splits(seed_files.splits)["classes"]
             packaged = packaged_source(config.model)
             model, _ = build_model(config.model, len(classes), config.head, config.image_size,
                                    pretrained=False,
                                    model_args=packaged.model_kwargs if packaged else None)
             model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
-        rows = read_candidates(seed_dir / "candidates.csv")
+        rows = seed_files.read_candidates()
         settings = search_settings(config, seed)
         planned = functools.partial(_planned, model_walk, strategy_options(
             config, seed, model.body), settings)
         parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
                  for method, done, total in progress(settings, rows, planned)]
-        finals = [r for r in read_finals(seed_dir / "finals.csv") if r.status == "ok"]
+        finals = [r for r in seed_files.read_finals() if r.status == "ok"]
         methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + list(dict.fromkeys(
             m for strategy in config.strategies for m, _ in planned(strategy, rows)))
         left = [label(m) for m in methods if m not in {r.method for r in finals}]
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
                      f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
-    published = (folder / "model.safetensors").exists()
-    lines.append("model.safetensors: " + ("saved" if published else "not yet saved"))
+    lines.append(f"{files.weights.name}: "
+                 + ("saved" if files.weights.exists() else "not yet saved"))
     return lines
 
 
@@ -805,29 +755,30 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     folder = Path(folder)
     events = events or Events()
     config.check_environment()
+    files = RunFolder(folder)
     with RunLock(folder, "finetune"):
-        check_resume(folder, config)
+        files.check_resume(config, device_for(config.device).type)
         images, data_cfg = load_images(config)
         seed = config.seeds[0]
         seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
-        write_config(folder, config)
+        files.write_config(config, environment(config))
         group = parse_train_spec(train_spec, seed_run.walk)
         epochs: list[dict] = []
 
         def on_epoch(epoch, loss, acc, seconds):
             epochs.append({"epoch": epoch, "train_loss": f"{loss:.6f}", "val_acc": f"{acc:.6f}",
                            "seconds": f"{seconds:.2f}"})
-            atomic_write_csv(folder / "metrics.csv", epochs, list(epochs[0]))
+            atomic_write_csv(files.metrics, epochs, list(epochs[0]))
             events.on_epoch(epoch, loss, acc, seconds)
 
-        result, test_acc, _ = seed_run.fit_final(group, folder / "model.safetensors", on_epoch)
+        result, test_acc, _ = seed_run.fit_final(group, files.weights, on_epoch)
         if result.status != "ok":
             raise BlocktuneError(f"training failed ({result.error}): lower --lr or check the data")
         summary = {"train": train_spec, "layers": len(seed_run.walk.layers) if group is None
                    else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
                    "test_acc": test_acc}
-        atomic_write_json(folder / "result.json", summary)
-        atomic_write_json(folder / "model.json", model_record(
+        atomic_write_json(files.result, summary)
+        atomic_write_json(files.model_json, model_record(
             config, images, data_cfg, seed_run.weights_source, train_spec,
             {"seed": seed, "trained": train_spec, "trained_params": result.trainable_params,
              "val_acc": result.best_val_acc, "test_acc": test_acc}))

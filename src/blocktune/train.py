@@ -1,6 +1,6 @@
 """Train a set of layers plus the head; everything else frozen.
 
-The freezing contract (METHOD.md): layers outside the group get ``requires_grad=False`` and
+The freezing contract (docs/method.md): layers outside the group get ``requires_grad=False`` and
 their norm layers stay in eval mode while the model trains, so their running statistics never
 move (the Keras meaning of ``trainable=False``). Everything below the training cut runs under
 ``no_grad`` in eval mode inside a *feed* (:mod:`blocktune.cache`), so the trainer sees only the

@@ -8,13 +8,71 @@ plans the trials, hands them over, and records every result the moment it comes 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+from blocktune.errors import BlocktuneError
 from blocktune.plan import FinalTrial, Trial
 from blocktune.train import TrainResult
 from blocktune.workbench import FinalOutcome
 
-EXECUTORS = ("local", "ray")
+if TYPE_CHECKING:
+    from blocktune.config import RunConfig
+    from blocktune.workbench import Workbench
+
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """A registered executor: ``check`` refuses bad options (and an unreachable backend) in
+    one line before any work; ``create`` builds it for one seed's workbench and run folder."""
+
+    name: str
+    help: str
+    create: Callable[[RunConfig, Workbench, Path], Executor]
+    check: Callable[[RunConfig], None] = lambda config: None
+
+
+EXECUTORS: dict[str, ExecutorSpec] = {}
+
+
+def register_executor(name: str, help: str, create: Callable[[RunConfig, Workbench, Path], Executor],
+                      check: Callable[[RunConfig], None] | None = None) -> ExecutorSpec:
+    """Make ``--executor name`` run trials with what ``create`` builds."""
+    spec = ExecutorSpec(name, help, create, check or (lambda config: None))
+    EXECUTORS[name] = spec
+    return spec
+
+
+def get_executor(name: str) -> ExecutorSpec:
+    if name not in EXECUTORS:
+        raise BlocktuneError(f"unknown executor {name!r}: choose from {', '.join(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
+def _local(config: RunConfig, bench: Workbench, folder: Path) -> Executor:
+    from blocktune.executors.local import LocalExecutor
+
+    return LocalExecutor(bench)
+
+
+def _ray(config: RunConfig, bench: Workbench, folder: Path) -> Executor:
+    from blocktune.executors.ray import RayExecutor, parse_resources
+
+    return RayExecutor(bench, folder, parse_resources(config.trial_resources),
+                       config.ray_address)
+
+
+def _check_ray(config: RunConfig) -> None:
+    from blocktune.executors.ray import connect, parse_resources
+
+    parse_resources(config.trial_resources)
+    connect(config.ray_address)
+
+
+register_executor("local", "one process, one trial after another", _local)
+register_executor("ray", "Ray Tune trials on a local or running cluster", _ray, _check_ray)
 
 
 class Executor(Protocol):

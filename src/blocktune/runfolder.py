@@ -1,0 +1,324 @@
+"""The run folder: its layout, and every read and write of the files in it.
+
+A ``run`` folder (``--out``)::
+
+    .blocktune            which command made the folder ({"command": "run"})
+    config.yaml           what was asked; environment.json: where and with which versions
+    run.lock, run.pid     one writer at a time (an OS lock, released when its process dies)
+    seed_<s>/             one split seed:
+        splits.json           the split (files per split)
+        candidates.csv        one row per search training (records.CandidateRow)
+        refits.csv            the swapped-fold re-trainings some rules ask for
+        choices.json          per strategy: what the selection rule picked, and from what
+        finals.csv            one row per method's final fine-tune (records.FinalRow)
+        <method>.safetensors  each final's weights
+        rungs/, cache/        a pruned search's paused states; the activation cache's spill
+    summary.csv           test accuracy per method over the seeds
+    model.safetensors, model.json, README.md   the published model, what rebuilds it, its card
+    report.md, report.html, plots/             the report
+    tensorboard/, export/                      --log tensorboard; blocktune export
+
+A ``finetune`` folder holds config.yaml, environment.json, splits.json, metrics.csv,
+result.json, the model, model.json and README.md.
+
+Nothing outside this module names these files: the driver, the report, export and the CLI
+ask a :class:`RunFolder` or a :class:`SeedFolder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from blocktune.config import RunConfig, differing_keys
+from blocktune.errors import BlocktuneError
+from blocktune.io import (
+    atomic_write_json,
+    atomic_write_yaml,
+    damaged,
+    read_json,
+    read_yaml_mapping,
+)
+from blocktune.records import (
+    CandidateRow,
+    FinalRow,
+    read_candidates,
+    read_finals,
+    write_candidates,
+    write_finals,
+)
+
+MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
+# What each command writes at the top of its --out folder. A folder holding anything else
+# belongs to someone else: a run never writes over it.
+RUN_FILES = frozenset({
+    "config.yaml", "environment.json", "run.lock", "run.pid", "summary.csv", "model.safetensors",
+    "model.json", "README.md", "report.md", "report.html", "plots", "tensorboard", "export",
+    "metrics.csv", "splits.json", "cache", MARKER})
+FINETUNE_FILES = frozenset({
+    "config.yaml", "environment.json", "run.lock", "run.pid", "splits.json", "metrics.csv",
+    "result.json", "model.safetensors", "model.json", "README.md", "cache", "rungs",
+    "tensorboard", MARKER})
+SEED_PREFIX = "seed_"
+
+# model.json: what predict and export need, with the type each must have
+CARD_KEYS = {"model": str, "classes": list, "head": str, "image_size": int, "mean": list,
+             "std": list, "interpolation": str, "method": str}
+
+
+class SeedFolder:
+    """``seed_<s>/``: one split seed's search, choices and finals."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    candidates = property(lambda self: self.root / "candidates.csv")
+    refits = property(lambda self: self.root / "refits.csv")
+    finals = property(lambda self: self.root / "finals.csv")
+    splits = property(lambda self: self.root / "splits.json")
+    choices = property(lambda self: self.root / "choices.json")
+    rungs = property(lambda self: self.root / "rungs")
+    cache = property(lambda self: self.root / "cache")
+
+    def weights(self, method: str) -> Path:
+        """A final's fine-tuned weights."""
+        return self.root / f"{method}.safetensors"
+
+    def rung_state(self, name: str) -> Path:
+        return self.rungs / f"{name}.pt"
+
+    def read_candidates(self) -> list[CandidateRow]:
+        return read_candidates(self.candidates)
+
+    def write_candidates(self, rows: list[CandidateRow]) -> None:
+        write_candidates(self.candidates, rows)
+
+    def read_refits(self) -> list[CandidateRow]:
+        return read_candidates(self.refits)
+
+    def write_refits(self, rows: list[CandidateRow]) -> None:
+        write_candidates(self.refits, rows)
+
+    def read_finals(self) -> list[FinalRow]:
+        return read_finals(self.finals)
+
+    def write_finals(self, rows: list[FinalRow]) -> None:
+        write_finals(self.finals, rows)
+
+    def read_choices(self) -> dict[str, dict]:
+        """Per strategy, what the run's rule picked and from what; {} in folders written
+        before choices were recorded."""
+        if not self.choices.exists():
+            return {}
+        choices = read_json(self.choices)
+        if not all(isinstance(v, dict) and isinstance(v.get("rule"), str)
+                   for v in choices.values()):
+            raise damaged(self.choices, "entries that are not a rule's recorded choice")
+        return choices
+
+    def write_choices(self, choices: dict[str, dict]) -> None:
+        atomic_write_json(self.choices, choices)
+
+
+class RunFolder:
+    """The ``--out`` folder of a ``run`` or a ``finetune``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.yaml")
+    environment = property(lambda self: self.root / "environment.json")
+    summary = property(lambda self: self.root / "summary.csv")
+    weights = property(lambda self: self.root / "model.safetensors")
+    model_json = property(lambda self: self.root / "model.json")
+    card = property(lambda self: self.root / "README.md")
+    report_md = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
+    plots = property(lambda self: self.root / "plots")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    export = property(lambda self: self.root / "export")
+    metrics = property(lambda self: self.root / "metrics.csv")  # finetune: per epoch
+    splits = property(lambda self: self.root / "splits.json")  # finetune's split
+    result = property(lambda self: self.root / "result.json")  # finetune's result
+    cache = property(lambda self: self.root / "cache")
+
+    def seed(self, seed: int) -> SeedFolder:
+        return SeedFolder(self.root / f"{SEED_PREFIX}{seed}")
+
+    def seed_splits(self) -> list[Path]:
+        """Every split this folder holds: a run's per seed, a finetune's one."""
+        return sorted([*self.root.glob("splits.json"),
+                       *self.root.glob(f"{SEED_PREFIX}*/splits.json")])
+
+    def is_run(self) -> bool:
+        return self.config.exists()
+
+    # -- config and environment ------------------------------------------------------------
+    def saved_config(self) -> dict:
+        """``config.yaml``, its keys checked for type and range (not for the environment: its
+        data folder and weights need not exist where it is read)."""
+        saved = read_yaml_mapping(self.config)
+        try:
+            RunConfig.from_dict(saved)
+        except BlocktuneError as error:
+            raise damaged(self.config, str(error)) from None
+        return saved
+
+    def ran_on(self) -> str | None:
+        """The device type the run was started on, if recorded."""
+        return read_json(self.environment).get("device") if self.environment.exists() else None
+
+    def versions(self) -> dict:
+        return read_json(self.environment) if self.environment.exists() else {}
+
+    def check_resume(self, config: RunConfig, device: str, force_new: bool = False) -> None:
+        """Refuse to resume a folder started with a config that changes results, or on
+        another device type, naming the keys."""
+        if not self.config.exists() or force_new:
+            return
+        keys = differing_keys(self.saved_config(), config)
+        ran_on = self.ran_on()
+        if ran_on is not None and ran_on != device:
+            raise BlocktuneError(
+                f"run folder {self.root} was started on {ran_on}; resuming on {device} would "
+                f"mix rows trained with other numerics in one table: pass --device {ran_on}, "
+                "use another --out folder, or --force-new")
+        if keys:
+            raise BlocktuneError(
+                f"run folder {self.root} was started with a different {', '.join(keys)}: use "
+                "another --out folder, or --force-new to start it over")
+
+    def write_config(self, config: RunConfig, environment: dict) -> None:
+        """Record what was asked (and with which versions), once the inputs proved valid."""
+        atomic_write_yaml(self.config, config.to_dict())
+        atomic_write_json(self.environment, environment)
+
+    def clear_results(self) -> None:
+        """``--force-new``: forget the finished work of an earlier run in this folder; the
+        published model and its card too (predict must never serve the old run's model)."""
+        seeds = f"{SEED_PREFIX}*"
+        for stale in [*self.root.glob(f"{seeds}/*.csv"), *self.root.glob(f"{seeds}/*.json"),
+                      *self.root.glob(f"{seeds}/rungs/*.pt"),
+                      *self.root.glob(f"{seeds}/*.safetensors"), self.metrics, self.splits,
+                      self.summary, self.weights, self.model_json, self.card, self.report_md,
+                      self.report_html, *self.plots.glob("*.png")]:
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(self.tensorboard, ignore_errors=True)
+
+    # -- the published model -----------------------------------------------------------------
+    def model_card(self) -> dict:
+        """``model.json``, checked for what rebuilding the model needs."""
+        card = read_json(self.model_json)
+        wrong = [k for k, kind in CARD_KEYS.items() if not isinstance(card.get(k), kind)]
+        if wrong:
+            raise damaged(self.model_json,
+                          f"{wrong[0]!r} is missing or not a {CARD_KEYS[wrong[0]].__name__}")
+        return card
+
+    def has_model(self) -> bool:
+        return self.model_json.exists() and self.weights.exists()
+
+
+# -- who owns a folder ------------------------------------------------------------------------
+def _owner(folder: Path) -> str | None:
+    """The command a folder was made by: its marker, or for folders made before markers, its
+    layout (a config.yaml of blocktune's keys, and seed folders for ``run``)."""
+    try:
+        return json.loads((folder / MARKER).read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        saved = yaml.safe_load(RunFolder(folder).config.read_text())
+    except Exception:  # noqa: BLE001 - absent, unreadable or not YAML: no owner
+        return None
+    if not isinstance(saved, dict) or "model" not in saved:
+        return None
+    return "run" if any(folder.glob(f"{SEED_PREFIX}*")) else "finetune"
+
+
+def _is_atomic_temp(name: str) -> bool:
+    """A temp file an atomic write was killed in (``.model.json.x1y2z3.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def check_owned(folder: Path, command: str) -> None:
+    """Refuse, in one line, an ``--out`` folder that is neither empty nor this command's."""
+    if not folder.is_dir():
+        return
+    entries = sorted(p.name for p in folder.iterdir())
+    allowed = RUN_FILES if command == "run" else FINETUNE_FILES
+    foreign = [n for n in entries if n not in allowed and not (
+        command == "run" and n.startswith(SEED_PREFIX)) and not _is_atomic_temp(n)]
+    owner = _owner(folder) if entries else command
+    if owner is None and not foreign and set(entries) <= {"run.lock", "run.pid", MARKER}:
+        owner = command  # a run refused or killed before it wrote anything
+    if owner == command and not foreign:
+        return
+    if owner is not None and owner != command:
+        raise BlocktuneError(f"--out {folder} holds a blocktune {owner}, not a {command}: "
+                             "give an empty or new folder")
+    shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
+    raise BlocktuneError(f"--out {folder} already holds files that are not a blocktune "
+                         f"{command}'s ({shown or ', '.join(entries[:3])}): give an empty or "
+                         "new folder")
+
+
+class RunLock:
+    """One writer per run folder: an OS lock on ``run.lock`` (``filelock``), released by the
+    kernel when its process dies however it dies, so no lock is ever stale; ``run.pid`` names
+    the holder for the error message.
+
+    With ``command``, the folder must be empty or that command's (:func:`check_owned`), and it
+    is marked as that command's. A folder this lock created is removed again when the work
+    inside fails before it wrote its config: a refused run leaves nothing behind.
+    """
+
+    def __init__(self, folder: str | Path, command: str | None = None):
+        self.path = Path(folder) / "run.lock"
+        self.pid_path = Path(folder) / "run.pid"
+        self.command = command
+        self._lock = None
+        self._created: Path | None = None
+
+    def __enter__(self) -> RunLock:
+        from filelock import FileLock, Timeout
+
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise BlocktuneError(f"--out {folder} is a file, not a folder: give a folder for "
+                                 "the run (created if missing)")
+        if self.command is not None:
+            check_owned(folder, self.command)
+        if not folder.exists():  # the topmost folder this lock creates
+            self._created = folder
+            while not self._created.parent.exists():
+                self._created = self._created.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BlocktuneError(f"run folder {folder} is not writable: fix its permissions, "
+                                 "or use another --out folder")
+        self._lock = FileLock(self.path, timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            try:
+                holder = f"process {int(self.pid_path.read_text().strip())}"
+            except (OSError, ValueError):
+                holder = "another process"
+            raise BlocktuneError(f"run folder {self.path.parent} is being written by {holder}: "
+                                 "wait for it to finish, or use another --out folder") from None
+        self.pid_path.write_text(f"{os.getpid()}\n")
+        if self.command is not None and not (folder / MARKER).exists():
+            atomic_write_json(folder / MARKER, {"command": self.command})
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.pid_path.unlink(missing_ok=True)
+        self._lock.release()
+        folder = self.path.parent
+        if kind is not None and self._created is not None and not RunFolder(folder).is_run():
+            shutil.rmtree(self._created, ignore_errors=True)
