@@ -14,7 +14,9 @@ Per (dataset, seed), seed-major so that every dataset gains seeds at the same pa
 2. the **oracle**: every searched candidate and both baselines fine-tuned as the finals are
    (search+train, val for the schedule, test once) → ``oracle.csv``. The product's final of a
    pick *is* the oracle's fine-tune of that group (same seed, same data, same code), so the
-   product's answer on these datasets is read from it, not trained twice.
+   product's answer on these datasets is read from it, not trained twice;
+3. the **recipes** (``--methods``): LP-FT, LLRD and LP-BW (on today's default pick: ``block``,
+   ``last-quarter``, val) fine-tuned as finals → ``recipes.csv``.
 
 Then the tables the protocol names: Spearman(score, oracle test) per pool; per strategy × rule
 × pool the pick's regret and top-1 hit, its verdict against both baselines and its cost as a
@@ -46,7 +48,13 @@ from selection import events, log, oracle  # noqa: E402
 from blocktune.config import RunConfig  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.groups import in_last_quarter  # noqa: E402
-from blocktune.io import atomic_write_json, atomic_write_text, parse_predictions, read_csv  # noqa: E402
+from blocktune.io import (  # noqa: E402
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    parse_predictions,
+    read_csv,
+)
 from blocktune.records import CandidateRow, read_candidates  # noqa: E402
 from blocktune.search import BASELINES, SeedRun, load_images  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
@@ -55,7 +63,9 @@ from blocktune.stats import mcnemar_exact, mean_interval, spearman  # noqa: E402
 STRATEGIES = ("block", "top")
 POOLS = ("val", "val+train")
 DEFAULT = ("block", "last-quarter", "val")  # today's default, the cost reference
-SETTINGS = dict(model="tf_efficientnet_lite0", image_size=96, epochs=4, final_epochs=3)
+ANSWER_METHODS = ("baseline-I", "baseline-II", "block", "lp-ft", "llrd", "lp-bw")
+SETTINGS = dict(model="tf_efficientnet_lite0", image_size=96, epochs=4, final_epochs=3,
+                cache_max_gb=10.0)  # no resume key: the pooled cache's 35 cuts stay in memory
 
 
 def data_spec(name: str) -> str:
@@ -135,6 +145,46 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
     return out
 
 
+RECIPE_FIELDS = ["method", "layer_indices", "val_acc", "test_acc", "epochs", "seconds",
+                 "status", "test_pred"]
+
+
+def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict]:
+    """The recipes' finals, each once (resumable)."""
+    done = read_csv(path)
+    have = {r["method"] for r in done}
+    blocks = [r for r in rows if r.strategy == "block" and r.status == "ok"]
+    view = SearchView(blocks, num_layers=len(seed_run.walk.layers))
+    pick = RULES[DEFAULT[1]].pick(view)
+    for method, group in (("lp-ft", None), ("llrd", None),
+                          ("lp-bw", tuple(int(i) for i in pick.layer_indices.split(",")))):
+        if method in have:
+            continue
+        outcome = seed_run.bench.fit_final(group, None, method)
+        result = outcome.result
+        done.append({"method": method, "layer_indices": "" if group is None
+                     else pick.layer_indices, "val_acc": f"{result.best_val_acc:.6f}",
+                     "test_acc": f"{outcome.test_acc:.6f}", "epochs": result.epochs,
+                     "seconds": f"{result.seconds:.2f}", "status": result.status,
+                     "test_pred": " ".join(map(str, outcome.test_pred))})
+        atomic_write_csv(path, done, RECIPE_FIELDS)
+        log(f"  recipe {method}: val {result.best_val_acc:.3f} test {outcome.test_acc:.3f} "
+            f"({result.seconds:.0f} s)")
+    return done
+
+
+def answer(oracle_rows: list[dict], recipe_rows: list[dict], pick_indices: str) -> dict:
+    """Per method the final val and test; the recommendation (best final val, ties to fewer
+    trained parameters as the product does) and the better baseline's test."""
+    finals = {r["method"]: r for r in oracle_rows if r["method"] in BASELINES}
+    finals["block"] = next(r for r in oracle_rows if r["layer_indices"] == pick_indices)
+    finals.update({r["method"]: r for r in recipe_rows if r["status"] == "ok"})
+    recommended = max(finals, key=lambda m: float(finals[m]["val_acc"]))
+    return {"test": {m: float(r["test_acc"]) for m, r in finals.items()},
+            "val": {m: float(r["val_acc"]) for m, r in finals.items()},
+            "recommended": recommended}
+
+
 def fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{value:.{digits}f}"
@@ -195,6 +245,25 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
                     f"{sum(r['hit_within_noise'] for r in per)}/{len(per)} | "
                     f"{interval_text([r['test'] - b for r, b in zip(per, better, strict=True)], 1, 100)} | "
                     f"{statistics.mean(r['cost'] for r in per):.2f}× |")
+    with_answer = [p for p in pairs if "answer" in results[p]]
+    if with_answer:
+        lines += ["", "## 5–6. Methods and the recommendation (today's default pick)", "",
+                  "| dataset | seeds | " + " | ".join(ANSWER_METHODS) + " | recommendation "
+                  "| recommendation − better baseline |", "|---|---|" + "---|" * (
+                      len(ANSWER_METHODS) + 2)]
+        for dataset in datasets:
+            mine = [results[p]["answer"] for p in with_answer if p[0] == dataset]
+            if not mine:
+                continue
+            cells = [interval_text([a["test"][m] for a in mine if m in a["test"]], 3)
+                     for m in ANSWER_METHODS]
+            rec = [a["test"][a["recommended"]] for a in mine]
+            gap = [a["test"][a["recommended"]] - max(a["test"][m] for m in BASELINES)
+                   for a in mine]
+            lines.append(f"| {dataset} | {len(mine)} | " + " | ".join(cells) + f" | "
+                         f"{interval_text(rec, 3)} | {interval_text(gap, 1, 100)} points |")
+        lines += ["", "Recommended per pair: " + ", ".join(
+            f"{d} {s}: {results[(d, s)]['answer']['recommended']}" for d, s in with_answer)]
     lines += ["", "## Per pair", "", "| dataset | seed | Baseline I test | Baseline II test | "
               "best block (oracle) | best top (oracle) |", "|---|---|---|---|---|---|"]
     for d, s in pairs:
@@ -248,6 +317,7 @@ def main() -> None:
                 seed_run.refit(as_pool(rows, "val"), rules=list(RULES))
                 refits = seed_run.refit(rows, rules=list(RULES))
                 oracle(seed_run, rows, folder / "oracle.csv")
+                recipes(seed_run, rows, folder / "recipes.csv")
                 log(f"{dataset}, seed {seed}: {time.perf_counter() - started:.0f} s")
             seed_run.close()
             oracle_rows = read_csv(folder / "oracle.csv")
@@ -256,6 +326,10 @@ def main() -> None:
             labels = split_labels(folder / "splits.json")
             results[(dataset, seed)] = evaluate(rows, refits, oracle_rows, labels["val"],
                                                 labels["test"], len(seed_run.walk.layers))
+            recipe_rows = read_csv(folder / "recipes.csv")
+            if len(recipe_rows) == 3:
+                pick = results[(dataset, seed)]["block|val"]["rules"][DEFAULT[1]]["pick"]
+                results[(dataset, seed)]["answer"] = answer(oracle_rows, recipe_rows, pick)
             text = tables(results, datasets, seeds, commit, overrides)
             atomic_write_text(out / "answer.md", text)
             atomic_write_json(out / "answer.json",

@@ -38,8 +38,10 @@ import torch
 
 from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
+from blocktune.plan import label
 from blocktune.records import CandidateRow, rank_key
-from blocktune.search import Events, SeedRun, choose, label, load_images
+from blocktune.search import Events, SeedRun, load_images
+from blocktune.select import choose
 from blocktune.train import device_for
 
 MODES = {"naive": {"cache": False, "fold_norms": False, "keep_freed_memory": False},

@@ -16,7 +16,8 @@ from blocktune.errors import BlocktuneError
 from blocktune.io import read_csv
 from blocktune.layers import device_of
 from blocktune.records import read_candidates
-from blocktune.search import choose, run
+from blocktune.search import run
+from blocktune.select import choose
 from blocktune.train import device_for
 
 from .test_search import tiny_config

@@ -145,6 +145,18 @@ def test_a_pooled_score_on_ray_is_the_local_one(data, tmp_path, local_ray, one_t
     assert all(int(r["score_images"]) > 12 for r in rows)  # more than val's images
 
 
+def test_the_recipes_on_ray_are_the_local_ones(data, tmp_path, local_ray, one_thread):
+    # LP-FT, LLRD and LP-BW finals as Ray trials: the worker trains the recipe its id names
+    config = dict(max_candidates=2, methods=["lp-ft", "llrd", "lp-bw"])
+    run(tiny_config(data, **config), tmp_path / "local")
+    run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
+    fields = [*FINAL_FIELDS, "epochs"]
+    assert table(tmp_path / "ray", "finals.csv", fields) == \
+        table(tmp_path / "local", "finals.csv", fields)
+    methods = {r["method"] for r in read_csv(tmp_path / "ray" / "seed_0" / "finals.csv")}
+    assert {"lp-ft", "llrd", "lp-bw"} <= methods
+
+
 def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, local_ray,
                                                               one_thread):
     # on a real cluster the data folder and --weights file exist on the driver only: the

@@ -16,11 +16,12 @@ import torch
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.executors import EXECUTORS, register_executor
+from blocktune.finetune import finetune
 from blocktune.groups import STRATEGIES, StrategyOptions, candidates, register_strategy, table
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import build_body, create_timm
 from blocktune.report import assess, build_report, plot_layer_params
-from blocktune.search import finetune, run
+from blocktune.search import run
 from blocktune.select import RULES, register_rule
 
 __all__ = ["EXECUTORS", "RULES", "STRATEGIES", "RunConfig", "assess", "baseline_all",

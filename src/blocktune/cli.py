@@ -207,7 +207,7 @@ def _print_assessment(assessment, summary) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from blocktune.search import finetune
+    from blocktune.finetune import finetune
 
     config = _config(args)
     if args.print_config:

@@ -27,6 +27,7 @@ from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
+from blocktune.plan import RECIPES
 from blocktune.select import RULES
 from blocktune.tblog import LOGGERS
 from blocktune.train import PAPER, TrainConfig, device_for, parse_device
@@ -105,6 +106,14 @@ class RunConfig:
                         "(its kept weights also scored on the train split, which the search "
                         "never trains on: forward only, several times the images)",
                         resume=True, choices=("val", "val+train"))
+    methods: list[str] = opt(factory=list, help="recipes fine-tuned as finals beside the "
+                             "baselines and each strategy's pick: lp-ft (head first, then all "
+                             "layers), llrd (all layers, layer-wise learning-rate decay), lp-bw "
+                             "(head first, then the first strategy's pick)", resume=True,
+                             choices=lambda: RECIPES)
+    layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
+                             "this times the rate of the group above it (1: one rate, as "
+                             "Baseline II)", resume=True, above=0)
     search_all: bool = opt(False, "train every candidate, also those the selection rule can "
                            "never pick (by default a rule that picks from part of the model, "
                            "like last-quarter, has only that part searched)")

@@ -25,7 +25,24 @@ from blocktune.records import CandidateRow, FinalRow, rank_key
 
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
 BASELINES = (BASELINE_I, BASELINE_II)
+# Recipes fine-tuned as finals beside the baselines and the strategies' picks (--methods): the
+# method id is the recipe. LP-FT and LLRD train every layer; LP-BW the first strategy's pick.
+RECIPES = ("lp-ft", "llrd", "lp-bw")
+WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd")  # finals whose group is every layer
 PRUNE_ETA = 3  # successive halving keeps the best third after each rung
+
+# display names of the method ids; a method is always identified by its id
+LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
+          "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
+          "random": "Random", "quarter": "Quarter", "top": "Top", "lp-ft": "LP-FT",
+          "llrd": "LLRD", "lp-bw": "LP-BW"}
+
+
+def label(method: str) -> str:
+    if method.startswith("ranked-") and method not in LABELS:
+        return f"BWT{method.split('-')[1]}"
+    return LABELS.get(method, method)
+
 
 
 @dataclass(frozen=True)
@@ -204,11 +221,20 @@ class FinalTrial:
     def indices(self) -> str:
         return indices_text(self.group)
 
+    @property
+    def recipe(self) -> str | None:
+        return recipe_of(self.method)
+
+
+def recipe_of(method: str) -> str | None:
+    """How a method's final trains beyond its group: a recipe, or None (plain)."""
+    return method if method in RECIPES else None
+
 
 def final_group(row: FinalRow) -> tuple[int, ...] | None:
     """The group of a ``finals.csv`` row, by its method id (Baseline II's row is written with
     no indices; its display text is no identity)."""
-    return None if row.method == BASELINE_II else parse_indices(row.layer_indices)
+    return None if row.method in WHOLE_MODEL else parse_indices(row.layer_indices)
 
 
 def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],
@@ -218,14 +244,15 @@ def finals_plan(methods: Sequence[tuple[str, tuple[int, ...] | None, float]],
     resume) is run again; a group another method's final already trained is copied from it
     (the driver trains it instead when that final's weights are gone)."""
     out: list[FinalTrial] = []
-    trained = {indices_text(final_group(r)): r.method for r in finished
+    # the same group trained the same way is one fine-tune: keyed by group and recipe
+    trained = {(indices_text(final_group(r)), recipe_of(r.method)): r.method for r in finished
                if r.status == "ok" and not r.same_as}
     for method, group, search_acc in methods:
         if any(r.method == method and final_group(r) == group for r in finished):
             continue
-        indices = indices_text(group)
-        source = trained.get(indices) or next((t.method for t in out if t.indices == indices
-                                               and t.copy_of is None), None)
+        key = (indices_text(group), recipe_of(method))
+        source = trained.get(key) or next((t.method for t in out if (t.indices, t.recipe) == key
+                                           and t.copy_of is None), None)
         out.append(FinalTrial(method, group, search_acc, copy_of=source))
     return out
 

@@ -24,21 +24,17 @@ from blocktune.io import (  # noqa: E402
     atomic_write_text,
 )
 from blocktune.layers import ModelWalk  # noqa: E402
+from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, label  # noqa: E402
 from blocktune.records import (  # noqa: E402
     FinalRow,
     rank_key,
 )
-from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
-from blocktune.search import (  # noqa: E402
-    BASELINE_I,
-    BASELINE_II,
-    BASELINES,
-    choose,
-    label,
-    notices,
-    summarize,
+from blocktune.runfolder import (  # noqa: E402
+    RunFolder,
+    SeedFolder,
+    summarize,  # noqa: E402
 )
-from blocktune.select import RULES  # noqa: E402
+from blocktune.select import RULES, choose, notices  # noqa: E402
 from blocktune.stats import (  # noqa: E402
     Comparison,
     Interval,

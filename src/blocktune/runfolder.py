@@ -27,22 +27,26 @@ ask a :class:`RunFolder` or a :class:`SeedFolder`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
 
 from blocktune.config import RunConfig, differing_keys
 from blocktune.errors import BlocktuneError
 from blocktune.io import (
+    atomic_write_csv,
     atomic_write_json,
-    atomic_write_yaml,
+    atomic_write_text,
     damaged,
     read_json,
     read_yaml_mapping,
 )
+from blocktune.plan import label
 from blocktune.records import (
     CandidateRow,
     FinalRow,
@@ -160,8 +164,14 @@ class RunFolder:
     # -- config and environment ------------------------------------------------------------
     def saved_config(self) -> dict:
         """``config.yaml``, its keys checked for type and range (not for the environment: its
-        data folder and weights need not exist where it is read)."""
+        data folder and weights need not exist where it is read), and against the digest
+        ``environment.json`` recorded when it was written: a file cut short at a line end is
+        still YAML, with keys missing that an older version's file would lack too."""
         saved = read_yaml_mapping(self.config)
+        recorded = self.versions().get("config_sha256")
+        if recorded and hashlib.sha256(self.config.read_bytes()).hexdigest() != recorded:
+            raise damaged(self.config, "it is not the file this run wrote (cut short or "
+                                       "edited)")
         try:
             RunConfig.from_dict(saved)
         except BlocktuneError as error:
@@ -194,8 +204,10 @@ class RunFolder:
 
     def write_config(self, config: RunConfig, environment: dict) -> None:
         """Record what was asked (and with which versions), once the inputs proved valid."""
-        atomic_write_yaml(self.config, config.to_dict())
-        atomic_write_json(self.environment, environment)
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        atomic_write_text(self.config, text)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        atomic_write_json(self.environment, {**environment, "config_sha256": digest})
 
     def clear_results(self) -> None:
         """``--force-new``: forget the finished work of an earlier run in this folder; the
@@ -221,6 +233,26 @@ class RunFolder:
 
     def has_model(self) -> bool:
         return self.model_json.exists() and self.weights.exists()
+
+
+def summarize(folder: Path, seeds: list[int]) -> list[dict]:
+    """Mean and std of test accuracy over seeds, per method; written to ``summary.csv``."""
+    per_method: dict[str, list[float]] = {}
+    files = RunFolder(folder)
+    for seed in seeds:
+        for row in files.seed(seed).read_finals():
+            if row.status == "ok":
+                per_method.setdefault(row.method, []).append(row.test_acc)
+    summary = []
+    for method, values in per_method.items():
+        tensor = torch.tensor(values, dtype=torch.float64)
+        summary.append({"method": method, "label": label(method), "seeds": len(values),
+                        "test_acc_mean": f"{tensor.mean().item():.4f}",
+                        "test_acc_std": f"{tensor.std(unbiased=False).item():.4f}",
+                        "test_acc_var": f"{tensor.var(unbiased=False).item():.6f}"})
+    atomic_write_csv(files.summary, summary,
+                     ["method", "label", "seeds", "test_acc_mean", "test_acc_std", "test_acc_var"])
+    return summary
 
 
 # -- who owns a folder ------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from blocktune.io import (
     atomic_copy,
     atomic_save_safetensors,
     atomic_write_bytes,
-    atomic_write_csv,
     atomic_write_json,
 )
 from blocktune.layers import ModelWalk
@@ -51,12 +50,14 @@ from blocktune.plan import (
     BASELINE_I,
     BASELINE_II,
     BASELINES,
+    WHOLE_MODEL,
     FinalTrial,
     SearchSettings,
     Trial,
     final_group,
     finals_plan,
     indices_text,
+    label,
     parse_indices,
     progress,
     search_wave,
@@ -67,24 +68,13 @@ from blocktune.records import (
     FinalRow,
     rank_key,
 )
-from blocktune.runfolder import RunFolder, RunLock, SeedFolder
-from blocktune.select import SearchView, get_rule, pick, record_choice
+from blocktune.runfolder import RunFolder, RunLock, SeedFolder, summarize
+from blocktune.select import SearchView, get_rule, notices, pick, record_choice
 from blocktune.tblog import TensorBoardLog
 from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench
 
 log = logging.getLogger(__name__)
-
-LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
-          "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
-          "random": "Random", "quarter": "Quarter"}
-
-
-def label(method: str) -> str:
-    if method.startswith("ranked-") and method not in LABELS:
-        return f"BWT{method.split('-')[1]}"
-    return LABELS.get(method, method)
-
 
 @dataclass
 class Events:
@@ -430,7 +420,8 @@ class SeedRun:
     # -- selection and final fine-tunes -------------------------------------------------
     def methods(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
                 ) -> list[tuple[str, tuple[int, ...] | None, float]]:
-        """(method, group, search val acc): baselines, then each strategy's chosen group."""
+        """(method, group, search val acc): baselines, each strategy's chosen group, then the
+        recipes of ``--methods`` (LP-BW on the first strategy's pick)."""
         out: list[tuple[str, tuple[int, ...] | None, float]] = []
         if self.config.baselines:
             for method, group in ((BASELINE_I, ()), (BASELINE_II, None)):
@@ -444,6 +435,12 @@ class SeedRun:
             if chosen is not None:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         self.files.write_choices(choices)
+        picks = [item for item in out if item[0] not in BASELINES]
+        for recipe in self.config.methods:
+            if recipe in WHOLE_MODEL:
+                out.append((recipe, None, math.nan))
+            elif picks:  # lp-bw: the head first, then the first strategy's pick
+                out.append((recipe, picks[0][1], picks[0][2]))
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -537,51 +534,9 @@ def check_executor(config: RunConfig) -> None:
     get_executor(config.executor).check(config)
 
 
-def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
-    """One line per strategy none of whose candidates beat Baseline I's search score on val."""
-    baseline = next((r for r in rows if r.strategy == BASELINE_I and r.status == "ok"),
-                    None)
-    if baseline is None:
-        return []
-    out = []
-    for method in _strategies(rows):
-        ok = [r.val_acc for r in rows if r.strategy == method and r.status == "ok"]
-        if ok and max(ok) <= baseline.val_acc:
-            out.append(f"seed {seed}: no {label(method)} candidate beat Baseline I on val in "
-                       f"the search (best {max(ok):.3f}, Baseline I "
-                       f"{baseline.val_acc:.3f}): the head alone does as well here")
-    return out
-
-
 def _strategies(rows: list[CandidateRow]) -> list[str]:
     """The searched strategies (methods) of ``rows`` in search order, baselines left out."""
     return [m for m in dict.fromkeys(r.strategy for r in rows) if m not in BASELINES]
-
-
-def choose(rows: list[CandidateRow], method: str) -> CandidateRow | None:
-    """The paper's rule (max-val): highest val accuracy; ties to fewer trained parameters,
-    then to the earlier searched."""
-    return pick("max-val", SearchView([r for r in rows if r.strategy == method
-                                        and r.status == "ok"]))
-
-
-def summarize(folder: Path, seeds: list[int]) -> list[dict]:
-    """Mean and std of test accuracy over seeds, per method; written to ``summary.csv``."""
-    per_method: dict[str, list[float]] = {}
-    for seed in seeds:
-        for row in RunFolder(folder).seed(seed).read_finals():
-            if row.status == "ok":
-                per_method.setdefault(row.method, []).append(row.test_acc)
-    summary = []
-    for method, values in per_method.items():
-        tensor = torch.tensor(values, dtype=torch.float64)
-        summary.append({"method": method, "label": label(method), "seeds": len(values),
-                        "test_acc_mean": f"{tensor.mean().item():.4f}",
-                        "test_acc_std": f"{tensor.std(unbiased=False).item():.4f}",
-                        "test_acc_var": f"{tensor.var(unbiased=False).item():.6f}"})
-    atomic_write_csv(RunFolder(folder).summary, summary,
-                     ["method", "label", "seeds", "test_acc_mean", "test_acc_std", "test_acc_var"])
-    return summary
 
 
 def run(config: RunConfig, folder: str | Path, events: Events | None = None,
@@ -716,71 +671,3 @@ def run_status(folder: str | Path) -> list[str]:
     lines.append(f"{files.weights.name}: "
                  + ("saved" if files.weights.exists() else "not yet saved"))
     return lines
-
-
-def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | None:
-    """``head`` → (), ``all`` → None, else comma-separated layer names or one regex."""
-    import re
-
-    if not spec.strip():  # once read as no layer names: head only, which nobody meant
-        raise BlocktuneError("--train '' names no layer: give head, all, comma-separated "
-                             "layer names or a regex (see blocktune groups --strategy layer)")
-    if spec == "head":
-        return ()
-    if spec == "all":
-        return None
-    names = [layer.name for layer in walk_result.layers]
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    if all(w in names for w in wanted):
-        return tuple(sorted(names.index(w) for w in wanted))
-    try:
-        pattern = re.compile(spec)
-    except re.error as error:
-        raise BlocktuneError(f"--train {spec!r} is neither layer names nor a valid regex "
-                             f"({error}): see the names with blocktune groups --strategy layer") from error
-    group = tuple(i for i, n in enumerate(names) if pattern.search(n))
-    if not group:
-        raise BlocktuneError(f"--train {spec!r} matches no layer: see the names with "
-                             "blocktune groups --model M --strategy layer")
-    return group
-
-
-def finetune(config: RunConfig, train_spec: str, folder: str | Path,
-             events: Events | None = None) -> dict:
-    """Fine-tune one given set of layers (a baseline or any group) on search+train; test once.
-
-    Writes config.yaml, splits.json, metrics.csv (one row per epoch), result.json and
-    model.safetensors into ``folder``.
-    """
-    folder = Path(folder)
-    events = events or Events()
-    config.check_environment()
-    files = RunFolder(folder)
-    with RunLock(folder, "finetune"):
-        files.check_resume(config, device_for(config.device).type)
-        images, data_cfg = load_images(config)
-        seed = config.seeds[0]
-        seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
-        files.write_config(config, environment(config))
-        group = parse_train_spec(train_spec, seed_run.walk)
-        epochs: list[dict] = []
-
-        def on_epoch(epoch, loss, acc, seconds):
-            epochs.append({"epoch": epoch, "train_loss": f"{loss:.6f}", "val_acc": f"{acc:.6f}",
-                           "seconds": f"{seconds:.2f}"})
-            atomic_write_csv(files.metrics, epochs, list(epochs[0]))
-            events.on_epoch(epoch, loss, acc, seconds)
-
-        result, test_acc, _ = seed_run.fit_final(group, files.weights, on_epoch)
-        if result.status != "ok":
-            raise BlocktuneError(f"training failed ({result.error}): lower --lr or check the data")
-        summary = {"train": train_spec, "layers": len(seed_run.walk.layers) if group is None
-                   else len(group), **result.to_dict(), "val_acc": result.best_val_acc,
-                   "test_acc": test_acc}
-        atomic_write_json(files.result, summary)
-        atomic_write_json(files.model_json, model_record(
-            config, images, data_cfg, seed_run.weights_source, train_spec,
-            {"seed": seed, "trained": train_spec, "trained_params": result.trainable_params,
-             "val_acc": result.best_val_acc, "test_acc": test_acc}))
-    return summary
-

@@ -20,6 +20,7 @@ import numpy as np
 
 from blocktune.errors import BlocktuneError
 from blocktune.groups import in_last_quarter, last_quarter_start
+from blocktune.plan import BASELINE_I, BASELINES, label
 from blocktune.records import CandidateRow, rank_key
 from blocktune.stats import standard_error
 
@@ -199,3 +200,26 @@ def record_choice(rule_name: str, view: SearchView) -> tuple[CandidateRow | None
         "layer_indices": None if chosen is None else chosen.layer_indices,
         "layers": None if chosen is None else chosen.layers,
         "search_val_acc": None if chosen is None else chosen.val_acc}
+
+
+def choose(rows: list[CandidateRow], method: str) -> CandidateRow | None:
+    """The paper's rule (max-val): highest val accuracy; ties to fewer trained parameters,
+    then to the earlier searched."""
+    return pick("max-val", SearchView([r for r in rows if r.strategy == method
+                                        and r.status == "ok"]))
+
+
+def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
+    """One line per strategy none of whose candidates beat Baseline I's search score on val."""
+    baseline = next((r for r in rows if r.strategy == BASELINE_I and r.status == "ok"),
+                    None)
+    if baseline is None:
+        return []
+    out = []
+    for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
+        ok = [r.val_acc for r in rows if r.strategy == method and r.status == "ok"]
+        if ok and max(ok) <= baseline.val_acc:
+            out.append(f"seed {seed}: no {label(method)} candidate beat Baseline I on val in "
+                       f"the search (best {max(ok):.3f}, Baseline I "
+                       f"{baseline.val_acc:.3f}): the head alone does as well here")
+    return out

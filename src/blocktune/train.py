@@ -13,7 +13,7 @@ import ctypes
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -206,7 +206,8 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         on_epoch: Callable[[int, float, float, float], None] | None = None,
         device: torch.device | None = None,
         prepare_train: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        checkpoint: dict | None = None, stop_after: int | None = None) -> TrainResult:
+        checkpoint: dict | None = None, stop_after: int | None = None,
+        lr_scales: Mapping[int, float] | None = None) -> TrainResult:
     """Train the parameters of ``net`` that require grad; keep the best-val weights.
 
     Args:
@@ -214,7 +215,9 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         prepare: turns a stored batch into the net's input (runs the frozen prefix if needed).
         prepare_train: the same for training batches (adds augmentation); defaults to prepare.
         frozen_norms: norm modules kept in eval mode while training.
-        head: parameters of this module get ``config.lr``; all others ``lr * body_lr_scale``.
+        head: parameters of this module get ``config.lr``; all others ``lr * body_lr_scale``,
+            times their entry in ``lr_scales`` (``id(parameter)`` → factor; layer-wise
+            learning-rate decay), 1 for a parameter it does not hold.
         on_epoch: called with (epoch, train loss, val acc, seconds) after each epoch.
         stop_after: pause after this epoch (a rung of successive halving). When training would
             go on, the result carries a ``checkpoint``: passed back here, training continues
@@ -226,9 +229,14 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
     started = time.perf_counter()
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": config.lr},
-              {"params": [p for p in params if id(p) not in head_ids],
-               "lr": config.lr * config.body_lr_scale}]
+    scales = lr_scales or {}
+    body: dict[float, list[nn.Parameter]] = {}
+    for p in params:
+        if id(p) not in head_ids:
+            body.setdefault(scales.get(id(p), 1.0), []).append(p)
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": config.lr}]
+    groups += [{"params": members, "lr": config.lr * config.body_lr_scale * scale}
+               for scale, members in sorted(body.items(), reverse=True)]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]],
                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -327,7 +335,8 @@ def evaluate_split(net: nn.Module, feed: Feed, cut: int, split: str, config: Tra
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
                 val_split: str = "val", on_epoch=None, checkpoint: dict | None = None,
-                stop_after: int | None = None, fold: Sequence[FoldPair] = ()
+                stop_after: int | None = None, fold: Sequence[FoldPair] = (),
+                lr_scales: Mapping[int, float] | None = None
                 ) -> tuple[TrainResult, nn.Module, int]:
     """Train ``group`` (None: every layer; empty: the head only) of ``model`` from ``feed``.
 
@@ -357,7 +366,7 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
             result = fit(net, train_x, train_y, val_x, val_y, prepare, frozen_norms, config,
                          head=model.head, on_epoch=on_epoch, device=device,
                          prepare_train=prepare_train, checkpoint=checkpoint,
-                         stop_after=stop_after)
+                         stop_after=stop_after, lr_scales=lr_scales)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         result = TrainResult(status="failed", error=f"out of memory: {error}"[:200])
     return result, net, cut

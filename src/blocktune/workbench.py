@@ -123,6 +123,29 @@ class Workbench:
         self.image_feed.reseed(flip_state)  # --augment's flips: per trial, from the seed
         return self.model
 
+    def layer_decay_scales(self, decay: float) -> dict[int, float]:
+        """Layer-wise learning-rate decay: ``id(parameter)`` → ``decay ** d``, d the number of
+        the model's groups between the parameter's and the output (timm's
+        ``param_groups_layer_decay`` over its fine ``group_matcher``: lite0's stem, 16 blocks,
+        head conv; a model without one: the ``block`` groups). Decay 1 is Baseline II's
+        single rate; towards 0, only the groups near the output move."""
+        from timm.optim import param_groups_layer_decay
+
+        from blocktune.groups import StrategyOptions, _find_group_matcher, block_groups
+
+        timm_model, _ = _find_group_matcher(self.model.body)
+        if timm_model is not None:
+            groups = param_groups_layer_decay(timm_model, weight_decay=0.0, layer_decay=decay)
+            return {id(p): float(g["lr_scale"]) for g in groups for p in g["params"]}
+        blocks = block_groups(self.walk, StrategyOptions())
+        modules = dict(self.model.body.named_modules())
+        scales = {}
+        for depth, block in enumerate(sorted(blocks, key=lambda g: -max(g))):
+            for index in block:
+                for p in modules[self.walk.layers[index].name].parameters(recurse=False):
+                    scales[id(p)] = decay ** depth
+        return scales
+
     # -- training ----------------------------------------------------------------------
     def train(self, trial: Trial, checkpoint: dict | None = None,
               on_epoch: Callable | None = None, train_split: str = "search",
@@ -150,16 +173,34 @@ class Workbench:
             result.pool_seconds = time.perf_counter() - started
         return result
 
-    def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None
-                  ) -> FinalOutcome:
+    def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None,
+                  recipe: str | None = None) -> FinalOutcome:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
-        early stopping and the kept weights), then score it once on test."""
+        early stopping and the kept weights), then score it once on test.
+
+        ``recipe``: ``lp-ft`` and ``lp-bw`` train the head alone first (a linear probe,
+        exactly Baseline I's final) and then ``group`` from there, with a fresh optimizer and
+        schedule; their curves and seconds are both stages'. ``llrd`` trains ``group`` with
+        layer-wise learning-rate decay (:meth:`layer_decay_scales`)."""
         feed = self.feed(FINAL_COVER)
         model = self.reset()
-        result, net, cut = train_group(model, self.walk, group, feed,
-                                       self.config.final_training(self.seed),
+        training = self.config.final_training(self.seed)
+        probe = None
+        if recipe in ("lp-ft", "lp-bw"):
+            probe, _, _ = train_group(model, self.walk, (), feed, training,
+                                      train_split=("search", "train"), on_epoch=on_epoch,
+                                      fold=self.fold)
+            if probe.status != "ok":
+                return FinalOutcome(probe, math.nan, [], None)
+        scales = self.layer_decay_scales(self.config.layer_decay) if recipe == "llrd" else None
+        result, net, cut = train_group(model, self.walk, group, feed, training,
                                        train_split=("search", "train"), on_epoch=on_epoch,
-                                       fold=self.fold)
+                                       fold=self.fold, lr_scales=scales)
+        if probe is not None:  # one record of both stages
+            result.seconds += probe.seconds
+            result.epochs += probe.epochs
+            for name in ("val_curve", "loss_curve", "val_loss_curve"):
+                setattr(result, name, getattr(probe, name) + getattr(result, name))
         if result.status != "ok":
             return FinalOutcome(result, math.nan, [], None)
         # The one and only use of the test split: after every choice was made on val.

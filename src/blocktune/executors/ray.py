@@ -38,7 +38,7 @@ import torch
 from blocktune.config import RunConfig
 from blocktune.data import DecodedImages
 from blocktune.errors import BlocktuneError
-from blocktune.plan import FinalTrial, Trial
+from blocktune.plan import FinalTrial, Trial, recipe_of
 from blocktune.train import TrainResult
 from blocktune.workbench import FINAL_COVER, FinalOutcome, Workbench
 
@@ -218,7 +218,8 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     group = None if group is None else tuple(group)
     _maybe_fault(f"final:{config['final']['method']}")
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
-        {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}))
+        {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}),
+        recipe_of(config["final"]["method"]))
     with tempfile.TemporaryDirectory(prefix="blocktune-final-") as folder:
         saved = None
         if outcome.state is not None:
