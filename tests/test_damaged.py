@@ -13,6 +13,8 @@ from blocktune.cli import main
 
 from .conftest import make_image_folder
 
+pytestmark = pytest.mark.slow  # make test-quick leaves these out
+
 TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
         "--final-epochs", "1", "--batch-size", "8", "--max-candidates", "2"]
 

@@ -20,6 +20,8 @@ from blocktune.io import read_csv
 
 from .conftest import make_image_folder
 
+pytestmark = pytest.mark.slow  # make test-quick leaves these out
+
 CANDIDATE = ["strategy", "index", "layers", "layer_indices", "trained_params", "val_acc",
              "val_loss", "epochs", "best_epoch", "status", "rung"]
 FINAL = ["method", "group", "val_acc", "test_acc", "status"]

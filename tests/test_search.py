@@ -172,6 +172,7 @@ def flower_like(tmp_path):
     return make_image_folder(tmp_path / "kill-images", per_class=16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, rows_range, epochs_per_row, default_points", [
     ((), (1, 40), 2, 3),
     # pruned: layer's first rung is rows 1-30 (one per layer, one epoch each); rows 31-40 are
