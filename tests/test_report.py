@@ -104,6 +104,7 @@ def test_report_states_a_fallback_and_a_final_that_did_not_finish(finished_run, 
     build_report(out)
     text = (out / "report.md").read_text()
     assert "by the `last-quarter` rule" in text and "(layers 20–24, shaded in the plot)" in text
+    assert "candidates there were searched: the rule can pick no other" in text
     assert "Here no finished candidate lies in layers 20–24" in text
     assert "Its final fine-tune did not finish" in text
     # a run folder from before choices were recorded, stopped before its finals: the best

@@ -289,6 +289,9 @@ def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
                 f"{help_text}"
                 + (f" (layers {region[0]}–{region[1]}, shaded in the plot)" if region else "")
                 + ".")
+    if recorded is not None and region and not config.get("search_all", False):
+        sentence += (f" Only the {recorded.get('candidates', '?')} candidates there were "
+                     "searched: the rule can pick no other (`--search-all` trains all).")
     if fallback:
         sentence += f" Here {fallback}."
     if final is None:
