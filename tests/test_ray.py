@@ -3,6 +3,7 @@ two-node cluster; a worker killed mid-trial is retried; a SIGKILLed driver resum
 executor; Ray's absence and an unreachable cluster are one line each."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -324,7 +325,10 @@ def test_the_driver_stops_at_once_when_it_stops_listening(data, tmp_path, action
     env = {**os.environ, "OMP_NUM_THREADS": "1", HANG_ENV: "block#2",
            "BLOCKTUNE_FAULT": f"candidate:1:{action}"}
     env.pop("RAY_ADDRESS", None)  # an earlier test's cluster: this driver starts its own
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # Ctrl-C as in a terminal: a shell's background job (CI's, or `make test &`) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == status, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("blocktune: ")]
     assert len(lines) == 1 and words in lines[0], done.stderr[-2000:]  # one line, no traceback
