@@ -53,6 +53,7 @@ from blocktune.io import (  # noqa: E402
     atomic_write_json,
     atomic_write_text,
     parse_predictions,
+    predictions_text,
     read_csv,
 )
 from blocktune.records import CandidateRow, read_candidates  # noqa: E402
@@ -166,7 +167,7 @@ def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dic
                      else pick.layer_indices, "val_acc": f"{result.best_val_acc:.6f}",
                      "test_acc": f"{outcome.test_acc:.6f}", "epochs": result.epochs,
                      "seconds": f"{result.seconds:.2f}", "status": result.status,
-                     "test_pred": " ".join(map(str, outcome.test_pred))})
+                     "test_pred": predictions_text(outcome.test_pred)})
         atomic_write_csv(path, done, RECIPE_FIELDS)
         log(f"  recipe {method}: val {result.best_val_acc:.3f} test {outcome.test_acc:.3f} "
             f"({result.seconds:.0f} s)")

@@ -128,6 +128,32 @@ def make_image_folder(root: Path, classes=("red", "green", "blue"), per_class: i
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread: in-process runs sum as a subprocess with OMP_NUM_THREADS=1 does,
+    and every layer's weight gradients are summed in a fixed order (Baseline II repeats)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def workbench_for(data: Path, fractions: dict, **overrides):
+    """The seed-0 workbench of ``tiny_config(data, **overrides)`` on a stratified split."""
+    from blocktune.data import decode_folder, scan_folder, stratified_split
+    from blocktune.models import data_config
+    from blocktune.workbench import Workbench
+
+    from .test_search import tiny_config
+
+    config = tiny_config(data, **overrides)
+    decoded = decode_folder(scan_folder(data), 32)
+    split = stratified_split(decoded.labels.tolist(), fractions, seed=0)
+    return Workbench(config, 0, decoded, split, data_config(config.model, config.image_size))
+
+
+@pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 

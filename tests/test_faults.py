@@ -92,17 +92,6 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(point, n, data, refer
     assert main(["report", str(out)]) == 0
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs compute like the reference's subprocesses (OMP_NUM_THREADS=1)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_full_disk_during_a_write_gives_one_line_then_resumes(data, reference, tmp_path,
                                                                   monkeypatch, capsys,
                                                                   one_thread):

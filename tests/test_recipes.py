@@ -5,13 +5,10 @@ equal to the baselines where they should be, and a run that fine-tunes all three
 import pytest
 import torch
 
-from blocktune.data import decode_folder, scan_folder, stratified_split
 from blocktune.io import read_csv
-from blocktune.models import data_config
 from blocktune.search import run
-from blocktune.workbench import Workbench
 
-from .conftest import make_image_folder
+from .conftest import make_image_folder, workbench_for
 from .test_search import tiny_config
 
 FRACTIONS = {"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2}
@@ -22,20 +19,8 @@ def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("recipes") / "images", per_class=16)
 
 
-@pytest.fixture
-def one_thread():
-    # Baseline II's weight gradients are summed in no fixed order across threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def bench_for(data, **overrides):
-    config = tiny_config(data, **overrides)
-    decoded = decode_folder(scan_folder(data), 32)
-    split = stratified_split(decoded.labels.tolist(), FRACTIONS, seed=0)
-    return Workbench(config, 0, decoded, split, data_config(config.model, config.image_size))
+    return workbench_for(data, FRACTIONS, **overrides)
 
 
 def test_layer_decay_scales_fall_block_by_block_towards_the_input(data):

@@ -1,6 +1,7 @@
 """The run folder's one owner: its layout, its reads and writes, and run folders written by an
 older blocktune (``tests/fixtures/run_1fc0959``, made by commit 1fc0959: a run SIGKILLed after
-its third search row, and a finished run with its weights and report removed)."""
+its third search row, and a finished run with its weights and report removed). Their images were
+``make_image_folder(images, per_class=12, size=24)``: the test makes them again, byte for byte."""
 
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from blocktune.report import build_report
 from blocktune.runfolder import RUN_FILES, RunFolder
 from blocktune.search import run, run_status
 
+from .conftest import make_image_folder
 from .test_search import STABLE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_1fc0959"
@@ -24,6 +26,7 @@ def old(tmp_path, monkeypatch):
     """A copy of the fixture, as the working directory (its config names data "images")."""
     copy = tmp_path / "old"
     shutil.copytree(FIXTURE, copy)
+    make_image_folder(copy / "images", per_class=12, size=24)
     monkeypatch.chdir(copy)
     return copy
 

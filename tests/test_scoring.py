@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from blocktune.cache import ImageFeed
-from blocktune.data import decode_folder, scan_folder, stratified_split
 from blocktune.plan import Trial
 from blocktune.records import read_candidates
 from blocktune.search import run
 from blocktune.train import evaluate
-from blocktune.workbench import Workbench
 
-from .conftest import make_image_folder
+from .conftest import make_image_folder, workbench_for
 from .test_search import tiny_config
 
 FRACTIONS = {"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2}
@@ -27,25 +25,18 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
 def test_the_pooled_score_is_the_kept_weights_accuracy_on_val_and_train(data, cache):
-    config = tiny_config(data, score_on="val+train", cache=cache, cache_dtype="float32")
-    decoded = decode_folder(scan_folder(data), 32)
-    split = stratified_split(decoded.labels.tolist(), FRACTIONS, seed=0)
-    bench = Workbench(config, 0, decoded, split, _data_cfg(config))
+    bench = workbench_for(data, FRACTIONS, score_on="val+train", cache=cache,
+                          cache_dtype="float32")
     group = (len(bench.walk.layers) - 2, len(bench.walk.layers) - 1)
-    result = bench.train(Trial("block", 0, group, config.epochs))
-    assert result.status == "ok" and result.pool_images == len(split["train"])
+    result = bench.train(Trial("block", 0, group, bench.config.epochs))
+    assert result.status == "ok" and result.pool_images == len(bench.split["train"])
     # the model holds the kept weights: score it on train from raw pixels, the whole network
-    feed = ImageFeed(bench.model.body, bench.walk, decoded.pixels, decoded.labels, split,
+    images = bench.images
+    feed = ImageFeed(bench.model.body, bench.walk, images.pixels, images.labels, bench.split,
                      bench.data_cfg.mean, bench.data_cfg.std)
     x, y = feed.inputs(0, "train")
     accuracy, _, _ = evaluate(bench.model, x, y, feed.prepare(0, bench.device))
     assert abs(result.pool_correct - accuracy * len(y)) <= 1  # float rounding of one image
-
-
-def _data_cfg(config):
-    from blocktune.models import data_config
-
-    return data_config(config.model, config.image_size)
 
 
 def test_a_pooled_run_keeps_val_as_it_was_and_ranks_by_the_pooled_score(data, tmp_path):

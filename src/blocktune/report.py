@@ -34,7 +34,7 @@ from blocktune.runfolder import (  # noqa: E402
     SeedFolder,
     summarize,  # noqa: E402
 )
-from blocktune.select import RULES, choose, notices  # noqa: E402
+from blocktune.select import RULES, choose, notices, searched_strategies  # noqa: E402
 from blocktune.stats import (  # noqa: E402
     Comparison,
     Interval,
@@ -389,7 +389,7 @@ def build_report(folder: str | Path) -> Path:
             if seed_files.splits.exists() else 0
         final_of = {r.method: r for r in finals if r.status == "ok"}
         choices = seed_files.read_choices()
-        for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
+        for method in searched_strategies(rows):
             mine = [r for r in rows if r.strategy == method]
             groups = {r.layer_indices for r in mine}
             failed = sum(r.status == "failed" for r in mine)

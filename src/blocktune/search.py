@@ -69,7 +69,14 @@ from blocktune.records import (
     rank_key,
 )
 from blocktune.runfolder import RunFolder, RunLock, SeedFolder, summarize
-from blocktune.select import SearchView, get_rule, notices, pick, record_choice
+from blocktune.select import (
+    SearchView,
+    get_rule,
+    notices,
+    pick,
+    record_choice,
+    searched_strategies,
+)
 from blocktune.tblog import TensorBoardLog
 from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench
@@ -390,7 +397,7 @@ class SeedRun:
         have = {(r.strategy, r.layer_indices) for r in refits}
         epochs = self.settings().epochs
         todo: list[Trial] = []
-        for method in _strategies(rows):
+        for method in searched_strategies(rows):
             view = self.view(rows, method, refits)
             for indices in dict.fromkeys(i for name in (rules or [self.config.select])
                                          for i in get_rule(name).refits(view)):
@@ -429,7 +436,7 @@ class SeedRun:
                                 None)
                 out.append((method, group, searched.val_acc if searched else math.nan))
         choices = {}
-        for method in _strategies(rows):
+        for method in searched_strategies(rows):
             chosen, choices[method] = record_choice(self.config.select,
                                                     self.view(rows, method, refits))
             if chosen is not None:
@@ -532,11 +539,6 @@ def check_executor(config: RunConfig) -> None:
     """The executor's options and backend (Ray missing, an unreachable cluster): one line,
     before any work."""
     get_executor(config.executor).check(config)
-
-
-def _strategies(rows: list[CandidateRow]) -> list[str]:
-    """The searched strategies (methods) of ``rows`` in search order, baselines left out."""
-    return [m for m in dict.fromkeys(r.strategy for r in rows) if m not in BASELINES]
 
 
 def run(config: RunConfig, folder: str | Path, events: Events | None = None,

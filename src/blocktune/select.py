@@ -202,6 +202,11 @@ def record_choice(rule_name: str, view: SearchView) -> tuple[CandidateRow | None
         "search_val_acc": None if chosen is None else chosen.val_acc}
 
 
+def searched_strategies(rows: list[CandidateRow]) -> list[str]:
+    """The searched strategies (methods) of ``rows`` in search order, baselines left out."""
+    return [m for m in dict.fromkeys(r.strategy for r in rows) if m not in BASELINES]
+
+
 def choose(rows: list[CandidateRow], method: str) -> CandidateRow | None:
     """The paper's rule (max-val): highest val accuracy; ties to fewer trained parameters,
     then to the earlier searched."""
@@ -216,7 +221,7 @@ def notices(seed: int, rows: list[CandidateRow]) -> list[str]:
     if baseline is None:
         return []
     out = []
-    for method in dict.fromkeys(r.strategy for r in rows if r.strategy not in BASELINES):
+    for method in searched_strategies(rows):
         ok = [r.val_acc for r in rows if r.strategy == method and r.status == "ok"]
         if ok and max(ok) <= baseline.val_acc:
             out.append(f"seed {seed}: no {label(method)} candidate beat Baseline I on val in "
