@@ -56,7 +56,8 @@ from blocktune.io import (  # noqa: E402
     predictions_text,
     read_csv,
 )
-from blocktune.records import CandidateRow, read_candidates  # noqa: E402
+from blocktune.records import CandidateRow  # noqa: E402
+from blocktune.runfolder import SeedFolder  # noqa: E402
 from blocktune.search import BASELINES, SeedRun, load_images  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
 from blocktune.stats import mcnemar_exact, mean_interval, spearman  # noqa: E402
@@ -308,8 +309,8 @@ def main() -> None:
             log(f"{dataset}, seed {seed}")
             seed_run = SeedRun(config, seed, folder, images, data_cfg, events())
             if args.report_only:
-                rows = read_candidates(folder / "candidates.csv")
-                refits = read_candidates(folder / "refits.csv")
+                rows = SeedFolder(folder).read_candidates()
+                refits = SeedFolder(folder).read_refits()
             else:
                 started = time.perf_counter()
                 rows, complete = seed_run.search()
@@ -324,7 +325,7 @@ def main() -> None:
             oracle_rows = read_csv(folder / "oracle.csv")
             if len(oracle_rows) < len([r for r in rows if r.status == "ok"]):
                 continue
-            labels = split_labels(folder / "splits.json")
+            labels = split_labels(SeedFolder(folder).splits)
             results[(dataset, seed)] = evaluate(rows, refits, oracle_rows, labels["val"],
                                                 labels["test"], len(seed_run.walk.layers))
             recipe_rows = read_csv(folder / "recipes.csv")

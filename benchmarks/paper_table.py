@@ -31,6 +31,7 @@ from pathlib import Path
 from blocktune.config import RunConfig
 from blocktune.io import atomic_write_csv, atomic_write_text, read_csv
 from blocktune.report import assess
+from blocktune.runfolder import RunFolder
 from blocktune.search import BASELINE_I, BASELINE_II, run
 from blocktune.stats import compare_over_seeds, mean_interval
 
@@ -72,8 +73,8 @@ def finished(folder: Path, seeds: list[int], rule: str) -> bool:
         return r["status"] == "ok" and (r["method"] != "block" or r["select"] == rule)
 
     return all(
-        (folder / f"seed_{s}" / "finals.csv").exists()
-        and {r["method"] for r in read_csv(folder / f"seed_{s}" / "finals.csv") if done(r)}
+        RunFolder(folder).seed(s).finals.exists()
+        and {r["method"] for r in read_csv(RunFolder(folder).seed(s).finals) if done(r)}
         >= set(METHODS.values()) for s in seeds)
 
 
@@ -85,8 +86,8 @@ def measure(folder: Path, seeds: list[int]) -> dict:
     versus = {c.b: c for c in assessment.versus_baselines if c.a == "BW"}
     per_seed = {m: [assessment.per_seed[s][m].test.value for s in seeds]
                 for m in METHODS.values()}
-    files = [(read_csv(folder / f"seed_{s}" / "candidates.csv"),
-              read_csv(folder / f"seed_{s}" / "finals.csv")) for s in seeds]
+    files = [(read_csv(RunFolder(folder).seed(s).candidates),
+              read_csv(RunFolder(folder).seed(s).finals)) for s in seeds]
     seconds = sum(float(r["seconds"] or 0) for both in files for rows in both for r in rows)
     bw_finals = [next(((r["layer_indices"], float(r["seconds"] or 0)) for r in finals
                        if r["method"] == "block"), ("", 0.0)) for _, finals in files]
@@ -272,7 +273,7 @@ def main() -> None:
                                        max_images_per_class=args.max_images_per_class)
                     log(f"{name}, rule {rule}: {folder}")
                     run(config, folder)
-                if (folder / "config.yaml").exists() and finished(folder, seeds, rule):
+                if RunFolder(folder).is_run() and finished(folder, seeds, rule):
                     results.setdefault(name, {})[rule] = measure(folder, seeds)
             markdown, rows = tables({n: r for n, r in results.items() if rules[0] in r},
                                     rules[0], seeds, args)

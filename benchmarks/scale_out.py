@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from blocktune.config import RunConfig
-from blocktune.io import read_csv
+from blocktune.runfolder import SeedFolder
 from blocktune.search import SeedRun, load_images
 
 
@@ -37,7 +37,7 @@ def search_seconds(config: RunConfig, images, data_cfg, folder: Path) -> tuple[f
     wall = time.perf_counter() - started
     assert complete
     seed_run.close()
-    return wall, {r["layer_indices"]: r["val_acc"] for r in read_csv(folder / "candidates.csv")}
+    return wall, {r.layer_indices: f"{r.val_acc:.6f}" for r in SeedFolder(folder).read_candidates()}
 
 
 def main() -> None:

@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
+from blocktune.callbacks import LambdaCallback
 from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
 from blocktune.plan import label
 from blocktune.records import CandidateRow, rank_key
-from blocktune.search import Events, SeedRun, load_images
+from blocktune.search import SeedRun, load_images
 from blocktune.select import choose
 from blocktune.train import device_for
 
@@ -156,7 +157,7 @@ def main() -> None:
         start_rss = rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
         seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
-                              data_cfg, Events(on_candidate_end=lambda row, best, mode=mode: print(
+                              data_cfg, LambdaCallback(on_candidate_end=lambda row, best, mode=mode: print(
                                   f"  {mode:9s} {row.strategy:6s} #{row.index!s:<3} "
                                   f"rung {row.rung!s:>2} val {row.val_acc:.4f} "
                                   f"{row.seconds:7.1f}s", flush=True)))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blocktune.callbacks import LambdaCallback
 from blocktune.config import RunConfig
 from blocktune.data import split_labels
 from blocktune.io import (
@@ -47,8 +48,9 @@ from blocktune.io import (
     read_csv,
 )
 from blocktune.plan import parse_indices
-from blocktune.records import CandidateRow, read_candidates
-from blocktune.search import BASELINE_I, BASELINE_II, BASELINES, Events, SeedRun, load_images
+from blocktune.records import CandidateRow
+from blocktune.runfolder import SeedFolder
+from blocktune.search import BASELINE_I, BASELINE_II, BASELINES, SeedRun, load_images
 from blocktune.select import RULES, SearchView
 from blocktune.stats import compare, mean_interval, spearman
 
@@ -60,11 +62,11 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def events() -> Events:
+def events() -> LambdaCallback:
     def end(row, best):
         log(f"  {row.strategy} #{row.index} {row.layers}: val {row.val_acc:.3f} "
             f"({row.seconds:.2f} s)")
-    return Events(on_candidate_end=end, on_phase=lambda text: log(f"  {text}"))
+    return LambdaCallback(on_candidate_end=end, on_phase=lambda text: log(f"  {text}"))
 
 
 def oracle(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict]:
@@ -93,7 +95,7 @@ def oracle(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict
 def larger_search_split(main: Path, variant: Path, search_fraction: float, seed: int) -> None:
     """A split whose search part takes images from train (per class, seeded) until it holds
     ``search_fraction`` of the data; val and test, and so the finals, stay as they are."""
-    saved = json.loads((main / "splits.json").read_text())
+    saved = json.loads(SeedFolder(main).splits.read_text())
     files = saved["files"]
     total = sum(len(v) for v in files.values())
     extra_share = (search_fraction * total - len(files["search"])) / max(1, len(files["train"]))
@@ -107,8 +109,8 @@ def larger_search_split(main: Path, variant: Path, search_fraction: float, seed:
     new = {**files, "search": sorted(files["search"] + moved),
            "train": [f for f in files["train"] if f not in moved_set]}
     variant.mkdir(parents=True, exist_ok=True)
-    if not (variant / "splits.json").exists():
-        atomic_write_json(variant / "splits.json", {
+    if not SeedFolder(variant).splits.exists():
+        atomic_write_json(SeedFolder(variant).splits, {
             **saved, "fractions": {**saved["fractions"], "search": search_fraction},
             "counts": {k: len(v) for k, v in new.items()}, "files": new})
 
@@ -224,8 +226,8 @@ def main() -> None:
                 log(f"seed {seed}, {name}")
                 run_ = seed_run(seed, name, config, fraction)
                 if args.report_only:
-                    rows = read_candidates(run_.folder / "candidates.csv")
-                    refits = read_candidates(run_.folder / "refits.csv")
+                    rows = SeedFolder(run_.folder).read_candidates()
+                    refits = SeedFolder(run_.folder).read_refits()
                     if not rows:
                         continue
                 else:
@@ -234,7 +236,7 @@ def main() -> None:
                     oracle(run_, rows, main_folder / "oracle.csv")
                 run_.close()
                 oracle_rows = read_csv(main_folder / "oracle.csv")
-                labels = split_labels(main_folder / "splits.json")
+                labels = split_labels(SeedFolder(main_folder).splits)
                 if len(oracle_rows) < len([r for r in rows if r.status == "ok"]):
                     continue  # the oracle of this seed is unfinished
                 results[(seed, name)] = evaluate(rows, refits, oracle_rows, labels["val"],

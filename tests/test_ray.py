@@ -168,7 +168,7 @@ def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, 
 
     import timm
 
-    from blocktune.search import Events
+    from blocktune.callbacks import LambdaCallback
 
     own = tmp_path / "driver-data"
     shutil.copytree(data, own)
@@ -182,7 +182,7 @@ def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, 
         shutil.rmtree(own, ignore_errors=True)
         weights.unlink(missing_ok=True)
 
-    run(tiny_config(own, executor="ray", **config), tmp_path / "ray", Events(on_phase=vanish))
+    run(tiny_config(own, executor="ray", **config), tmp_path / "ray", LambdaCallback(on_phase=vanish))
     assert not own.exists() and not weights.exists()
     assert table(tmp_path / "ray") == table(tmp_path / "local")
     assert table(tmp_path / "ray", "finals.csv", FINAL_FIELDS) == \

@@ -97,8 +97,8 @@ def test_time_budget_defers_finals_to_a_resume(image_folder, tmp_path):
 
 
 def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, capsys):
+    from blocktune.callbacks import LambdaCallback
     from blocktune.cli import main
-    from blocktune.search import Events
 
     out = tmp_path / "run"
     config = tiny_config(image_folder, max_candidates=4)
@@ -110,7 +110,7 @@ def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, c
     assert rows == []
     run(tiny_config(image_folder, max_candidates=2), out)  # a budget of two candidates
     phases = []
-    run(config, out, Events(on_phase=phases.append))
+    run(config, out, LambdaCallback(on_phase=phases.append))
     assert "resuming seed 0: 2 of 2 baselines done, 2 of 4 BW candidates done" in phases
     assert main(["status", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -522,13 +522,13 @@ def test_force_new_never_leaves_the_old_model_to_predict(image_folder, tmp_path)
 def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_folder, tmp_path):
     import shutil
 
-    from blocktune.search import Events
+    from blocktune.callbacks import LambdaCallback
 
     for i in range(6):  # six copies of one photo: some land in other splits than the original
         shutil.copy(image_folder / "red" / "000.jpg", image_folder / "red" / f"copy{i}.jpg")
     notices = []
     run(tiny_config(image_folder, max_candidates=1, baselines=False), tmp_path / "a",
-        Events(on_notice=notices.append))
+        LambdaCallback(on_notice=notices.append))
     [notice] = [n for n in notices if "exact-duplicate image(s) lie in two splits of seed 0" in n]
     # the count of each pair of splits, and they add up to the total
     count = int(notice.split()[0])

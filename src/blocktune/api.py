@@ -2,7 +2,8 @@
 
     >>> from blocktune import api
     >>> api.model_groups("vgg16", "block", delimiters="pool")["rows"][0]["layers"]
-    >>> api.run(api.RunConfig(model="tf_efficientnet_lite0", data="tf_flowers"), "runs/x")
+    >>> api.run(api.RunConfig(model="tf_efficientnet_lite0", data="tf_flowers"), "runs/x",
+    ...         callbacks=[api.LambdaCallback(on_candidate_end=lambda row, best: print(row))])
     >>> print("\n".join(api.assess("runs/x").lines()))  # the recommendation and verdicts
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from blocktune.callbacks import Callback, LambdaCallback
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.executors import EXECUTORS, register_executor
@@ -24,9 +26,10 @@ from blocktune.report import assess, build_report, plot_layer_params
 from blocktune.search import run
 from blocktune.select import RULES, register_rule
 
-__all__ = ["EXECUTORS", "RULES", "STRATEGIES", "RunConfig", "assess", "baseline_all",
-           "baseline_head", "build_report", "finetune", "model_groups", "model_walk", "predict",
-           "register_executor", "register_rule", "register_strategy", "run"]
+__all__ = ["EXECUTORS", "RULES", "STRATEGIES", "Callback", "LambdaCallback", "RunConfig",
+           "assess", "baseline_all", "baseline_head", "build_report", "finetune", "model_groups",
+           "model_walk", "predict", "register_executor", "register_rule", "register_strategy",
+           "run"]
 
 
 def baseline_head(config: RunConfig, out: str | Path) -> dict:

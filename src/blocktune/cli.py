@@ -76,51 +76,6 @@ def _print_config(config) -> int:
     return 0
 
 
-class _Progress:
-    """A rich progress bar over candidates with the best val accuracy so far."""
-
-    def __init__(self, verbose: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True, log_path=False)  # no "cli.py:106" on each line
-        self.verbose = verbose
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                            console=self.console)
-        self.task = None
-
-    def events(self):
-        from blocktune.search import BASELINES, Events, label
-
-        def start(strategy, position, total):
-            if self.task is None or position == 0:
-                if self.task is not None:
-                    self.bar.remove_task(self.task)
-                self.task = self.bar.add_task(f"{label(strategy)} search", total=total)
-
-        def end(row, best):
-            # a baseline is no candidate: the best candidate so far says nothing about it
-            baseline = row.strategy in BASELINES
-            so_far = "" if baseline else f" · best val {best:.3f}"
-            self.bar.update(self.task, advance=1,
-                            description=f"{label(row.strategy)} search{so_far}")
-            if self.verbose or not self.console.is_terminal:  # logs get one line per candidate
-                took = f"same as {row.same_as}" if row.same_as else f"{row.seconds:.2f}s"
-                self.console.log(f"{label(row.strategy)} #{row.index} {row.layers}: "
-                                 f"val {row.val_acc:.3f} ({row.status}, {took})"
-                                 + ("" if baseline else f" · best {best:.3f}"))
-
-        def epoch(e, loss, acc, seconds):
-            if self.verbose:
-                self.console.log(f"epoch {e}: train loss {loss:.4f}  val acc {acc:.4f}  "
-                                 f"({seconds:.1f}s)")
-
-        return Events(on_candidate_start=start, on_candidate_end=end, on_epoch=epoch,
-                      on_phase=lambda text: self.console.log(text),
-                      on_notice=lambda text: self.console.log(f"[bold]note:[/bold] {text}"))
-
-
 def cmd_groups(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -151,6 +106,7 @@ def cmd_groups(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from blocktune.display import ProgressDisplay
     from blocktune.report import assess, build_report
     from blocktune.runfolder import RunFolder
     from blocktune.search import failures, run
@@ -158,9 +114,9 @@ def cmd_run(args) -> int:
     config = _config(args, base=getattr(args, "defaults", None))
     if args.print_config:
         return _print_config(config)
-    progress = _Progress(args.verbose)
+    progress = ProgressDisplay(args.verbose)
     with progress.bar:
-        summary = run(config, args.out, progress.events(), force_new=args.force_new)
+        summary = run(config, args.out, [progress], force_new=args.force_new)
     report = build_report(args.out)
     _print_assessment(assess(args.out), summary)
     print(f"report: {report}")
@@ -207,13 +163,14 @@ def _print_assessment(assessment, summary) -> None:
 
 
 def cmd_finetune(args) -> int:
+    from blocktune.display import ProgressDisplay
     from blocktune.finetune import finetune
 
     config = _config(args)
     if args.print_config:
         return _print_config(config)
-    progress = _Progress(True)
-    result = finetune(config, args.train, args.out, progress.events())
+    progress = ProgressDisplay(True)
+    result = finetune(config, args.train, args.out, [progress])
     print(f"trained {args.train}: {result['trainable_params']:,} parameters, "
           f"val {result['val_acc']:.4f}, test {result['test_acc']:.4f} "
           f"({result['seconds']:.0f}s) -> {args.out}")

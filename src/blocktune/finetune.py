@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from blocktune.callbacks import Callback, CallbackList
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_write_csv, atomic_write_json
 from blocktune.layers import ModelWalk
 from blocktune.runfolder import RunFolder, RunLock
-from blocktune.search import Events, SeedRun, environment, load_images, model_record
+from blocktune.search import SeedRun, environment, load_images, model_record
 from blocktune.train import device_for
 
 
@@ -41,14 +42,14 @@ def parse_train_spec(spec: str, walk_result: ModelWalk) -> tuple[int, ...] | Non
 
 
 def finetune(config: RunConfig, train_spec: str, folder: str | Path,
-             events: Events | None = None) -> dict:
+             callbacks: Callback | list[Callback] | None = None) -> dict:
     """Fine-tune one given set of layers (a baseline or any group) on search+train; test once.
 
     Writes config.yaml, splits.json, metrics.csv (one row per epoch), result.json and
     model.safetensors into ``folder``.
     """
     folder = Path(folder)
-    events = events or Events()
+    events = CallbackList(callbacks)
     config.check_environment()
     files = RunFolder(folder)
     with RunLock(folder, "finetune"):

@@ -18,14 +18,13 @@ import platform
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from blocktune import __version__, faults
+from blocktune.callbacks import Callback, CallbackList
 from blocktune.config import RunConfig
 from blocktune.data import (
     DecodedImages,
@@ -77,24 +76,11 @@ from blocktune.select import (
     record_choice,
     searched_strategies,
 )
-from blocktune.tblog import TensorBoardLog
+from blocktune.tblog import TensorBoardCallback
 from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class Events:
-    """Hooks for progress display; the library itself prints nothing."""
-
-    on_candidate_start: Callable[[str, int, int], None] = lambda strategy, i, n: None
-    on_candidate_end: Callable[[dict, float], None] = lambda row, best: None
-    on_epoch: Callable[[int, float, float, float], None] = lambda e, loss, acc, s: None
-    on_phase: Callable[[str], None] = lambda text: None
-    # a finding the user must see, one line (e.g. no candidate beat Baseline I on val); by
-    # default a logging warning, so that it reaches a user of the API who set no hook
-    on_notice: Callable[[str], None] = lambda text: log.warning("%s", text)
-
 
 def environment(config: RunConfig | None = None) -> dict:
     import timm
@@ -151,11 +137,17 @@ class SeedRun:
     record every result the moment it comes back."""
 
     def __init__(self, config: RunConfig, seed: int, folder: Path, images: DecodedImages,
-                 data_cfg, events: Events | None = None, executor: Executor | None = None):
+                 data_cfg, callbacks: Callback | list[Callback] | None = None,
+                 executor: Executor | None = None):
         self.config, self.seed, self.folder, self.images = config, seed, folder, images
         self.files = SeedFolder(folder)
         self.data_cfg = data_cfg
-        self.events = events or Events()
+        self.events = callbacks if isinstance(callbacks, CallbackList) \
+            else CallbackList(callbacks)
+        if "tensorboard" in config.log:
+            self.events = self.events.extended(
+                TensorBoardCallback(RunFolder(folder.parent).tensorboard))
+        self.events.on_seed_start(seed, folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(self.files.splits, images, config.fractions, seed)
         self._check_duplicates()
@@ -164,8 +156,6 @@ class SeedRun:
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
         self._executor = executor
-        self.log = TensorBoardLog(RunFolder(folder.parent).tensorboard, seed) \
-            if "tensorboard" in config.log else None
 
     def _check_duplicates(self) -> None:
         found = duplicates_across_splits(self.images, self.split)
@@ -253,8 +243,8 @@ class SeedRun:
         row is that one's, with ``same_as`` naming it and no seconds of its own.
         """
         rows = self.files.read_candidates()
-        if self.log is not None:
-            self.log.sync(rows)
+        if rows:
+            self.events.on_recorded(rows)
         for note in self.plan_notes():
             self.events.on_phase(note)
         if rows:  # a resumed run says what it skips
@@ -275,8 +265,6 @@ class SeedRun:
             rows.append(row)
             self.files.write_candidates(rows)
             faults.point("candidate")
-            if self.log is not None:
-                self.log.record(row)
             if row.status == "ok" and row.strategy not in BASELINES:
                 best = max(best, row.val_acc)
             self.events.on_candidate_end(row, best)
@@ -478,8 +466,8 @@ class SeedRun:
             finished = relabelled
             self.files.write_finals(finished)
         plan = finals_plan(methods, finished)
-        if self.log is not None:
-            self.log.sync(finished)
+        if finished:
+            self.events.on_recorded(finished)
 
         weights = self.files.weights
 
@@ -487,8 +475,7 @@ class SeedRun:
             finished.append(row)
             self.files.write_finals(finished)
             faults.point("final")
-            if self.log is not None:
-                self.log.record(row)
+            self.events.on_final_end(row)
 
         def train(trials: list[FinalTrial]) -> None:
             with closing(self.executor.finals(
@@ -541,9 +528,13 @@ def check_executor(config: RunConfig) -> None:
     get_executor(config.executor).check(config)
 
 
-def run(config: RunConfig, folder: str | Path, events: Events | None = None,
-        force_new: bool = False) -> list[dict]:
-    """The whole protocol for every seed; resumable. Returns the summary rows."""
+def run(config: RunConfig, folder: str | Path,
+        callbacks: Callback | list[Callback] | None = None, force_new: bool = False
+        ) -> list[dict]:
+    """The whole protocol for every seed; resumable. Returns the summary rows.
+
+    ``callbacks`` (:class:`blocktune.callbacks.Callback`) hear every phase, row and final as
+    it is recorded."""
     folder = Path(folder)
     files = RunFolder(folder)
     config.check_environment()
@@ -554,7 +545,7 @@ def run(config: RunConfig, folder: str | Path, events: Events | None = None,
         if force_new:
             files.clear_results()
         for seed in config.seeds:
-            seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, events)
+            seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, callbacks)
             if seed == config.seeds[0]:
                 files.write_config(config, environment(config))
             rows, complete = seed_run.search()

@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+from blocktune.callbacks import Callback
 from blocktune.errors import BlocktuneError
 from blocktune.records import CandidateRow, FinalRow
 
@@ -88,3 +89,25 @@ class TensorBoardLog:
         for row in rows:
             if not self.path(row).exists():
                 self.record(row)
+
+
+class TensorBoardCallback(Callback):
+    """``--log tensorboard`` as a callback: one run per recorded row under ``root``; a resume
+    writes the runs its earlier rows lack."""
+
+    def __init__(self, root: str | Path):
+        _writer()  # fail at the start of a run, not after its first candidate
+        self.root = Path(root)
+        self.log: TensorBoardLog | None = None
+
+    def on_seed_start(self, seed: int, folder: Path) -> None:
+        self.log = TensorBoardLog(self.root, seed)
+
+    def on_recorded(self, rows) -> None:
+        self.log.sync(rows)
+
+    def on_candidate_end(self, row: CandidateRow, best: float) -> None:
+        self.log.record(row)
+
+    def on_final_end(self, row: FinalRow) -> None:
+        self.log.record(row)
