@@ -360,3 +360,17 @@ def test_named_dataset_offline_gives_one_line(name, monkeypatch, tmp_path):
     monkeypatch.setenv("BLOCKTUNE_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(BlocktuneError, match=f"^{name} is not available offline: set "):
         open_data(name, download=False)
+
+
+def test_caltech101_reads_the_real_dataset_offline(monkeypatch):
+    """The real Caltech-101 under $BLOCKTUNE_DATA_DIR (CI sets it): 101 classes, 8,677 images,
+    no BACKGROUND_Google, nothing downloaded."""
+    root = os.environ.get("BLOCKTUNE_DATA_DIR")
+    if not root or not (Path(root) / "caltech101").is_dir():
+        pytest.skip("set BLOCKTUNE_DATA_DIR to the folder holding caltech101/ (CI does)")
+    folder = open_data("caltech101", download=False)
+    assert len(folder.classes) == 101 and "BACKGROUND_Google" not in folder.classes
+    assert len(folder.files) == 8677 and len(set(folder.files)) == 8677
+    assert not any(f.startswith("BACKGROUND_Google/") for f in folder.files)
+    assert folder.classes[:3] == ["Faces", "Faces_easy", "Leopards"]
+    assert sorted(set(folder.labels)) == list(range(101))
