@@ -44,6 +44,8 @@ from blocktune.workbench import FINAL_COVER, FinalOutcome, Workbench
 
 INSTALL_HINT = "pip install 'blocktune[ray]'"
 RESOURCE_KEYS = ("cpu", "gpu")
+# a final's weights inside the Tune checkpoint it reports (not a run-folder file)
+CHECKPOINT_WEIGHTS = "weights.safetensors"
 # Fault injection for the test suite: a trial of this method and index SIGKILLs its own worker
 # once, the first time it reaches its first epoch (the marker file remembers it happened).
 FAULT_ENV = "BLOCKTUNE_FAULT_KILL_TRIAL"
@@ -224,7 +226,7 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
         saved = None
         if outcome.state is not None:
             save_file({k: v.contiguous() for k, v in outcome.state.items()},
-                      str(Path(folder) / "model.safetensors"))
+                      str(Path(folder) / CHECKPOINT_WEIGHTS))
             saved = tune.Checkpoint.from_directory(folder)
         tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
                      "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
@@ -336,7 +338,7 @@ class RayExecutor:
             if kind == "epoch":
                 _relay_epoch(on_epoch, result)
                 continue
-            state = load_file(str(checkpoint / "model.safetensors")) \
+            state = load_file(str(checkpoint / CHECKPOINT_WEIGHTS)) \
                 if checkpoint is not None else None
             yield trial, FinalOutcome(TrainResult(**json.loads(result["blocktune_result"])),
                                       float(result["test_acc"]), json.loads(result["test_pred"]),
