@@ -47,7 +47,6 @@ from selection import events, log, oracle  # noqa: E402
 
 from blocktune.config import RunConfig  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
-from blocktune.groups import in_last_quarter  # noqa: E402
 from blocktune.io import (  # noqa: E402
     atomic_write_csv,
     atomic_write_json,
@@ -56,11 +55,18 @@ from blocktune.io import (  # noqa: E402
     predictions_text,
     read_csv,
 )
+from blocktune.plan import parse_indices  # noqa: E402
 from blocktune.records import CandidateRow  # noqa: E402
 from blocktune.runfolder import SeedFolder  # noqa: E402
 from blocktune.search import BASELINES, SeedRun, load_images  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
-from blocktune.stats import mcnemar_exact, mean_interval, spearman  # noqa: E402
+from blocktune.stats import (  # noqa: E402
+    compare_over_seeds,
+    holm,
+    mcnemar_exact,
+    mean_interval,
+    spearman,
+)
 
 STRATEGIES = ("block", "top")
 POOLS = ("val", "val+train")
@@ -99,7 +105,8 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
     def correct(row: dict) -> np.ndarray:
         return parse_predictions(row["test_pred"]) == test_labels
 
-    out: dict = {"baseline_test": {m: float(base[m]["test_acc"]) for m in BASELINES}}
+    out: dict = {"baseline_test": {m: float(base[m]["test_acc"]) for m in BASELINES},
+                 "baseline_val": {m: float(base[m]["val_acc"]) for m in BASELINES}}
     for strategy in STRATEGIES:
         cands = [r for r in rows if r.strategy == strategy and r.status == "ok"
                  and r.layer_indices in by_group]
@@ -108,42 +115,51 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
         tests = {r.layer_indices: float(by_group[r.layer_indices]["test_acc"]) for r in cands}
         best = max(cands, key=lambda r: tests[r.layer_indices])
         train_seconds = sum(r.seconds - r.score_seconds for r in cands)
-        score_seconds = sum(r.score_seconds for r in cands)
-        last_quarter = [r for r in cands if in_last_quarter(
-            tuple(int(i) for i in r.layer_indices.split(",")), num_layers)]
-        lq_seconds = sum(r.seconds - r.score_seconds for r in last_quarter)
         refit_rows = {r.layer_indices: r for r in refits if r.strategy == strategy}
         for pool in POOLS:
             ranked = as_pool(cands, pool)
             entry = {"spearman": spearman([r.ranking_score for r in ranked],
                                           [tests[r.layer_indices] for r in ranked]),
                      "candidates": len(cands), "best_test": tests[best.layer_indices],
-                     "rules": {}}
+                     "train_seconds": train_seconds, "rules": {}}
             view = SearchView(ranked, num_layers=num_layers, val_labels=val_labels,
                               refits=refit_rows)
             for name, rule in RULES.items():
                 chosen = rule.pick(view)
+                # what the product trains: the rule's own candidate set (criterion 2 checks
+                # that the rule, shown only those, picks what it picks from all of them)
+                own = ranked
+                if rule.picks_from:
+                    start = rule.picks_from(num_layers)
+                    own = [r for r in ranked if min(parse_indices(r.layer_indices)) >= start]
+                own_pick = rule.pick(SearchView(own, num_layers=num_layers,
+                                                val_labels=val_labels, refits=refit_rows)) \
+                    if own else None
+                trained = sum(r.seconds - r.score_seconds for r in own)
+                scored = sum(r.score_seconds for r in own) if pool != "val" else 0.0
+                refit = sum(refit_rows[i].seconds for i in rule.refits(view) if i in refit_rows)
                 final = by_group[chosen.layer_indices]
                 test = float(final["test_acc"])
-                # what the product trains: the rule's own candidate set, the pool's scoring
-                trained = lq_seconds if rule.picks_from else train_seconds
-                scored = score_seconds * (len(last_quarter) / len(cands)
-                                          if rule.picks_from else 1) if pool != "val" else 0.0
-                refit = sum(refit_rows[i].seconds for i in rule.refits(view) if i in refit_rows)
                 vs_best = mcnemar_exact(correct(final), correct(by_group[best.layer_indices]))
                 entry["rules"][name] = {
                     "pick": chosen.layer_indices, "layers": chosen.layers, "test": test,
                     "regret": tests[best.layer_indices] - test,
+                    "final_val": float(final["val_acc"]),
                     "hit": chosen.layer_indices == best.layer_indices,
                     "hit_within_noise": vs_best >= 0.05,
+                    "trained_candidates": len(own),
+                    "same_pick_from_own_set": own_pick is not None
+                    and own_pick.layer_indices == chosen.layer_indices,
                     "seconds": trained + scored + refit,
                     "beats": {m: test - float(base[m]["test_acc"]) for m in BASELINES}}
             out[f"{strategy}|{pool}"] = entry
-    reference = out.get(f"{DEFAULT[0]}|{DEFAULT[2]}", {}).get("rules", {}).get(DEFAULT[1])
+    # the cost reference: today's default before this protocol — block, last-quarter, val,
+    # every block candidate trained (last-quarter asks for no refit)
+    reference = out.get("block|val", {}).get("train_seconds")
     for entry in out.values():
         if isinstance(entry, dict) and "rules" in entry:
             for r in entry["rules"].values():
-                r["cost"] = r["seconds"] / reference["seconds"] if reference else math.nan
+                r["cost"] = r["seconds"] / reference if reference else math.nan
     return out
 
 
@@ -187,6 +203,187 @@ def answer(oracle_rows: list[dict], recipe_rows: list[dict], pick_indices: str) 
             "recommended": recommended}
 
 
+ALPHA = 0.05
+MAX_COST = 1.5  # criteria 1 and 3-4: at most 1.5x the reference's cost
+TIE_POINTS = 0.5  # criterion 3-4: mean regrets within this many points tie
+
+
+def paired(name: str, differences: list[float]) -> dict:
+    """Mean of paired differences with its t-interval and t-test p (Holm added later)."""
+    comparison = compare_over_seeds(name, "reference", differences, 0)
+    return {"name": name, "mean": comparison.difference.value, "low": comparison.difference.low,
+            "high": comparison.difference.high, "p": comparison.p_value, "n": len(differences)}
+
+
+def with_holm(tests: list[dict]) -> list[dict]:
+    for test, adjusted in zip(tests, holm([t["p"] for t in tests]), strict=True):
+        test["p_holm"] = adjusted
+    return tests
+
+
+def method_results(result: dict, strategy: str, rule: str, pool: str) -> dict | None:
+    """Per method its final (val, test) on one pair under the given defaults: both baselines,
+    the rule's pick (from the oracle: the same fine-tune the product makes) and the recipes;
+    None until the pair's recipes are done."""
+    key = f"{strategy}|{pool}"
+    if key not in result or "recipes" not in result:
+        return None
+    pick = result[key]["rules"][rule]
+    out = {m: {"val": result["baseline_val"][m], "test": result["baseline_test"][m]}
+           for m in BASELINES}
+    out["pick"] = {"val": pick["final_val"], "test": pick["test"]}
+    out.update(result["recipes"])
+    return out
+
+
+def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -> list[str]:
+    """The protocol's criteria 1-6 applied as written (PROTOCOL.md), each fixing what the next
+    uses; every line says what it rests on."""
+    lines = ["## Decisions by the pre-registered criteria", "",
+             f"On {len(pairs)} oracle pair(s); the protocol asks for 10. Until then each line "
+             "is provisional and says so.", ""]
+    provisional = " (provisional)" if len(pairs) < 10 else ""
+    if not pairs:
+        return lines
+    # 1. pool, on today's default strategy and rule (block, last-quarter)
+    diffs = [results[p]["block|val+train"]["spearman"] - results[p]["block|val"]["spearman"]
+             for p in pairs]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    spear = paired("val+train − val", diffs) if diffs else None
+    cost = statistics.mean(results[p]["block|val+train"]["rules"]["last-quarter"]["seconds"]
+                           / results[p]["block|val"]["rules"]["last-quarter"]["seconds"]
+                           for p in pairs)
+    pool = "val+train" if spear and spear["mean"] > 0 and spear["low"] > 0 \
+        and cost <= MAX_COST else "val"
+    lines.append(
+        f"1. **Pool: `{pool}`**{provisional}. Spearman (block) val+train − val: "
+        + (f"{spear['mean']:+.2f} [{spear['low']:+.2f}, {spear['high']:+.2f}] over "
+           f"{spear['n']} pairs" if spear else "no pair") + f"; cost of val+train vs val "
+        f"(block, last-quarter, its own candidates): {cost:.2f}× (≤ {MAX_COST}× needed).")
+    # 2. candidate set
+    restricted = [(p, name) for p in pairs for s in STRATEGIES for pl in POOLS
+                  for name, rule in RULES.items() if rule.picks_from
+                  and f"{s}|{pl}" in results[p]
+                  and not results[p][f"{s}|{pl}"]["rules"][name]["same_pick_from_own_set"]]
+    own = [results[p][f"block|{pool}"]["rules"]["last-quarter"] for p in pairs]
+    lines.append(
+        "2. **Candidate set: each rule trains only what it can pick** — " + (
+            "the pick equals the pick from every candidate on every pair, strategy, pool and "
+            "rule" if not restricted else f"DIFFERENT PICKS on {restricted[:3]}: a bug to fix "
+            "before anything else") + f"; last-quarter trains "
+        f"{statistics.mean(r['trained_candidates'] for r in own):.1f} of "
+        f"{statistics.mean(results[p][f'block|{pool}']['candidates'] for p in pairs):.0f} block "
+        f"candidates, cost {statistics.mean(r['cost'] for r in own):.2f}× of training all.")
+    # 3-4. strategy x rule at the chosen pool
+    combos = {(s, name): [results[p][f"{s}|{pool}"]["rules"][name] for p in pairs]
+              for s in STRATEGIES for name in RULES if all(f"{s}|{pool}" in results[p]
+                                                           for p in pairs)}
+    summary = {c: (statistics.mean(r["regret"] for r in per) * 100,
+                   statistics.mean(r["cost"] for r in per)) for c, per in combos.items()}
+    eligible = [c for c, (_, c_cost) in summary.items() if c_cost <= MAX_COST]
+    default = ("block", "last-quarter")
+    tests = with_holm([
+        {**paired(f"{c[0]} {c[1]}", [(a["regret"] - b["regret"]) * 100 for a, b in
+                                     zip(combos[c], combos[default], strict=True)]), "combo": c}
+        for c in eligible if c != default])
+    better = [t["combo"] for t in tests if t["high"] < 0 and t["p_holm"] < ALPHA]
+
+    def order(c):  # lowest regret; within TIE_POINTS the cheaper, then top
+        return (summary[c][0], summary[c][1], c[0] != "top")
+
+    chosen = default
+    if better:
+        best_regret = min(summary[c][0] for c in better)
+        tied = [c for c in better if summary[c][0] - best_regret <= TIE_POINTS]
+        chosen = min(tied, key=lambda c: (summary[c][1], c[0] != "top"))
+    lowest = min(eligible, key=order) if eligible else None
+    lines.append(
+        f"3–4. **Strategy `{chosen[0]}`, rule `{chosen[1]}`**{provisional}. Lowest mean regret "
+        f"among those costing ≤ {MAX_COST}×: "
+        + (f"{lowest[0]} {lowest[1]} ({summary[lowest][0]:.2f} points, "
+           f"{summary[lowest][1]:.2f}×)" if lowest else "none") + f"; today's default "
+        f"{summary[default][0]:.2f} points. Better than the default by the paired test (Holm "
+        f"over {len(tests)}): " + (", ".join(f"{c[0]} {c[1]}" for c in better) or "none")
+        + ".")
+    lines += ["", "| strategy | rule | mean regret (points) | cost | − default's regret "
+              "[95% CI] | Holm p |", "|---|---|---|---|---|---|"]
+    for t in sorted(tests, key=lambda t: summary[t["combo"]][0]):
+        c = t["combo"]
+        lines.append(f"| {c[0]} | {c[1]} | {summary[c][0]:.2f} | {summary[c][1]:.2f}× | "
+                     f"{t['mean']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}] | "
+                     f"{t['p_holm']:.3g} |")
+    lines.append("")
+    # 5. methods, with 1-4 fixed
+    per_pair = {p: m for p in results if (m := method_results(results[p], *chosen, pool))}
+    runs = len(per_pair)
+    recommended = {p: max(m, key=lambda k: m[k]["val"]) for p, m in per_pair.items()}
+    family = []
+    for dataset in datasets:
+        mine = {p: m for p, m in per_pair.items() if p[0] == dataset}
+        if len(mine) < 2:
+            continue
+        better_base = max(BASELINES, key=lambda b: statistics.mean(
+            m[b]["test"] for m in mine.values()))
+        for recipe in ("lp-ft", "llrd", "lp-bw"):
+            family.append({**paired(f"{recipe} − {better_base} ({dataset})", [
+                (m[recipe]["test"] - m[better_base]["test"]) * 100 for m in mine.values()
+                if recipe in m]), "recipe": recipe, "dataset": dataset})
+    with_holm(family)
+    kept = []
+    for recipe in ("lp-ft", "llrd", "lp-bw"):
+        times = sum(r == recipe for r in recommended.values())
+        wins = [t for t in family if t["recipe"] == recipe and t["mean"] > 0
+                and t["p_holm"] < ALPHA]
+        verdict = "kept in the default" if times >= 3 or wins else "an option only"
+        if times >= 3 or wins:
+            kept.append(recipe)
+        lines.append(f"5. **{recipe}: {verdict}**{'' if runs >= runs_planned else ' (provisional)'}"
+                     f" — recommended on {times} of {runs} runs (≥ 3 of {runs_planned} needed); "
+                     + "; ".join(f"{t['dataset']}: {t['mean']:+.2f} points [{t['low']:+.2f}, "
+                                 f"{t['high']:+.2f}], Holm p {t['p_holm']:.3g}"
+                                 for t in family if t["recipe"] == recipe) + ".")
+    # 6. reuse bias of the recommendation
+    if per_pair:
+        methods = ["baseline-I", "baseline-II", "pick", *kept]
+        regrets, bias = [], {}
+        for m in per_pair.values():
+            keep = {k: v for k, v in m.items() if k in methods}
+            rec = max(keep, key=lambda k: keep[k]["val"])
+            regrets.append((max(v["test"] for v in keep.values()) - keep[rec]["test"]) * 100)
+            for k, v in keep.items():
+                bias.setdefault(k, []).append((v["val"] - v["test"]) * 100)
+        regret = statistics.mean(regrets)
+        lines.append(
+            f"6. **Reuse bias**: the recommendation's mean regret (best test among the methods "
+            f"− the recommended one's) is {regret:.2f} points over {len(regrets)} runs: "
+            + ("over 1 point, the report must say so in its verdict" if regret > 1 else
+               "at most 1 point, the report states it") + "; final val − test per method: "
+            + ", ".join(f"{k} {statistics.mean(v):+.2f}" for k, v in bias.items()) + " points.")
+        # the answer per dataset, Holm over the datasets
+        answers = []
+        for dataset in datasets:
+            mine = [m for p, m in per_pair.items() if p[0] == dataset]
+            if len(mine) < 2:
+                continue
+            better_base = max(BASELINES, key=lambda b: statistics.mean(m[b]["test"] for m in mine))
+            gaps = []
+            for m in mine:
+                keep = {k: v for k, v in m.items() if k in methods}
+                rec = max(keep, key=lambda k: keep[k]["val"])
+                gaps.append((keep[rec]["test"] - m[better_base]["test"]) * 100)
+            answers.append({**paired(dataset, gaps), "dataset": dataset, "base": better_base})
+        with_holm(answers)
+        lines += ["", "| dataset | seeds | recommendation − better baseline (points) [95% CI] "
+                  "| Holm p | claim |", "|---|---|---|---|---|"]
+        for a in answers:
+            claim = ("better" if a["low"] > 0 and a["p_holm"] < ALPHA else
+                     "at least as good" if a["low"] >= -0.5 else
+                     "worse" if a["high"] < 0 else "not shown")
+            lines.append(f"| {a['dataset']} | {a['n']} | {a['mean']:+.2f} [{a['low']:+.2f}, "
+                         f"{a['high']:+.2f}] vs {a['base']} | {a['p_holm']:.3g} | {claim} |")
+    return lines + [""]
+
+
 def fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{value:.{digits}f}"
@@ -212,6 +409,8 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
               + ", ".join(f"{d} {s}" for d, s in pairs), ""]
     if not pairs:
         return "\n".join(lines) + "\n"
+    oracle_pairs = [p for p in pairs if "block|val" in results[p]]
+    lines += decide(results, oracle_pairs, datasets, runs_planned=3 * len(seeds))
     lines += ["## 1. Scoring pool: Spearman(score, oracle test)", "",
               "| strategy | pool | mean Spearman [95% CI] | per pair |", "|---|---|---|---|"]
     for strategy in STRATEGIES:
@@ -330,6 +529,9 @@ def main() -> None:
                                                 labels["test"], len(seed_run.walk.layers))
             recipe_rows = read_csv(folder / "recipes.csv")
             if len(recipe_rows) == 3:
+                results[(dataset, seed)]["recipes"] = {
+                    r["method"]: {"val": float(r["val_acc"]), "test": float(r["test_acc"])}
+                    for r in recipe_rows if r["status"] == "ok"}
                 pick = results[(dataset, seed)]["block|val"]["rules"][DEFAULT[1]]["pick"]
                 results[(dataset, seed)]["answer"] = answer(oracle_rows, recipe_rows, pick)
             text = tables(results, datasets, seeds, commit, overrides)
