@@ -338,10 +338,11 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
         if times >= 3 or wins:
             kept.append(recipe)
         lines.append(f"5. **{recipe}: {verdict}**{'' if runs >= runs_planned else ' (provisional)'}"
-                     f" — recommended on {times} of {runs} runs (≥ 3 of {runs_planned} needed); "
-                     + "; ".join(f"{t['dataset']}: {t['mean']:+.2f} points [{t['low']:+.2f}, "
-                                 f"{t['high']:+.2f}], Holm p {t['p_holm']:.3g}"
-                                 for t in family if t["recipe"] == recipe) + ".")
+                     f" — recommended on {times} of {runs} runs (≥ 3 of {runs_planned} needed)"
+                     + "".join(f"; {t['dataset']}: {t['mean']:+.2f} points [{t['low']:+.2f}, "
+                               f"{t['high']:+.2f}] vs the better baseline, Holm p "
+                               f"{t['p_holm']:.3g}" for t in family if t["recipe"] == recipe)
+                     + ".")
     # 6. reuse bias of the recommendation
     if per_pair:
         methods = ["baseline-I", "baseline-II", "pick", *kept]
@@ -354,7 +355,8 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
                 bias.setdefault(k, []).append((v["val"] - v["test"]) * 100)
         regret = statistics.mean(regrets)
         lines.append(
-            f"6. **Reuse bias**: the recommendation's mean regret (best test among the methods "
+            f"6. **Reuse bias**{'' if runs >= runs_planned else ' (provisional)'}: the "
+            "recommendation's mean regret (best test among the methods "
             f"− the recommended one's) is {regret:.2f} points over {len(regrets)} runs: "
             + ("over 1 point, the report must say so in its verdict" if regret > 1 else
                "at most 1 point, the report states it") + "; final val − test per method: "
@@ -381,7 +383,10 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
                      "worse" if a["high"] < 0 else "not shown")
             lines.append(f"| {a['dataset']} | {a['n']} | {a['mean']:+.2f} [{a['low']:+.2f}, "
                          f"{a['high']:+.2f}] vs {a['base']} | {a['p_holm']:.3g} | {claim} |")
-    return lines + [""]
+    spaced = []  # each decision its own paragraph
+    for line in lines:
+        spaced += [line, ""] if line[:1].isdigit() else [line]
+    return spaced + [""]
 
 
 def fmt(value: float, digits: int = 3) -> str:
