@@ -18,6 +18,10 @@ Per (dataset, seed), seed-major so that every dataset gains seeds at the same pa
 3. the **recipes** (``--methods``): LP-FT, LLRD and LP-BW (on today's default pick: ``block``,
    ``last-quarter``, val) fine-tuned as finals → ``recipes.csv``.
 
+``--product-datasets caltech101 --decided POOL,STRATEGY,RULE``: once criteria 1–4 are decided
+on the oracle pairs, the datasets without an oracle are run as the product is (``blocktune run``
+with those defaults and the recipes as methods), for criteria 5 and 6 and the answer.
+
 Then the tables the protocol names: Spearman(score, oracle test) per pool; per strategy × rule
 × pool the pick's regret and top-1 hit, its verdict against both baselines and its cost as a
 ratio to today's default (``block``, ``last-quarter``, ``val``, every candidate trained).
@@ -57,8 +61,8 @@ from blocktune.io import (  # noqa: E402
 )
 from blocktune.plan import parse_indices  # noqa: E402
 from blocktune.records import CandidateRow  # noqa: E402
-from blocktune.runfolder import SeedFolder  # noqa: E402
-from blocktune.search import BASELINES, SeedRun, load_images  # noqa: E402
+from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
+from blocktune.search import BASELINES, SeedRun, load_images, run  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
 from blocktune.stats import (  # noqa: E402
     compare_over_seeds,
@@ -225,6 +229,8 @@ def method_results(result: dict, strategy: str, rule: str, pool: str) -> dict | 
     """Per method its final (val, test) on one pair under the given defaults: both baselines,
     the rule's pick (from the oracle: the same fine-tune the product makes) and the recipes;
     None until the pair's recipes are done."""
+    if "product" in result:  # a product run (no oracle) made with these decisions
+        return result["product"] if result["decided"] == [pool, strategy, rule] else None
     key = f"{strategy}|{pool}"
     if key not in result or "recipes" not in result:
         return None
@@ -416,6 +422,7 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
         return "\n".join(lines) + "\n"
     oracle_pairs = [p for p in pairs if "block|val" in results[p]]
     lines += decide(results, oracle_pairs, datasets, runs_planned=3 * len(seeds))
+    pairs = oracle_pairs  # the tables below need the oracle
     lines += ["## 1. Scoring pool: Spearman(score, oracle test)", "",
               "| strategy | pool | mean Spearman [95% CI] | per pair |", "|---|---|---|---|"]
     for strategy in STRATEGIES:
@@ -481,6 +488,29 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
     return "\n".join(lines) + "\n"
 
 
+def product_folder(out: Path, dataset: str, seed: int, decided: list[str]) -> Path:
+    return out / dataset / f"run_{seed}_{'_'.join(decided)}"
+
+
+def product(dataset: str, seed: int, decided: list[str], out: Path, overrides: dict,
+            train: bool = True) -> dict:
+    """A dataset without an oracle (caltech101), run as the product is, with the defaults
+    criteria 1-4 fixed: ``blocktune run`` with that pool, strategy and rule and the recipes as
+    methods; per method its final (val, test). Resumable (it is a run folder)."""
+    pool, strategy, rule = decided
+    config = RunConfig(data=data_spec(dataset), strategies=[strategy], seeds=[seed],
+                       select=rule, score_on=pool, methods=["lp-ft", "llrd", "lp-bw"],
+                       **{**SETTINGS, **overrides})
+    folder = product_folder(out, dataset, seed, decided)
+    if train:
+        log(f"{dataset}, seed {seed}: the product with {pool}, {strategy}, {rule}")
+        run(config, folder, events())
+    finals = RunFolder(folder).seed(seed).read_finals()
+    return {"decided": decided, "product": {
+        "pick" if r.method == strategy else r.method: {"val": r.val_acc, "test": r.test_acc}
+        for r in finals if r.status == "ok"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="tf_flowers,blood_cells")
@@ -490,10 +520,18 @@ def main() -> None:
                         help="print the tables from what is finished; train nothing")
     parser.add_argument("--max-images-per-class", type=int,
                         help="a quick smoke run (not the protocol's: its tables say so)")
+    parser.add_argument("--product-datasets", default="",
+                        help="datasets run as the product, without an oracle (caltech101), "
+                        "once criteria 1-4 are decided: give them with --decided")
+    parser.add_argument("--decided", help="pool,strategy,rule as criteria 1-4 decided them")
     args = parser.parse_args()
+    product_datasets = [d for d in args.product_datasets.split(",") if d]
+    decided = args.decided.split(",") if args.decided else None
+    if product_datasets and (decided is None or len(decided) != 3):
+        parser.error("--product-datasets needs --decided pool,strategy,rule (criteria 1-4)")
     overrides = {"max_images_per_class": args.max_images_per_class} \
         if args.max_images_per_class else {}
-    datasets = args.datasets.split(",")
+    datasets = [d for d in args.datasets.split(",") if d]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -544,7 +582,15 @@ def main() -> None:
             atomic_write_json(out / "answer.json",
                               {f"{d}|{s}": r for (d, s), r in results.items()})
             del seed_run
-    print(tables(results, datasets, seeds, commit, overrides))
+        for dataset in product_datasets:
+            folder = product_folder(out, dataset, seed, decided)
+            if args.report_only and not RunFolder(folder).seed(seed).finals.exists():
+                continue
+            results[(dataset, seed)] = product(dataset, seed, decided, out, overrides,
+                                               train=not args.report_only)
+            atomic_write_text(out / "answer.md", tables(results, datasets + product_datasets,
+                                                        seeds, commit, overrides))
+    print(tables(results, datasets + product_datasets, seeds, commit, overrides))
 
 
 if __name__ == "__main__":
