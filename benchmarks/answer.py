@@ -488,6 +488,28 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
     return "\n".join(lines) + "\n"
 
 
+def retimed(rows: list[CandidateRow], refits: list[CandidateRow], again: SeedFolder
+            ) -> tuple[list[CandidateRow], list[CandidateRow]]:
+    """The rows with the seconds of the same search run again (``--search-only``) on an idle
+    machine; the rows must otherwise be identical (training is deterministic on one device)."""
+    if not again.candidates.exists():
+        return rows, refits
+    out = []
+    for mine, theirs in ((rows, again.read_candidates()), (refits, again.read_refits())):
+        by_key = {r.key: r for r in theirs}
+        fixed = []
+        for r in mine:
+            twin = by_key[r.key]
+            same_score = twin.score == r.score or (math.isnan(twin.score) and math.isnan(r.score))
+            assert (twin.val_acc, twin.val_pred) == (r.val_acc, r.val_pred) and same_score, \
+                f"{r.key} differs when run again"
+            fixed.append(dataclasses.replace(r, seconds=twin.seconds,
+                                             score_seconds=twin.score_seconds))
+        out.append(fixed)
+    log(f"  seconds from {again.root}")
+    return out[0], out[1]
+
+
 def product_folder(out: Path, dataset: str, seed: int, decided: list[str]) -> Path:
     return out / dataset / f"run_{seed}_{'_'.join(decided)}"
 
@@ -524,6 +546,12 @@ def main() -> None:
                         help="datasets run as the product, without an oracle (caltech101), "
                         "once criteria 1-4 are decided: give them with --decided")
     parser.add_argument("--decided", help="pool,strategy,rule as criteria 1-4 decided them")
+    parser.add_argument("--search-only", action="store_true",
+                        help="search and refits only (to time a search again on an idle machine)")
+    parser.add_argument("--seconds-from", type=Path,
+                        help="an --out of --search-only runs: their candidates' and refits' "
+                        "seconds replace the recorded ones where the search shared the cores "
+                        "with other work (the rows themselves must be identical)")
     args = parser.parse_args()
     product_datasets = [d for d in args.product_datasets.split(",") if d]
     decided = args.decided.split(",") if args.decided else None
@@ -560,6 +588,9 @@ def main() -> None:
                 # the groups each rule asks re-trained, as ranked by either pool
                 seed_run.refit(as_pool(rows, "val"), rules=list(RULES))
                 refits = seed_run.refit(rows, rules=list(RULES))
+                if args.search_only:
+                    seed_run.close()
+                    continue
                 oracle(seed_run, rows, folder / "oracle.csv")
                 recipes(seed_run, rows, folder / "recipes.csv")
                 log(f"{dataset}, seed {seed}: {time.perf_counter() - started:.0f} s")
@@ -567,6 +598,9 @@ def main() -> None:
             oracle_rows = read_csv(folder / "oracle.csv")
             if len(oracle_rows) < len([r for r in rows if r.status == "ok"]):
                 continue
+            if args.seconds_from is not None:
+                rows, refits = retimed(rows, refits,
+                                       SeedFolder(args.seconds_from / dataset / f"seed_{seed}"))
             labels = split_labels(SeedFolder(folder).splits)
             results[(dataset, seed)] = evaluate(rows, refits, oracle_rows, labels["val"],
                                                 labels["test"], len(seed_run.walk.layers))
