@@ -290,8 +290,10 @@ def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
                 + (f" (layers {region[0]}–{region[1]}, shaded in the plot)" if region else "")
                 + ".")
     if recorded is not None and region and not config.get("search_all", False):
-        sentence += (f" Only the {recorded.get('candidates', '?')} candidates there were "
-                     "searched: the rule can pick no other (`--search-all` trains all).")
+        count = recorded.get("candidates", "?")
+        sentence += (" Only the candidate there was searched" if count == 1 else
+                     f" Only the {count} candidates there were searched") + (
+            ": the rule can pick no other (`--search-all` trains all).")
     if fallback:
         sentence += f" Here {fallback}."
     if final is None:
@@ -395,7 +397,8 @@ def build_report(folder: str | Path) -> Path:
             failed = sum(r.status == "failed" for r in mine)
             finished = sum(r.status == "ok" for r in mine)
             pruned = any(r.status == "rung" for r in mine)
-            parts += ["", f"### {label(method)}: {len(groups)} candidates"
+            parts += ["", f"### {label(method)}: {len(groups)} candidate"
+                      + ("" if len(groups) == 1 else "s")
                       + (f", {finished} trained to the end (successive halving)" if pruned
                          else "") + (f", {failed} failed" if failed else ""), ""]
             chosen, region, sentence = _choice_of(method, mine, config, choices.get(method),
