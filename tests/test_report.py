@@ -41,6 +41,9 @@ def test_assessment_pairs_every_method_with_each_baseline(finished_run):
             comparison.difference.high
     lines = assessment.lines()
     assert lines[0].startswith("**Recommended: ")
+    # the recommendation's val was reused by its own early stopping: the gap to test is stated
+    gap = (float(best["val_acc"]) - float(best["test_acc"])) * 100
+    assert f"val − test {gap:+.1f} points: val also steered the finals'" in lines[0]
     assert any(line.startswith("BW vs Baseline I: ") for line in lines)
 
 

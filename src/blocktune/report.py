@@ -84,7 +84,10 @@ class Assessment:
                        + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
                           if others else "")
                        + f". Its test accuracy: {best.test.fraction()}"
-                       + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "") + ".")
+                       + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
+                       + f"; val − test {(best.val.value - best.test.value) * 100:+.1f} points: "
+                       "val also steered the finals' early stopping and schedule, so a final's "
+                       "val accuracy is optimistic, and test is the figure to expect.")
         said = set()
         for comparison in [*self.versus_recommended, *self.versus_baselines]:
             pair = frozenset((comparison.a, comparison.b))
