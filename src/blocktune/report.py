@@ -210,7 +210,8 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
     baselines' search scores as reference lines and the best candidate's 95% interval as the
     search's noise band: candidates inside it are not told apart by this val split.
     ``region``: the first and last layer of the part of the model the selection rule picks
-    from, shaded."""
+    from, shaded. With ``--score-on val+train`` the candidates' pooled scores are drawn (what
+    ranked them), the band on as many images as they were scored on."""
     def at(status: str, rung: str | None = None) -> list[dict]:
         return sorted((r for r in rows if r.strategy == method and r.status == status
                        and (rung is None or r.rung == rung)), key=lambda r: (r.first, r.last))
@@ -219,35 +220,43 @@ def _candidate_plot(rows: list[dict], method: str, path: Path, title: str,
         return (r.first + r.last) / 2
 
     mine = at("ok")
+    pooled = any(not math.isnan(r.score) and r.score_images > val_images for r in mine)
+
+    def y(r) -> float:
+        return r.ranking_score if pooled else r.val_acc
+
     fig, ax = plt.subplots(figsize=(9, 3.2))
     first_rung = at("rung", min((r.rung for r in rows if r.status == "rung"), default=None))
     if first_rung:  # a pruned search: every candidate's score at the first rung, for context
-        ax.plot([x(r) for r in first_rung], [r.val_acc for r in first_rung],
+        ax.plot([x(r) for r in first_rung], [y(r) for r in first_rung],
                 marker=".", ms=3, lw=0.8, color="0.6",
                 label=f"after {first_rung[0].rung} epoch(s), all candidates")
-    ax.plot([x(r) for r in mine], [r.val_acc for r in mine], marker="o", ms=3, lw=1,
+    ax.plot([x(r) for r in mine], [y(r) for r in mine], marker="o", ms=3, lw=1,
             label="trained to the end" if first_rung else None)
     top = choose(rows, method)
-    if top is not None and val_images:
-        band = accuracy_interval(round(top.val_acc * val_images), val_images)
+    images = top.score_images if top is not None and pooled else val_images
+    if top is not None and images:
+        band = accuracy_interval(round(y(top) * images), images)
         ax.axhspan(band.low, band.high, color="C0", alpha=0.12,
-                   label=f"best candidate's 95% interval ({val_images} val images)")
+                   label=f"best candidate's 95% interval ({images} "
+                         f"{'val + train' if pooled else 'val'} images)")
     for baseline, style in ((BASELINE_I, "--"), (BASELINE_II, ":")):
         searched = next((r for r in rows if r.strategy == baseline and r.status == "ok"),
                         None)
         if searched is not None:
-            ax.axhline(searched.val_acc, color="0.3", ls=style, lw=1.2,
-                       label=f"{label(baseline)} {searched.val_acc:.3f}")
+            ax.axhline(y(searched), color="0.3", ls=style, lw=1.2,
+                       label=f"{label(baseline)} {y(searched):.3f}")
     if region is not None:
         ax.axvspan(region[0] - 0.5, region[1] + 0.5, color="C2", alpha=0.1,
                    label="the rule picks from here")
     best = chosen or top
     if best is not None:
-        ax.scatter([x(best)], [best.val_acc], s=120, facecolors="none", edgecolors="C3", lw=2,
+        ax.scatter([x(best)], [y(best)], s=120, facecolors="none", edgecolors="C3", lw=2,
                    label="chosen" if chosen else "best by search val (no choice yet)",
                    zorder=3)
     ax.legend(loc="best", fontsize=7, ncol=2)
-    ax.set(xlabel="layer index of the candidate (input → output)", ylabel="val accuracy",
+    ax.set(xlabel="layer index of the candidate (input → output)",
+           ylabel="score: accuracy on val + train" if pooled else "val accuracy",
            title=title)
     fig.tight_layout()
     return _save(fig, path)
