@@ -552,7 +552,11 @@ def main() -> None:
                         help="an --out of --search-only runs: their candidates' and refits' "
                         "seconds replace the recorded ones where the search shared the cores "
                         "with other work (the rows themselves must be identical)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (two processes of one thread each use 2 cores "
+                        "better than one of two)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     product_datasets = [d for d in args.product_datasets.split(",") if d]
     decided = args.decided.split(",") if args.decided else None
     if product_datasets and (decided is None or len(decided) != 3):
@@ -628,5 +632,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     sys.exit(main())
