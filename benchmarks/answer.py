@@ -374,20 +374,31 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
             if len(mine) < 2:
                 continue
             better_base = max(BASELINES, key=lambda b: statistics.mean(m[b]["test"] for m in mine))
-            gaps = []
+            gaps, recs = [], []
             for m in mine:
                 keep = {k: v for k, v in m.items() if k in methods}
                 rec = max(keep, key=lambda k: keep[k]["val"])
+                recs.append(keep[rec]["test"])
                 gaps.append((keep[rec]["test"] - m[better_base]["test"]) * 100)
-            answers.append({**paired(dataset, gaps), "dataset": dataset, "base": better_base})
+            tests = {k: interval_text([m[k]["test"] for m in mine if k in m], 3)
+                     for k in ("baseline-I", "baseline-II", "pick", "lp-ft", "llrd", "lp-bw")}
+            answers.append({**paired(dataset, gaps), "dataset": dataset, "base": better_base,
+                            "tests": tests, "recommendation": interval_text(recs, 3)})
         with_holm(answers)
-        lines += ["", "| dataset | seeds | recommendation − better baseline (points) [95% CI] "
-                  "| Holm p | claim |", "|---|---|---|---|---|"]
+        recipes_text = ", ".join(kept) or "none"
+        lines += ["", f"The answer: test accuracy, mean over seeds [95% t-interval]; the pick is "
+                  f"`{chosen[0]}` by `{chosen[1]}` scored on `{pool}`; the recommendation is "
+                  f"the best final val among both baselines, the pick and the recipes kept by "
+                  f"5 ({recipes_text}); claim words as the protocol fixes them.", "",
+                  "| dataset | seeds | Baseline I | Baseline II | pick | LP-FT | LLRD | LP-BW "
+                  "| recommendation | − better baseline (points) | Holm p | claim |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in answers:
             claim = ("better" if a["low"] > 0 and a["p_holm"] < ALPHA else
                      "at least as good" if a["low"] >= -0.5 else
                      "worse" if a["high"] < 0 else "not shown")
-            lines.append(f"| {a['dataset']} | {a['n']} | {a['mean']:+.2f} [{a['low']:+.2f}, "
+            lines.append(f"| {a['dataset']} | {a['n']} | " + " | ".join(a["tests"].values())
+                         + f" | {a['recommendation']} | {a['mean']:+.2f} [{a['low']:+.2f}, "
                          f"{a['high']:+.2f}] vs {a['base']} | {a['p_holm']:.3g} | {claim} |")
     spaced = []  # each decision its own paragraph
     for line in lines:
