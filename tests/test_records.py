@@ -83,3 +83,11 @@ def test_a_damaged_cell_is_one_line_naming_the_file(tmp_path):
     atomic_write_csv(tmp_path / "finals.csv", [missing], list(missing))
     with pytest.raises(BlocktuneError, match="finals.csv"):
         read_finals(tmp_path / "finals.csv")
+
+
+def test_a_score_carries_its_standard_error_on_the_images_it_was_measured_on():
+    row = candidate(score=0.8, score_images=400)
+    assert row.score_se == pytest.approx(0.02)
+    assert candidate(score=math.nan, val_acc=0.5, score_images=100).score_se == \
+        pytest.approx(0.05)  # an older row: its val accuracy is its score
+    assert math.isnan(candidate(score_images=0).score_se)

@@ -76,6 +76,15 @@ class CandidateRow:
         return self.val_acc if math.isnan(self.score) else self.score
 
     @property
+    def score_se(self) -> float:
+        """The ranking score's binomial standard error on the images it was measured on
+        (nan when their number was not recorded)."""
+        if not self.score_images:
+            return math.nan
+        p = self.ranking_score
+        return math.sqrt(p * (1 - p) / self.score_images)
+
+    @property
     def key(self) -> tuple[str, str, str]:
         """(method, layer indices, rung): what a resume matches rows by."""
         return (self.strategy, self.layer_indices, str(self.rung))

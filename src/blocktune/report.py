@@ -296,7 +296,11 @@ def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
             "No choice recorded: the search ended before the finals"
             + (f"; the best by search val so far is **{best.layers}** ({best.val_acc:.3f})"
                if best is not None else "") + ".")
-    sentence = (f"Chosen: **{chosen.layers}** (search val {chosen.val_acc:.3f}, "
+    pooled = config.get("score_on", "val") != "val"
+    score = (f"search score {chosen.ranking_score:.3f} ± {chosen.score_se:.3f} (standard "
+             f"error, {chosen.score_images} {'val + train' if pooled else 'val'} images)"
+             if chosen.score_images else f"search val {chosen.val_acc:.3f}")
+    sentence = (f"Chosen: **{chosen.layers}** ({score}, "
                 f"{chosen.trained_params:,} trained parameters) by the `{rule}` rule: "
                 f"{help_text}"
                 + (f" (layers {region[0]}–{region[1]}, shaded in the plot)" if region else "")
