@@ -148,16 +148,19 @@ def test_a_pooled_score_on_ray_is_the_local_one(data, tmp_path, local_ray, one_t
     assert all(int(r["score_images"]) > 12 for r in rows)  # more than val's images
 
 
-def test_the_recipes_on_ray_are_the_local_ones(data, tmp_path, local_ray, one_thread):
-    # LP-FT, LLRD and LP-BW finals as Ray trials: the worker trains the recipe its id names
-    config = dict(max_candidates=2, methods=["lp-ft", "llrd", "lp-bw"])
+def test_the_recipes_and_top_on_ray_are_the_local_ones(data, tmp_path, local_ray, one_thread):
+    # LP-FT, LLRD and LP-BW finals as Ray trials: the worker trains the recipe its id names;
+    # the top strategy's candidates (from a stage to the output) are trials like any other
+    config = dict(max_candidates=2, methods=["lp-ft", "llrd", "lp-bw"],
+                  strategies=["block", "top"], search_all=True)
     run(tiny_config(data, **config), tmp_path / "local")
     run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
     fields = [*FINAL_FIELDS, "epochs"]
     assert table(tmp_path / "ray", "finals.csv", fields) == \
         table(tmp_path / "local", "finals.csv", fields)
+    assert table(tmp_path / "ray") == table(tmp_path / "local")
     methods = {r["method"] for r in read_csv(tmp_path / "ray" / "seed_0" / "finals.csv")}
-    assert {"lp-ft", "llrd", "lp-bw"} <= methods
+    assert {"lp-ft", "llrd", "lp-bw", "top"} <= methods
 
 
 def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, local_ray,
