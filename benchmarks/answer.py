@@ -100,6 +100,25 @@ def as_pool(rows: list[CandidateRow], pool: str) -> list[CandidateRow]:
     return [dataclasses.replace(r, score=math.nan) for r in rows]
 
 
+def split_half_reliability(correct: np.ndarray, splits: int = 200, seed: int = 0) -> float:
+    """How reliably a set of images ranks the candidates: ``correct`` is candidates × images
+    (1 where the candidate got the image right). The Spearman correlation between the
+    candidates' accuracies on two random halves of the images, stepped up to the whole set
+    (Spearman-Brown), averaged over ``splits`` halvings. The rank correlation of two such
+    noisy measurements cannot exceed about the square root of the product of their
+    reliabilities: the ceiling for Spearman(score, oracle test) at these sizes."""
+    rng = np.random.default_rng(seed)
+    n = correct.shape[1]
+    values = []
+    for _ in range(splits):
+        order = rng.permutation(n)
+        a, b = correct[:, order[: n // 2]].mean(1), correct[:, order[n // 2:]].mean(1)
+        r = spearman(a.tolist(), b.tolist())
+        if not math.isnan(r):
+            values.append(2 * r / (1 + r) if r > -1 else -1.0)
+    return float(np.mean(values)) if values else math.nan
+
+
 def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: list[dict],
              val_labels: np.ndarray, test_labels: np.ndarray, num_layers: int) -> dict:
     """Per strategy × pool: Spearman, and per rule the pick, its regret, hit, verdicts, cost."""
@@ -118,6 +137,12 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
             continue
         tests = {r.layer_indices: float(by_group[r.layer_indices]["test_acc"]) for r in cands}
         best = max(cands, key=lambda r: tests[r.layer_indices])
+        # how well the val split and the test split can rank these candidates at all
+        oracle_rel = split_half_reliability(np.stack([correct(by_group[r.layer_indices])
+                                                      for r in cands]).astype(float))
+        val_rel = split_half_reliability(np.stack([
+            np.asarray(r.val_pred) == val_labels for r in cands]).astype(float)) \
+            if all(r.val_pred for r in cands) else math.nan
         train_seconds = sum(r.seconds - r.score_seconds for r in cands)
         refit_rows = {r.layer_indices: r for r in refits if r.strategy == strategy}
         for pool in POOLS:
@@ -125,6 +150,7 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
             entry = {"spearman": spearman([r.ranking_score for r in ranked],
                                           [tests[r.layer_indices] for r in ranked]),
                      "candidates": len(cands), "best_test": tests[best.layer_indices],
+                     "oracle_reliability": oracle_rel, "val_reliability": val_rel,
                      "train_seconds": train_seconds, "rules": {}}
             view = SearchView(ranked, num_layers=num_layers, val_labels=val_labels,
                               refits=refit_rows)
@@ -449,6 +475,23 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
                  if f"{strategy}|val" in results[p]]
         if diffs:
             lines.append(f"\n{strategy}: val+train − val, paired: {interval_text(diffs)}")
+    lines += ["", "How rankable the candidates are at these sizes (split-half reliability of "
+              "the candidates' ranking, Spearman-Brown to the whole split; a Spearman between "
+              "two noisy rankings cannot exceed about √(product)):", "",
+              "| strategy | val split | test split (the oracle) | ceiling for val | per pair "
+              "(val / test) |", "|---|---|---|---|---|"]
+    for strategy in STRATEGIES:
+        got = [results[p][f"{strategy}|val"] for p in pairs if f"{strategy}|val" in results[p]]
+        if not got:
+            continue
+        val_rel = [g["val_reliability"] for g in got]
+        test_rel = [g["oracle_reliability"] for g in got]
+        ceiling = [math.sqrt(max(v, 0) * max(t, 0)) for v, t in zip(val_rel, test_rel,
+                                                                     strict=True)]
+        lines.append(f"| {strategy} | {interval_text(val_rel)} | {interval_text(test_rel)} | "
+                     f"{interval_text(ceiling)} | " + ", ".join(
+                         f"{v:.2f} / {t:.2f}" for v, t in zip(val_rel, test_rel, strict=True))
+                     + " |")
     lines += ["", "## 2–4. Strategy × rule × pool", "",
               "| strategy | rule | pool | mean regret [95% CI] | top-1 hit | hit within noise "
               "| vs better baseline (mean) | cost vs today's default |",
