@@ -14,6 +14,10 @@ read back with :func:`blocktune.report.assess`, so every number here is what ``b
 report`` says. Writes ``paper_table.md`` and ``paper_table.csv`` after every model: the run
 can be interrupted and resumed at any point, and ``--report-only`` prints what is there.
 
+``--reuse MODEL=FOLDER`` starts a model's first-rule folder as a copy of a run that already
+holds its block search and finals with the same settings (the protocol's caltech101 product
+runs, ``benchmarks/answer.py``), so nothing is trained twice.
+
 Per model: test accuracy (mean over seeds with its Student-t 95% interval) of Baseline I,
 Baseline II, BW (the rule) and BW (max-val); BW against each baseline as the mean of the
 seeds' paired differences with its interval and a verdict; the quarter of the model where the
@@ -240,6 +244,26 @@ def claims(results: dict, rule: str) -> str:
     return "\n".join(out)
 
 
+def reused(source: Path, folder: Path, config: RunConfig) -> RunConfig:
+    """Start ``folder`` as a copy of ``source``, a run of the same model, data and settings
+    (its extra keys, e.g. the recipes as methods or the scoring pool, are kept so that the copy
+    resumes without training what it holds); the config to resume it with. A source whose
+    settings differ is not used: the table then trains its own."""
+    saved = RunFolder(source).saved_config() if RunFolder(source).is_run() else None
+    same = ("model", "data", "head", "image_size", "epochs", "final_epochs", "pretrained",
+            "max_images_per_class")
+    mine = config.to_dict()
+    if saved is None or saved.get("strategies") != ["block"] or any(
+            saved.get(k) != mine.get(k) for k in same):
+        log(f"  not reusing {source}: not a block run with these settings")
+        return config
+    if not folder.exists():
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(
+            "tensorboard", "export", "*.lock", "run.pid"))
+        log(f"  reusing {source}")
+    return RunConfig.from_dict({**saved, "seeds": config.seeds, "select": config.select})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tf_efficientnet_lite0,tf_efficientnet_lite1,"
@@ -257,7 +281,12 @@ def main() -> None:
                         help="random weights (a quick check of the script itself)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", default="runs/paper")
+    parser.add_argument("--reuse", action="append", default=[], metavar="MODEL=FOLDER",
+                        help="a run folder that already holds this model's block search and "
+                        "finals with these settings (the protocol's caltech101 product runs): "
+                        "copied as the first rule's folder instead of training it again")
     args = parser.parse_args()
+    reuse = dict(item.split("=", 1) for item in args.reuse)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     rules = [args.select] + (["max-val"] if args.select != "max-val" else [])
@@ -279,6 +308,8 @@ def main() -> None:
                                        epochs=args.epochs, final_epochs=args.final_epochs,
                                        select=rule, pretrained=args.pretrained,
                                        max_images_per_class=args.max_images_per_class)
+                    if model in reuse and head == "linear":
+                        config = reused(Path(reuse[model]), folder, config)
                     log(f"{name}, rule {rule}: {folder}")
                     run(config, folder)
                 if RunFolder(folder).is_run() and finished(folder, seeds, rule):
