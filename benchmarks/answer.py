@@ -268,15 +268,18 @@ def method_results(result: dict, strategy: str, rule: str, pool: str) -> dict | 
     return out
 
 
-def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -> list[str]:
+def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
+           ) -> tuple[list[str], dict]:
     """The protocol's criteria 1-6 applied as written (PROTOCOL.md), each fixing what the next
-    uses; every line says what it rests on."""
+    uses: the markdown (every line says what it rests on) and the decisions (pool, strategy,
+    rule, kept recipes, reuse regret, and per dataset the answer with its claim)."""
+    decision: dict = {}
     lines = ["## Decisions by the pre-registered criteria", "",
              f"On {len(pairs)} oracle pair(s); the protocol asks for 10. Until then each line "
              "is provisional and says so.", ""]
     provisional = " (provisional)" if len(pairs) < 10 else ""
     if not pairs:
-        return lines
+        return lines, decision
     # 1. pool, on today's default strategy and rule (block, last-quarter)
     diffs = [results[p]["block|val+train"]["spearman"] - results[p]["block|val"]["spearman"]
              for p in pairs]
@@ -287,6 +290,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
                            for p in pairs)
     pool = "val+train" if spear and spear["mean"] > 0 and spear["low"] > 0 \
         and cost <= MAX_COST else "val"
+    decision["pool"] = pool
     lines.append(
         f"1. **Pool: `{pool}`**{provisional}. Spearman (block) val+train − val: "
         + (f"{spear['mean']:+.2f} [{spear['low']:+.2f}, {spear['high']:+.2f}] over "
@@ -329,6 +333,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
         tied = [c for c in better if summary[c][0] - best_regret <= TIE_POINTS]
         chosen = min(tied, key=lambda c: (summary[c][1], c[0] != "top"))
     lowest = min(eligible, key=order) if eligible else None
+    decision["strategy"], decision["rule"] = chosen
     lines.append(
         f"3–4. **Strategy `{chosen[0]}`, rule `{chosen[1]}`**{provisional}. Lowest mean regret "
         f"among those costing ≤ {MAX_COST}×: "
@@ -375,6 +380,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
                                f"{t['high']:+.2f}] vs the better baseline, Holm p "
                                f"{t['p_holm']:.3g}" for t in family if t["recipe"] == recipe)
                      + ".")
+    decision["kept"] = kept
     # 6. reuse bias of the recommendation
     if per_pair:
         methods = ["baseline-I", "baseline-II", "pick", *kept]
@@ -386,6 +392,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
             for k, v in keep.items():
                 bias.setdefault(k, []).append((v["val"] - v["test"]) * 100)
         regret = statistics.mean(regrets)
+        decision["reuse_regret"] = regret
         lines.append(
             f"6. **Reuse bias**{'' if runs >= runs_planned else ' (provisional)'}: the "
             "recommendation's mean regret (best test among the methods "
@@ -419,17 +426,19 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int) -
                   "| dataset | seeds | Baseline I | Baseline II | pick | LP-FT | LLRD | LP-BW "
                   "| recommendation | − better baseline (points) | Holm p | claim |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        decision["answers"] = {}
         for a in answers:
             claim = ("better" if a["low"] > 0 and a["p_holm"] < ALPHA else
                      "at least as good" if a["low"] >= -0.5 else
                      "worse" if a["high"] < 0 else "not shown")
+            decision["answers"][a["dataset"]] = {**a, "claim": claim}
             lines.append(f"| {a['dataset']} | {a['n']} | " + " | ".join(a["tests"].values())
                          + f" | {a['recommendation']} | {a['mean']:+.2f} [{a['low']:+.2f}, "
                          f"{a['high']:+.2f}] vs {a['base']} | {a['p_holm']:.3g} | {claim} |")
     spaced = []  # each decision its own paragraph
     for line in lines:
         spaced += [line, ""] if line[:1].isdigit() else [line]
-    return spaced + [""]
+    return spaced + [""], decision
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -458,7 +467,7 @@ def tables(results: dict, datasets: list[str], seeds: list[int], commit: str,
     if not pairs:
         return "\n".join(lines) + "\n"
     oracle_pairs = [p for p in pairs if "block|val" in results[p]]
-    lines += decide(results, oracle_pairs, datasets, runs_planned=3 * len(seeds))
+    lines += decide(results, oracle_pairs, datasets, runs_planned=3 * len(seeds))[0]
     pairs = oracle_pairs  # the tables below need the oracle
     lines += ["## 1. Scoring pool: Spearman(score, oracle test)", "",
               "| strategy | pool | mean Spearman [95% CI] | per pair |", "|---|---|---|---|"]
