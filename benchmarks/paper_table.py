@@ -307,7 +307,8 @@ def main() -> None:
                                        strategies=["block"], image_size=args.image_size,
                                        epochs=args.epochs, final_epochs=args.final_epochs,
                                        select=rule, pretrained=args.pretrained,
-                                       max_images_per_class=args.max_images_per_class)
+                                       max_images_per_class=args.max_images_per_class,
+                                       methods=[])  # the paper's three methods, no recipes
                     if model in reuse and head == "linear":
                         config = reused(Path(reuse[model]), folder, config)
                     log(f"{name}, rule {rule}: {folder}")

@@ -92,3 +92,19 @@ def test_a_run_fine_tunes_every_recipe_beside_the_baselines(data, tmp_path):
 
     report = build_report(out).read_text()
     assert "LP-FT vs Baseline I" in report or "Baseline I vs LP-FT" in report
+
+
+@pytest.mark.parametrize(("methods", "recipes"), [(None, {"lp-ft"}), ("", set())])
+def test_lp_ft_is_in_the_default_finals_and_methods_empty_trains_none(data, tmp_path, methods,
+                                                                       recipes):
+    """The pre-registered protocol kept LP-FT in the default finals (benchmarks/PROTOCOL.md,
+    criterion 5); ``--methods ""`` leaves the baselines and the pick only."""
+    from blocktune.cli import main
+
+    from .test_cli import TINY
+
+    out = tmp_path / "run"
+    argv = ["run", *TINY, "--data", str(data), "--max-candidates", "1", "--out", str(out)]
+    assert main(argv + ([] if methods is None else ["--methods", methods])) == 0
+    finals = {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")}
+    assert finals - {"baseline-I", "baseline-II", "block"} == recipes

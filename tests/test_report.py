@@ -6,8 +6,9 @@ import subprocess
 import pytest
 
 from blocktune.io import read_csv
-from blocktune.report import assess, build_report
-from blocktune.search import BASELINE_I, BASELINE_II, run
+from blocktune.plan import label
+from blocktune.report import REUSE_BIAS, assess, build_report
+from blocktune.search import BASELINE_I, run
 
 from .test_search import tiny_config
 
@@ -33,7 +34,7 @@ def test_assessment_pairs_every_method_with_each_baseline(finished_run):
     assert {("BW", "Baseline I"), ("BW", "Baseline II"), ("Baseline II", "Baseline I")} <= pairs
     for comparison in assessment.versus_baselines:
         assert comparison.images == len(finals[BASELINE_I]["test_pred"].split())
-        method = {"BW": "block", "Baseline I": BASELINE_I, "Baseline II": BASELINE_II}
+        method = {label(m): m for m in finals}  # BW, Baseline I, II and the default LP-FT
         expected = float(finals[method[comparison.a]]["test_acc"]) - \
             float(finals[method[comparison.b]]["test_acc"])
         assert comparison.difference.value == pytest.approx(expected, abs=1e-6)
@@ -44,6 +45,7 @@ def test_assessment_pairs_every_method_with_each_baseline(finished_run):
     # the recommendation's val was reused by its own early stopping: the gap to test is stated
     gap = (float(best["val_acc"]) - float(best["test_acc"])) * 100
     assert f"val − test {gap:+.1f} points: val also steered the finals'" in lines[0]
+    assert f"cost {REUSE_BIAS['points']:.1f} points of test accuracy on average" in lines[0]
     assert any(line.startswith("BW vs Baseline I: ") for line in lines)
 
 

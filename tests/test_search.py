@@ -29,7 +29,8 @@ def tiny_config(data, **overrides) -> RunConfig:
     values = dict(model="test_efficientnet", data=str(data), pretrained=False, image_size=32,
                   strategies=["block"], epochs=2, final_epochs=2, batch_size=8, lr=0.01,
                   fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2},
-                  select="max-val")  # the mechanics tests compare with choose(): max-val
+                  select="max-val",  # the mechanics tests compare with choose(): max-val
+                  methods=[])  # and count finals without the default recipe (test_recipes.py)
     values.update(overrides)
     return RunConfig(**values)
 
@@ -101,20 +102,21 @@ def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, c
     from blocktune.cli import main
 
     out = tmp_path / "run"
-    config = tiny_config(image_folder, max_candidates=4)
-    run(tiny_config(image_folder, max_candidates=4, time_budget=0.0), out)
+    recipe = {"methods": ["lp-ft"]}  # the default recipe is counted among the finals
+    config = tiny_config(image_folder, max_candidates=4, **recipe)
+    run(tiny_config(image_folder, max_candidates=4, time_budget=0.0, **recipe), out)
     assert main(["status", str(out)]) == 0
-    assert ("seed 0: search 0 of 2 baselines; 0 of 4 BW; finals 0 of 3 done (left: "
-            "Baseline I, Baseline II, BW)") in capsys.readouterr().out
+    assert ("seed 0: search 0 of 2 baselines; 0 of 4 BW; finals 0 of 4 done (left: "
+            "Baseline I, Baseline II, BW, LP-FT)") in capsys.readouterr().out
     rows = read_csv(out / "seed_0" / "candidates.csv")
     assert rows == []
-    run(tiny_config(image_folder, max_candidates=2), out)  # a budget of two candidates
+    run(tiny_config(image_folder, max_candidates=2, **recipe), out)  # a budget of two
     phases = []
     run(config, out, LambdaCallback(on_phase=phases.append))
     assert "resuming seed 0: 2 of 2 baselines done, 2 of 4 BW candidates done" in phases
     assert main(["status", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "seed 0: search 2 of 2 baselines; 4 of 4 BW; finals 3 of 3 done\n" in printed
+    assert "seed 0: search 2 of 2 baselines; 4 of 4 BW; finals 4 of 4 done\n" in printed
     assert "model.safetensors: saved" in printed
 
 

@@ -657,7 +657,8 @@ def run_status(folder: str | Path) -> list[str]:
                  for method, done, total in progress(settings, rows, planned)]
         finals = [r for r in seed_files.read_finals() if r.status == "ok"]
         methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + list(dict.fromkeys(
-            m for strategy in config.strategies for m, _ in planned(strategy, rows)))
+            m for strategy in config.strategies for m, _ in planned(strategy, rows))) \
+            + list(config.methods)
         left = [label(m) for m in methods if m not in {r.method for r in finals}]
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
                      f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
