@@ -44,7 +44,8 @@ def test_assessment_pairs_every_method_with_each_baseline(finished_run):
     assert lines[0].startswith("**Recommended: ")
     # the recommendation's val was reused by its own early stopping: the gap to test is stated
     gap = (float(best["val_acc"]) - float(best["test_acc"])) * 100
-    assert f"val − test {gap:+.1f} points: val also steered the finals'" in lines[0]
+    gap_text = f"{gap:+.1f}".replace("-", "\u2212")
+    assert f"val − test {gap_text} points: val also steered the finals'" in lines[0]
     assert f"cost {REUSE_BIAS['points']:.1f} points of test accuracy on average" in lines[0]
     assert any(line.startswith("BW vs Baseline I: ") for line in lines)
 

@@ -85,15 +85,15 @@ class Assessment:
             best = first[self.recommended]
             others = sorted((r for m, r in first.items() if m != self.recommended),
                             key=lambda r: -r.val.value)
+            gap = f"{(best.val.value - best.test.value) * 100:+.1f}".replace("-", "\u2212")
             out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): the best final "
                        f"val accuracy, {best.val.fraction()}"
                        + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
                           if others else "")
                        + f". Its test accuracy: {best.test.fraction()}"
                        + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
-                       + f"; val − test {(best.val.value - best.test.value) * 100:+.1f} points: "
-                       "val also steered the finals' early stopping and schedule, so a final's "
-                       "val accuracy is optimistic, and test is the figure to expect. "
+                       + f"; val − test {gap} points: val also steered the finals' early "
+                       "stopping and schedule, so a final's val accuracy is optimistic, and test is the figure to expect. "
                        f"Recommending by it cost {REUSE_BIAS['points']:.1f} points of test "
                        "accuracy on average against the best method in hindsight, over the "
                        f"{REUSE_BIAS['runs']} runs of the pre-registered benchmark "
