@@ -94,11 +94,11 @@ def test_a_run_fine_tunes_every_recipe_beside_the_baselines(data, tmp_path):
     assert "LP-FT vs Baseline I" in report or "Baseline I vs LP-FT" in report
 
 
-@pytest.mark.parametrize(("methods", "recipes"), [(None, {"lp-ft"}), ("", set())])
-def test_lp_ft_is_in_the_default_finals_and_methods_empty_trains_none(data, tmp_path, methods,
-                                                                       recipes):
-    """The pre-registered protocol kept LP-FT in the default finals (benchmarks/PROTOCOL.md,
-    criterion 5); ``--methods ""`` leaves the baselines and the pick only."""
+@pytest.mark.parametrize(("methods", "recipes"), [(None, {"lp-ft", "lp-bw"}), ("", set())])
+def test_lp_ft_and_lp_bw_are_default_finals_and_methods_empty_trains_none(data, tmp_path,
+                                                                          methods, recipes):
+    """The pre-registered protocol kept LP-FT and LP-BW in the default finals
+    (benchmarks/PROTOCOL.md, criterion 5); ``--methods ""`` leaves the baselines and the pick."""
     from blocktune.cli import main
 
     from .test_cli import TINY

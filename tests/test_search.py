@@ -102,7 +102,7 @@ def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, c
     from blocktune.cli import main
 
     out = tmp_path / "run"
-    recipe = {"methods": ["lp-ft"]}  # the default recipe is counted among the finals
+    recipe = {"methods": ["lp-ft"]}  # a recipe is counted among the finals
     config = tiny_config(image_folder, max_candidates=4, **recipe)
     run(tiny_config(image_folder, max_candidates=4, time_budget=0.0, **recipe), out)
     assert main(["status", str(out)]) == 0

@@ -106,12 +106,12 @@ class RunConfig:
                         "(its kept weights also scored on the train split, which the search "
                         "never trains on: forward only, several times the images)",
                         resume=True, choices=("val", "val+train"))
-    methods: list[str] = opt(factory=lambda: ["lp-ft"], help="recipes fine-tuned as finals "
-                             "beside the baselines and each strategy's pick: lp-ft (head first, "
-                             "then all layers; the default, kept by the pre-registered protocol), "
-                             "llrd (all layers, layer-wise learning-rate decay), lp-bw (head "
-                             "first, then the first strategy's pick); '' for none", resume=True,
-                             choices=lambda: RECIPES)
+    methods: list[str] = opt(factory=lambda: ["lp-ft", "lp-bw"], help="recipes fine-tuned as "
+                             "finals beside the baselines and each strategy's pick: lp-ft (head "
+                             "first, then all layers), llrd (all layers, layer-wise learning-rate "
+                             "decay), lp-bw (head first, then the first strategy's pick); the "
+                             "default is what the pre-registered protocol kept; '' for none",
+                             resume=True, choices=lambda: RECIPES)
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0)
