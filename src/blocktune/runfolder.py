@@ -127,6 +127,9 @@ class SeedFolder:
     def write_choices(self, choices: dict[str, dict]) -> None:
         atomic_write_json(self.choices, choices)
 
+# what a config written before a key existed meant by its absence
+PAST_DEFAULTS = {"methods": []}
+
 
 class RunFolder:
     """The ``--out`` folder of a ``run`` or a ``finetune``."""
@@ -168,6 +171,10 @@ class RunFolder:
         ``environment.json`` recorded when it was written: a file cut short at a line end is
         still YAML, with keys missing that an older version's file would lack too."""
         saved = read_yaml_mapping(self.config)
+        # keys whose default changed after older versions wrote configs without them: such a run
+        # had the old default (no recipes beside the baselines), not today's
+        for key, then in PAST_DEFAULTS.items():
+            saved.setdefault(key, then)
         recorded = self.versions().get("config_sha256")
         if recorded and hashlib.sha256(self.config.read_bytes()).hexdigest() != recorded:
             raise damaged(self.config, "it is not the file this run wrote (cut short or "
