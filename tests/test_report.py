@@ -34,7 +34,7 @@ def test_assessment_pairs_every_method_with_each_baseline(finished_run):
     assert {("BW", "Baseline I"), ("BW", "Baseline II"), ("Baseline II", "Baseline I")} <= pairs
     for comparison in assessment.versus_baselines:
         assert comparison.images == len(finals[BASELINE_I]["test_pred"].split())
-        method = {label(m): m for m in finals}  # BW, Baseline I, II and the default LP-FT
+        method = {label(m): m for m in finals}  # "BW" → block, "Baseline I" → baseline-I
         expected = float(finals[method[comparison.a]]["test_acc"]) - \
             float(finals[method[comparison.b]]["test_acc"])
         assert comparison.difference.value == pytest.approx(expected, abs=1e-6)

@@ -43,6 +43,7 @@ from blocktune.stats import (  # noqa: E402
     compare,
     compare_over_seeds,
     mean_interval,
+    with_minus,
 )
 
 
@@ -57,6 +58,7 @@ class MethodResult:
     val: Interval
     test: Interval
     test_correct: np.ndarray | None  # per test image, for paired comparisons
+
 
 # Criterion 6 of benchmarks/PROTOCOL.md as benchmarks/answer.py measured it (docs/results.md): the
 # mean regret of recommending by final val (best test among the default methods − the recommended
@@ -86,7 +88,7 @@ class Assessment:
             best = first[self.recommended]
             others = sorted((r for m, r in first.items() if m != self.recommended),
                             key=lambda r: -r.val.value)
-            gap = f"{(best.val.value - best.test.value) * 100:+.1f}".replace("-", "\u2212")
+            gap = with_minus(f"{(best.val.value - best.test.value) * 100:+.1f}")
             out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): the best final "
                        f"val accuracy, {best.val.fraction()}"
                        + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
@@ -94,7 +96,8 @@ class Assessment:
                        + f". Its test accuracy: {best.test.fraction()}"
                        + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
                        + f"; val − test {gap} points: val also steered the finals' early "
-                       "stopping and schedule, so a final's val accuracy is optimistic, and test is the figure to expect. "
+                       "stopping and schedule, so a final's val accuracy is optimistic, and "
+                       "test is the figure to expect. "
                        f"Recommending by it cost {REUSE_BIAS['points']:.1f} points of test "
                        "accuracy on average against the best method in hindsight, over the "
                        f"{REUSE_BIAS['runs']} runs of the pre-registered benchmark "

@@ -127,6 +127,7 @@ class SeedFolder:
     def write_choices(self, choices: dict[str, dict]) -> None:
         atomic_write_json(self.choices, choices)
 
+
 # what a config written before a key existed meant by its absence
 PAST_DEFAULTS = {"methods": []}
 

@@ -656,9 +656,11 @@ def run_status(folder: str | Path) -> list[str]:
         parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
                  for method, done, total in progress(settings, rows, planned)]
         finals = [r for r in seed_files.read_finals() if r.status == "ok"]
-        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + list(dict.fromkeys(
-            m for strategy in config.strategies for m, _ in planned(strategy, rows))) \
-            + list(config.methods)
+        picks = list(dict.fromkeys(
+            m for strategy in config.strategies for m, _ in planned(strategy, rows)))
+        # the recipes as SeedRun.methods adds them: LP-BW only when a strategy has a pick
+        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks + [
+            recipe for recipe in config.methods if recipe in WHOLE_MODEL or picks]
         left = [label(m) for m in methods if m not in {r.method for r in finals}]
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
                      f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))

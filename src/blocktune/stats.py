@@ -29,6 +29,11 @@ CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 
 
+def with_minus(text: str) -> str:
+    """``-2.9`` → ``−2.9``: the minus sign the reports print, not a hyphen."""
+    return text.replace("-", "\u2212")
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with a two-sided interval; ``nan`` bounds where none can be given."""
@@ -165,7 +170,7 @@ class Comparison:
                 f", t-test p = {self.p_value:.3g}" if not math.isnan(self.p_value) else "")
         if self.p_adjusted is not None and self.family > 1 and not math.isnan(self.p_value):
             detail += f", Holm over {self.family} comparisons {self.p_adjusted:.3g}"
-        text = self.difference.points().replace("-", "\u2212")
+        text = with_minus(self.difference.points())
         return f"{self.a} vs {self.b}: {text}, {self.word} ({detail})"
 
 
