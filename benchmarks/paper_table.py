@@ -9,9 +9,9 @@ mobilenetv1_100,tf_efficientnet_lite1,tf_efficientnet_lite2 --seeds 0,1,2 \\
 For each head × model it runs blocktune's protocol (:func:`blocktune.search.run`: the block
 strategy and both baselines, every seed) in a resumable run folder, with the selection rule
 ``--select``; then the same folder is copied and resumed with the paper's ``max-val`` (the
-search is reused: only a BW final whose pick differs is trained). Finished run folders are
-read back with :func:`blocktune.report.assess`, so every number here is what ``blocktune
-report`` says. Writes ``paper_table.md`` and ``paper_table.csv`` after every model: the run
+search is reused: only a BW final whose pick differs is trained; ``--no-max-val`` skips
+the copy). Finished run folders are read back with :func:`blocktune.report.assess`, so every
+number here is what ``blocktune report`` says. Writes ``paper_table.md`` and ``paper_table.csv`` after every model: the run
 can be interrupted and resumed at any point, and ``--report-only`` prints what is there.
 
 ``--reuse MODEL=FOLDER`` starts a model's first-rule folder as a copy of a run that already
@@ -279,6 +279,10 @@ def main() -> None:
     parser.add_argument("--max-images-per-class", type=int)
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="random weights (a quick check of the script itself)")
+    parser.add_argument("--no-max-val", dest="max_val", action="store_false",
+                        help="train the rule's folders only, not the max-val copies (the "
+                        "keep-pretrained comparison needs only the rule's picks); a max-val "
+                        "folder already finished is still read into the table")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", default="runs/paper")
     parser.add_argument("--reuse", action="append", default=[], metavar="MODEL=FOLDER",
@@ -297,7 +301,7 @@ def main() -> None:
             name = f"{model} ({head})"
             for rule in rules:
                 folder = out / f"{model}-{head}" / rule
-                if not args.report_only:
+                if not args.report_only and (rule == rules[0] or args.max_val):
                     if rule != rules[0] and not folder.exists():
                         # the search is the same: copy it and let only the choice change
                         first = out / f"{model}-{head}" / rules[0]
