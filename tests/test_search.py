@@ -16,7 +16,7 @@ from blocktune.io import atomic_copy, atomic_write_csv, read_csv
 from blocktune.records import read_candidates
 from blocktune.report import build_report
 from blocktune.runfolder import RunLock
-from blocktune.search import BASELINE_I, BASELINE_II, run
+from blocktune.search import BASELINE_I, BASELINE_II, run, run_status
 from blocktune.select import choose
 
 from .conftest import make_image_folder
@@ -460,7 +460,10 @@ def test_a_kept_final_is_recorded_as_the_current_rules_choice(image_folder, tmp_
     before = read_csv(path)
     weights = (out / "seed_0" / "block.safetensors").stat().st_mtime_ns
     atomic_write_csv(path, [{**r, "select": "val-loss"} for r in before], list(before[0]))
+    assert run_status(out)[1] == ("seed 0: search 4 of 4 BW; finals 0 of 1 done (left: BW "
+                                  "(its final is `val-loss`'s pick))")
     run(config, out)
+    assert run_status(out)[1] == "seed 0: search 4 of 4 BW; finals 1 of 1 done"
     assert read_csv(path) == before  # same row, same seconds: nothing re-trained
     assert (out / "seed_0" / "block.safetensors").stat().st_mtime_ns == weights
 

@@ -661,7 +661,14 @@ def run_status(folder: str | Path) -> list[str]:
         # the recipes as SeedRun.methods adds them: LP-BW only when a strategy has a pick
         methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks + [
             recipe for recipe in config.methods if recipe in WHOLE_MODEL or picks]
-        left = [label(m) for m in methods if m not in {r.method for r in finals}]
+        # a pick's final made under another rule (--select changed on resume) is redone or
+        # relabelled once the search is finished: not done yet
+        other_rule = {r.method: r.select for r in finals if r.select
+                      and r.select != config.select and r.method not in WHOLE_MODEL}
+        finals = [r for r in finals if r.method not in other_rule]
+        left = [label(m) + (f" (its final is `{other_rule[m]}`'s pick)" if m in other_rule
+                            else "")
+                for m in methods if m not in {r.method for r in finals}]
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
                      f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
     lines.append(f"{files.weights.name}: "
