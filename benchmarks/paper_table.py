@@ -27,6 +27,7 @@ chosen group lies, per seed. Then the paper's claims, answered from the table.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import time
@@ -110,12 +111,13 @@ def training_seconds(both: dict, rule: str) -> float:
 
 
 def _quarters(results: dict) -> list[int | None]:
-    """Where the unconstrained choice lies: max-val's picks (the rule's own when it is max-val).
+    """Where the unconstrained choice lies: max-val's picks; none when max-val did not run
+    (``--no-max-val``).
 
     ``last-quarter`` picks from the fourth quarter by construction, so its quarters say nothing
     about whether the fourth quarter wins.
     """
-    return results.get("max-val", next(iter(results.values())))["quarters"]
+    return results["max-val"]["quarters"] if "max-val" in results else []
 
 
 def _cell(interval) -> str:
@@ -135,7 +137,7 @@ def tables(results: dict, rule: str, seeds: list[int], args) -> tuple[str, list[
         bw_max = _cell(paper["tests"]["block"]) if paper else "–"
         versus = [ours["versus"].get(b) for b in ("Baseline I", "Baseline II")]
         words = [f"{c.difference.points()}, {c.word}" if c else "–" for c in versus]
-        q = "/".join(f"Q{x}" if x else "–" for x in _quarters(both))
+        q = "/".join(f"Q{x}" if x else "–" for x in _quarters(both)) or "–"
         seconds = training_seconds(both, rule)
         lines.append(f"| {name} | {_cell(ours['tests'][BASELINE_I])} | "
                      f"{_cell(ours['tests'][BASELINE_II])} | {_cell(ours['tests']['block'])} | "
@@ -195,16 +197,17 @@ def claims(results: dict, rule: str) -> str:
     variance = {label: statistics.pvariance([r["tests"][m].value for r in measured.values()])
                 if n > 1 else float("nan") for label, m in METHODS.items()}
     steadiest, runner_up = sorted(variance, key=variance.get)[:2]
-    ratio = variance[runner_up] / variance[steadiest] if n > 1 else float("nan")
+    # the steadiest's variance is zero when its means tie across models
+    ratio = variance[runner_up] / variance[steadiest] if variance[steadiest] else math.inf
     means = {label: statistics.fmean(r["tests"][m].value for r in measured.values())
              for label, m in METHODS.items()}
     several_seeds = len(next(iter(measured.values()))["per_seed"]["block"]) > 1
     spread = {label: statistics.fmean(statistics.stdev(r["per_seed"][m])
                                       for r in measured.values())
               if several_seeds else float("nan") for label, m in METHODS.items()}
-    rule_gain = mean_interval([a - b for r in rows.values() if "max-val" in r
-                               for a, b in zip(r[rule]["per_seed"]["block"],
-                                               r["max-val"]["per_seed"]["block"], strict=True)])
+    gains = [a - b for r in rows.values() if "max-val" in r and rule != "max-val"
+             for a, b in zip(r[rule]["per_seed"]["block"], r["max-val"]["per_seed"]["block"],
+                             strict=True)]
     chosen = [q for r in rows.values() for q in _quarters(r) if q]
     fourth = sum(q == 4 for q in chosen)
     out = [f"Head `{main_head}`:", "",
@@ -214,15 +217,16 @@ def claims(results: dict, rule: str) -> str:
            + (f"; it is worse than a baseline on {', '.join(loses)}" if loses else "") + ".",
            "- **Is BW the most reliable?** Variance of the mean test accuracy across models: "
            + ", ".join(f"{k} {v:.6f}" for k, v in variance.items())
-           + (f"; the lowest is {steadiest}, the next ({runner_up}) {ratio:.2f}× it"
-              if n > 1 else " (needs two models)")
+           + ((f"; the lowest is {steadiest}, the next ({runner_up}) {ratio:.2f}× it"
+               if math.isfinite(ratio) else f"; the lowest is {steadiest}, zero: its means "
+               "tie across models") if n > 1 else " (needs two models)")
            + ". Mean over models: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
            + ". Over seeds (the mean of each model's standard deviation over its seeds, in "
            "points): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in spread.items()) + ".",
            f"- **Does the fourth quarter win?** {fourth} of {len(chosen)} groups that `max-val` "
            "chose from all candidates lie in the last quarter of the model"
            + (f"; BW's test accuracy with `{rule}` minus with `max-val`, paired over every "
-              f"model and seed: {rule_gain.points()}" if rule != "max-val" else "") + "."]
+              f"model and seed: {mean_interval(gains).points()}" if gains else "") + "."]
     pairs = [(r, results[keep]) for name, r in results.items() if _head(name) == "linear"
              and (keep := name.replace(" (linear)", " (keep-pretrained)")) in results]
     if pairs:
