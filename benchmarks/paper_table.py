@@ -11,8 +11,9 @@ strategy and both baselines, every seed) in a resumable run folder, with the sel
 ``--select``; then the same folder is copied and resumed with the paper's ``max-val`` (the
 search is reused: only a BW final whose pick differs is trained; ``--no-max-val`` skips
 the copy). Finished run folders are read back with :func:`blocktune.report.assess`, so every
-number here is what ``blocktune report`` says. Writes ``paper_table.md`` and ``paper_table.csv`` after every model: the run
-can be interrupted and resumed at any point, and ``--report-only`` prints what is there.
+number here is what ``blocktune report`` says. Writes ``paper_table.md`` and
+``paper_table.csv`` after every model: the run can be interrupted and resumed at any point,
+and ``--report-only`` prints what is there.
 
 ``--reuse MODEL=FOLDER`` starts a model's first-rule folder as a copy of a run that already
 holds its block search and finals with the same settings (the protocol's caltech101 product

@@ -29,6 +29,13 @@ BASELINES = (BASELINE_I, BASELINE_II)
 # method id is the recipe. LP-FT and LLRD train every layer; LP-BW the first strategy's pick.
 RECIPES = ("lp-ft", "llrd", "lp-bw")
 WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd")  # finals whose group is every layer
+
+
+def trained_recipes(recipes: list[str] | tuple[str, ...], has_pick: bool) -> list[str]:
+    """The recipes of ``--methods`` that a seed fine-tunes: LP-BW needs a strategy's pick, the
+    whole-model ones do not."""
+    return [recipe for recipe in recipes if recipe in WHOLE_MODEL or has_pick]
+
 PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 
 # display names of the method ids; a method is always identified by its id

@@ -61,6 +61,7 @@ from blocktune.plan import (
     progress,
     search_wave,
     strategy_candidates,
+    trained_recipes,
 )
 from blocktune.records import (
     CandidateRow,
@@ -431,11 +432,10 @@ class SeedRun:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         self.files.write_choices(choices)
         picks = [item for item in out if item[0] not in BASELINES]
-        for recipe in self.config.methods:
-            if recipe in WHOLE_MODEL:
-                out.append((recipe, None, math.nan))
-            elif picks:  # lp-bw: the head first, then the first strategy's pick
-                out.append((recipe, picks[0][1], picks[0][2]))
+        for recipe in trained_recipes(self.config.methods, bool(picks)):
+            # lp-bw: the head first, then the first strategy's pick
+            out.append((recipe, None, math.nan) if recipe in WHOLE_MODEL
+                       else (recipe, picks[0][1], picks[0][2]))
         return out
 
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
@@ -658,9 +658,8 @@ def run_status(folder: str | Path) -> list[str]:
         finals = [r for r in seed_files.read_finals() if r.status == "ok"]
         picks = list(dict.fromkeys(
             m for strategy in config.strategies for m, _ in planned(strategy, rows)))
-        # the recipes as SeedRun.methods adds them: LP-BW only when a strategy has a pick
-        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks + [
-            recipe for recipe in config.methods if recipe in WHOLE_MODEL or picks]
+        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks \
+            + trained_recipes(config.methods, bool(picks))
         # a pick's final made under another rule (--select changed on resume) is redone or
         # relabelled once the search is finished: not done yet
         other_rule = {r.method: r.select for r in finals if r.select
