@@ -28,6 +28,7 @@ from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
 from blocktune.plan import RECIPES
+from blocktune.recommend import cv_folds_of
 from blocktune.select import RULES
 from blocktune.tblog import LOGGERS
 from blocktune.train import PAPER, TrainConfig, device_for, parse_device
@@ -69,6 +70,13 @@ class RunConfig:
                                       "test=0.2", resume=True, above=0)
     max_images_per_class: int | None = opt(None, "subsample each class (seeded) before splitting",
                                            resume=True, low=1)
+    learn_images: int | None = opt(None, "learn from this many images (search, val and train in "
+                                   "the fractions' proportions, stratified and seeded) and test "
+                                   "on all the others: small-data runs with a large test split",
+                                   resume=True, low=3)
+    test_data: list[str] = opt(factory=list, help="extra test folders with the data's class "
+                               "names (another camera, site or style), scored once by every "
+                               "final like test and never read by a choice", resume=True)
     epochs: int = opt(5, "epochs per search candidate", resume=True, low=1)
     final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1)
     batch_size: int = opt(32, "images per training step (at least 2: BatchNorm cannot train "
@@ -112,6 +120,10 @@ class RunConfig:
                              "decay), lp-bw (head first, then the first strategy's pick); the "
                              "default is what the pre-registered protocol kept; '' for none",
                              resume=True, choices=lambda: RECIPES)
+    choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
+                         "final val accuracy) or cvK, e.g. cv5 (each final's recipe trained on "
+                         "K-1 folds of the learning images and scored on the held-out fold; "
+                         "best pooled out-of-fold accuracy; costs about K times the finals)")
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0)
@@ -174,6 +186,7 @@ class RunConfig:
             raise BlocktuneError(f"ray_address = {self.ray_address!r}: give auto, HOST:PORT or "
                                  "ray://HOST:PORT")
         parse_device(self.device)  # a name torch does not know; its presence: below
+        cv_folds_of(self.choose_by)  # val or cvK
 
     def check_environment(self) -> None:
         """What must exist where the work runs — the model name, the data folder, the weights
@@ -188,6 +201,10 @@ class RunConfig:
         if self.weights is not None and not Path(self.weights).expanduser().is_file():
             raise BlocktuneError(f"weights file {self.weights} does not exist: pass the path of a "
                                  ".pth, .pt or .safetensors state dict")
+        for folder in self.test_data:
+            if not Path(folder).expanduser().is_dir():
+                raise BlocktuneError(f"test data folder {folder} does not exist: pass folders "
+                                     "with one sub-folder of images per class, as --data has")
         device_for(self.device)  # an absent device is refused before any work
 
     def _paper_settings(self) -> None:

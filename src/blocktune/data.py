@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,8 @@ class ImageFolder:
 
 
 # the folder torchvision extracts each named dataset into
-TORCHVISION_FOLDERS = {"caltech101": "caltech101", "flowers102": "flowers-102"}
+TORCHVISION_FOLDERS = {"caltech101": "caltech101", "flowers102": "flowers-102",
+                       "eurosat": "eurosat"}
 
 
 def _torchvision_root(folder: str) -> Path:
@@ -133,8 +135,20 @@ def flowers102(download: bool = True) -> ImageFolder:
                        [by_file[f] for f in files], [])
 
 
+def eurosat(download: bool = True) -> ImageFolder:
+    """EuroSAT RGB through torchvision: Sentinel-2 tiles, 64×64 px, 10 land-use classes."""
+    from torchvision.datasets import EuroSAT
+
+    root = _torchvision_root(TORCHVISION_FOLDERS["eurosat"])
+    data = _open_torchvision("eurosat", lambda download: EuroSAT(root, download=download),
+                             download)
+    folder = Path(data.root) / "eurosat" / "2750"
+    files = [Path(path).relative_to(folder).as_posix() for path, _ in data.samples]
+    return ImageFolder(folder, list(data.classes), files, [y for _, y in data.samples], [])
+
+
 # --data names that are not folders: each opens (downloading when online) an ImageFolder
-NAMED_DATASETS = {"caltech101": caltech101, "flowers102": flowers102}
+NAMED_DATASETS = {"caltech101": caltech101, "flowers102": flowers102, "eurosat": eurosat}
 
 
 def open_data(spec: str | Path, download: bool = True) -> ImageFolder:
@@ -461,35 +475,83 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests:
     return DecodedImages(pixels, files, labels, folder.classes, unreadable, kept)
 
 
+LEARNING_SPLITS = ("search", "val", "train")  # what the protocol learns and chooses from
+
+
 def stratified_split(labels, fractions: dict[str, float] | None = None, seed: int = 0,
-                     classes: list[str] | None = None) -> dict[str, list[int]]:
+                     classes: list[str] | None = None, learn_images: int | None = None
+                     ) -> dict[str, list[int]]:
     """Seeded, stratified split of indices into ``fractions`` (search/val/train/test).
 
     Per class, counts are allotted by largest remainder, with at least one image per split
     whose fraction is positive; a class too small for that is an error.
+
+    ``learn_images``: draw exactly this many images to learn from (search, val and train, in
+    the proportions of their fractions), stratified by class in proportion to its size, and put
+    every other image in test: a small-data run with a large test split.
     """
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if abs(sum(fractions.values()) - 1.0) > 1e-6 or any(v < 0 for v in fractions.values()):
         raise BlocktuneError(f"split fractions {fractions} must be non-negative and sum to 1")
+    labels = [int(x) for x in labels]
+    members_of = {label: [i for i, lab in enumerate(labels) if lab == label]
+                  for label in sorted(set(labels))}
+    learn_counts = None
+    if learn_images is not None:
+        learn_counts = _learning_counts(members_of, learn_images, fractions, classes)
+        share = sum(fractions[n] for n in LEARNING_SPLITS)
+        fractions = {**{n: fractions[n] / share for n in LEARNING_SPLITS}, "test": 0.0}
     names = list(fractions)
     needed = [n for n in names if fractions[n] > 0]
-    labels = [int(x) for x in labels]
     generator = np.random.default_rng(seed)
-    result: dict[str, list[int]] = {n: [] for n in names}
-    for label in sorted(set(labels)):
-        members = [i for i, lab in enumerate(labels) if lab == label]
+    result: dict[str, list[int]] = {n: [] for n in [*names, "test"]}
+    for label, members in members_of.items():
         if len(members) < len(needed):
             name = classes[label] if classes else str(label)
             raise BlocktuneError(
                 f"class {name!r} has {len(members)} image(s), fewer than the {len(needed)} splits "
                 "it must be stratified into: add images to it or remove the class")
-        counts = _allot(len(members), [fractions[n] for n in names])
         order = generator.permutation(members).tolist()
+        pool = order if learn_counts is None else order[:learn_counts[label]]
+        if learn_counts is not None:
+            result["test"].extend(order[learn_counts[label]:])
+        counts = _allot(len(pool), [fractions[n] for n in names])
         start = 0
         for name, count in zip(names, counts, strict=True):
-            result[name].extend(order[start:start + count])
+            result[name].extend(pool[start:start + count])
             start += count
     return {name: sorted(indices) for name, indices in result.items()}
+
+
+def _learning_counts(members_of: dict[int, list[int]], learn_images: int,
+                     fractions: dict[str, float], classes: list[str] | None) -> dict[int, int]:
+    """Per class, how many of ``learn_images`` it gives the learning pool: in proportion to
+    its size (largest remainder), at least one per learning split, at least one left for
+    test. Asking for more than the data holds, or fewer than that minimum, is refused."""
+    total = sum(len(m) for m in members_of.values())
+    splits = sum(fractions[n] > 0 for n in LEARNING_SPLITS)
+    low = splits * len(members_of)
+    if learn_images >= total or learn_images < low:
+        raise BlocktuneError(
+            f"learn_images = {learn_images}: the data has {total} images in {len(members_of)} "
+            f"classes; ask for between {low} ({splits} per class, one per learning split) and "
+            f"{total - len(members_of)} (one per class left for test)")
+    small = [label for label, members in members_of.items() if len(members) < splits + 1]
+    if small:
+        name = classes[small[0]] if classes else str(small[0])
+        raise BlocktuneError(f"class {name!r} has {len(members_of[small[0]])} image(s): with "
+                             f"learn_images each class needs {splits + 1} (one per learning "
+                             "split and one for test); add images to it or remove the class")
+    sizes = [len(m) for m in members_of.values()]
+    counts = _allot(learn_images, [n / total for n in sizes])
+    counts = [min(max(c, splits), n - 1) for c, n in zip(counts, sizes, strict=True)]
+    # the clamps moved the total: give or take one at a time where the class has room
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    while sum(counts) != learn_images:
+        step = 1 if sum(counts) < learn_images else -1
+        room = [i for i in order if splits <= counts[i] + step <= sizes[i] - 1]
+        counts[room[0]] += step
+    return dict(zip(members_of, counts, strict=True))
 
 
 def _allot(total: int, fractions: list[float]) -> list[int]:
@@ -506,7 +568,7 @@ def _allot(total: int, fractions: list[float]) -> list[int]:
 
 
 def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, float],
-                       seed: int) -> dict[str, list[int]]:
+                       seed: int, learn_images: int | None = None) -> dict[str, list[int]]:
     """Reuse ``splits.json`` when it exists and matches the files; else make and write it."""
     if path.exists():
         saved = read_splits(path)
@@ -516,9 +578,11 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
             raise BlocktuneError(f"{path} names {len(missing)} file(s) no longer in the data "
                                  f"(e.g. {missing[0]}): restore them or start a new run folder")
         return {name: sorted(position[f] for f in files) for name, files in saved["files"].items()}
-    split = stratified_split(decoded.labels.tolist(), fractions, seed, decoded.classes)
+    split = stratified_split(decoded.labels.tolist(), fractions, seed, decoded.classes,
+                             learn_images)
     atomic_write_json(path, {
-        "seed": seed, "fractions": fractions, "classes": decoded.classes,
+        "seed": seed, "fractions": fractions, "learn_images": learn_images,
+        "classes": decoded.classes,
         "counts": {n: len(v) for n, v in split.items()},
         "files": {n: [decoded.files[i] for i in v] for n, v in split.items()},
         "labels": {n: [int(decoded.labels[i]) for i in v] for n, v in split.items()},
@@ -541,6 +605,58 @@ def duplicates_across_splits(images: DecodedImages, split: dict[str, list[int]]
                 found.append((*first[digest], images.files[i], name))
             first.setdefault(digest, (images.files[i], name))
     return found
+
+
+@dataclass(frozen=True)
+class TestDomain:
+    """An extra test folder (``--test-data``): its images decoded like the data's, labelled
+    with the *training* classes' ids."""
+
+    name: str
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    files: tuple[str, ...] = ()
+
+
+def domain_names(folders: Sequence[str | Path]) -> list[str]:
+    """A short unique name per ``--test-data`` folder: its own name, its parent's too when two
+    share one."""
+    paths = [Path(f).expanduser() for f in folders]
+    names = [p.name or str(p) for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(n) > 1 else n
+            for p, n in zip(paths, names, strict=True)]
+
+
+def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: int,
+                      interpolation: str = "bilinear", strict: bool = False
+                      ) -> tuple[list[TestDomain], list[str]]:
+    """Decode the ``--test-data`` folders like the data; (domains, notices). A folder with a
+    class the training data lacks is refused in one line; one holding only some of the classes
+    is allowed and said."""
+    index = {name: i for i, name in enumerate(classes)}
+    domains, notes = [], []
+    for folder, name in zip(folders, domain_names(folders), strict=True):
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise BlocktuneError(f"test data folder {folder} does not exist: pass folders with "
+                                 "one sub-folder of images per class, as --data has")
+        found = scan_folder(path)
+        unknown = [c for c in found.classes if c not in index]
+        if unknown:
+            raise BlocktuneError(
+                f"test data folder {folder} has class {unknown[0]!r}, which the training data "
+                f"does not ({len(unknown)} such): its sub-folders must be named as the data's "
+                f"classes ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
+        decoded = decode_folder(found, size, interpolation, strict=strict)
+        if len(decoded.labels) == 0:
+            raise BlocktuneError(f"test data folder {folder} holds no readable image: give "
+                                 "folders of images per class")
+        labels = torch.tensor([index[decoded.classes[int(y)]] for y in decoded.labels])
+        domains.append(TestDomain(name, decoded.pixels, labels, tuple(decoded.files)))
+        if len(found.classes) < len(classes):
+            notes.append(f"test data {name}: {len(found.classes)} of the {len(classes)} classes "
+                         f"({len(labels)} images); its accuracy is over those classes only")
+    return domains, notes
 
 
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:

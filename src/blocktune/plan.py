@@ -26,9 +26,10 @@ from blocktune.records import CandidateRow, FinalRow, rank_key
 BASELINE_I, BASELINE_II = "baseline-I", "baseline-II"
 BASELINES = (BASELINE_I, BASELINE_II)
 # Recipes fine-tuned as finals beside the baselines and the strategies' picks (--methods): the
-# method id is the recipe. LP-FT and LLRD train every layer; LP-BW the first strategy's pick.
-RECIPES = ("lp-ft", "llrd", "lp-bw")
-WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd")  # finals whose group is every layer
+# method id is the recipe. LP-FT and LLRD train every layer; LP-BW the first strategy's pick;
+# norms the normalisation parameters and biases of every layer (BitFit / TinyTL).
+RECIPES = ("lp-ft", "llrd", "lp-bw", "norms")
+WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd", "norms")  # finals whose group is every layer
 
 
 def trained_recipes(recipes: list[str] | tuple[str, ...], has_pick: bool) -> list[str]:
@@ -42,7 +43,7 @@ PRUNE_ETA = 3  # successive halving keeps the best third after each rung
 LABELS = {BASELINE_I: "Baseline I", BASELINE_II: "Baseline II", "layer": "LW", "block": "BW",
           "window": "BWSW", "ranked-3": "BWT3", "ranked-5": "BWT5", "native": "Native",
           "random": "Random", "quarter": "Quarter", "top": "Top", "lp-ft": "LP-FT",
-          "llrd": "LLRD", "lp-bw": "LP-BW"}
+          "llrd": "LLRD", "lp-bw": "LP-BW", "norms": "Norms"}
 
 
 def label(method: str) -> str:
@@ -223,6 +224,7 @@ class FinalTrial:
     group: tuple[int, ...] | None
     search_val_acc: float
     copy_of: str | None = None  # the method whose finished final trained the same group
+    fold: int | None = None  # a cross-validation fold (--choose-by cvK) instead of the final
 
     @property
     def indices(self) -> str:

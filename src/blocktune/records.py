@@ -10,6 +10,7 @@ columns) read back with the missing fields at their defaults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,8 @@ class FinalRow:
     val_curve: list[float] = field(default_factory=list)
     loss_curve: list[float] = field(default_factory=list)
     val_loss_curve: list[float] = field(default_factory=list)
+    # --test-data: per folder, {"acc": accuracy, "pred": predictions, "seconds": scoring time}
+    domains: dict[str, dict] = field(default_factory=dict)
 
     def to_csv(self) -> dict[str, str]:
         return {
@@ -150,7 +153,9 @@ class FinalRow:
             "val_acc": f"{self.val_acc:.6f}", "test_acc": f"{self.test_acc:.6f}",
             "seconds": f"{self.seconds:.2f}",
             "val_pred": predictions_text(self.val_pred or []),
-            "test_pred": predictions_text(self.test_pred or []), **_curves_text(self)}
+            "test_pred": predictions_text(self.test_pred or []), **_curves_text(self),
+            "domains": json.dumps(_rounded_domains(self.domains), sort_keys=True)
+            if self.domains else ""}
 
     def recorded(self) -> FinalRow:
         """The row exactly as ``finals.csv`` holds it (see :meth:`CandidateRow.recorded`)."""
@@ -166,7 +171,73 @@ class FinalRow:
             seconds=_float(row["seconds"]), status=row["status"],
             same_as=row.get("same_as") or "", select=row.get("select") or "",
             val_pred=_predictions(row.get("val_pred")),
-            test_pred=_predictions(row.get("test_pred")), **_curves(row))
+            test_pred=_predictions(row.get("test_pred")), **_curves(row),
+            domains=_domains(row.get("domains")))
+
+
+def _rounded_domains(domains: dict[str, dict]) -> dict[str, dict]:
+    return {name: {"acc": round(float(d["acc"]), 6), "pred": [int(p) for p in d["pred"]],
+                   "seconds": round(float(d.get("seconds", 0.0)), 2)}
+            for name, d in domains.items()}
+
+
+def _domains(text: str | None) -> dict[str, dict]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not (isinstance(value, dict) and all(isinstance(d, dict) and "acc" in d and "pred" in d
+                                            for d in value.values())):
+        raise ValueError("domains: not a mapping of folder name to accuracy and predictions")
+    return value
+
+
+@dataclass
+class CvRow:
+    """One fold of cross-validated choice (``--choose-by cvK``): a method's recipe trained on
+    the other folds of the learning images and scored on this one."""
+
+    method: str
+    fold: int
+    layer_indices: str
+    trained_params: int
+    fold_acc: float
+    fold_images: int
+    epochs: int
+    seconds: float
+    status: str
+    same_as: str = ""  # the method whose fold training of the same group and recipe it copies
+    fold_pred: list[int] | None = None
+
+    @property
+    def correct(self) -> int:
+        return round(self.fold_acc * self.fold_images)
+
+    def to_csv(self) -> dict[str, str]:
+        return {**{f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)},
+                "fold_acc": f"{self.fold_acc:.6f}", "seconds": f"{self.seconds:.2f}",
+                "fold_pred": predictions_text(self.fold_pred or [])}
+
+    @classmethod
+    def from_csv(cls, row: dict[str, str]) -> CvRow:
+        return cls(method=row["method"], fold=int(row["fold"]),
+                   layer_indices=row["layer_indices"], trained_params=int(row["trained_params"]),
+                   fold_acc=_float(row["fold_acc"]), fold_images=int(row["fold_images"]),
+                   epochs=int(row["epochs"]), seconds=_float(row["seconds"]),
+                   status=row["status"], same_as=row.get("same_as") or "",
+                   fold_pred=_predictions(row.get("fold_pred")))
+
+
+CV_FIELDS = [f.name for f in dataclasses.fields(CvRow)]
+
+
+def read_cv(path: str | Path) -> list[CvRow]:
+    rows = read_csv(path, _required(CvRow))
+    with parsing(path):
+        return [CvRow.from_csv(r) for r in rows]
+
+
+def write_cv(path: str | Path, rows: list[CvRow]) -> None:
+    atomic_write_csv(path, [r.to_csv() for r in rows], CV_FIELDS)
 
 
 CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(CandidateRow)]

@@ -49,10 +49,13 @@ from blocktune.io import (
 from blocktune.plan import label
 from blocktune.records import (
     CandidateRow,
+    CvRow,
     FinalRow,
     read_candidates,
+    read_cv,
     read_finals,
     write_candidates,
+    write_cv,
     write_finals,
 )
 
@@ -74,6 +77,9 @@ CARD_KEYS = {"model": str, "classes": list, "head": str, "image_size": int, "mea
              "std": list, "interpolation": str, "method": str}
 
 
+RECOMMENDATION = "recommendation"  # choices.json's key for the choice among the finals
+
+
 class SeedFolder:
     """``seed_<s>/``: one split seed's search, choices and finals."""
 
@@ -83,6 +89,7 @@ class SeedFolder:
     candidates = property(lambda self: self.root / "candidates.csv")
     refits = property(lambda self: self.root / "refits.csv")
     finals = property(lambda self: self.root / "finals.csv")
+    cv = property(lambda self: self.root / "cv.csv")
     splits = property(lambda self: self.root / "splits.json")
     choices = property(lambda self: self.root / "choices.json")
     rungs = property(lambda self: self.root / "rungs")
@@ -113,6 +120,12 @@ class SeedFolder:
     def write_finals(self, rows: list[FinalRow]) -> None:
         write_finals(self.finals, rows)
 
+    def read_cv(self) -> list[CvRow]:
+        return read_cv(self.cv)
+
+    def write_cv(self, rows: list[CvRow]) -> None:
+        write_cv(self.cv, rows)
+
     def read_choices(self) -> dict[str, dict]:
         """Per strategy, what the run's rule picked and from what; {} in folders written
         before choices were recorded."""
@@ -125,7 +138,18 @@ class SeedFolder:
         return choices
 
     def write_choices(self, choices: dict[str, dict]) -> None:
-        atomic_write_json(self.choices, choices)
+        """Write the strategies' choices; the recorded recommendation, when there is one, is
+        kept (it is written by :meth:`write_recommendation`)."""
+        kept = {k: v for k, v in self.read_choices().items() if k == RECOMMENDATION}
+        atomic_write_json(self.choices, {**choices, **kept})
+
+    def write_recommendation(self, recommendation: dict) -> None:
+        """The choice among the finals, with its procedure (``val``, ``cv5``…), under the
+        key ``recommendation`` of ``choices.json``."""
+        atomic_write_json(self.choices, {**self.read_choices(), RECOMMENDATION: recommendation})
+
+    def read_recommendation(self) -> dict | None:
+        return self.read_choices().get(RECOMMENDATION)
 
 
 # what a config written before a key existed meant by its absence

@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -28,9 +29,11 @@ from blocktune.callbacks import Callback, CallbackList
 from blocktune.config import RunConfig
 from blocktune.data import (
     DecodedImages,
+    TestDomain,
     decode_folder,
     duplicates_across_splits,
     load_or_make_split,
+    load_test_domains,
     open_data,
     read_splits,
 )
@@ -59,14 +62,16 @@ from blocktune.plan import (
     label,
     parse_indices,
     progress,
+    recipe_of,
     search_wave,
     strategy_candidates,
     trained_recipes,
 )
+from blocktune.recommend import cv_folds_of, recommend
 from blocktune.records import (
     CandidateRow,
+    CvRow,
     FinalRow,
-    rank_key,
 )
 from blocktune.runfolder import RunFolder, RunLock, SeedFolder, summarize
 from blocktune.select import (
@@ -79,7 +84,7 @@ from blocktune.select import (
 )
 from blocktune.tblog import TensorBoardCallback
 from blocktune.train import TrainResult, device_for
-from blocktune.workbench import Workbench
+from blocktune.workbench import Workbench, cv_fold_name, cv_folds
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +144,7 @@ class SeedRun:
 
     def __init__(self, config: RunConfig, seed: int, folder: Path, images: DecodedImages,
                  data_cfg, callbacks: Callback | list[Callback] | None = None,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, domains: Sequence[TestDomain] = ()):
         self.config, self.seed, self.folder, self.images = config, seed, folder, images
         self.files = SeedFolder(folder)
         self.data_cfg = data_cfg
@@ -150,10 +155,14 @@ class SeedRun:
                 TensorBoardCallback(RunFolder(folder.parent).tensorboard))
         self.events.on_seed_start(seed, folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.split = load_or_make_split(self.files.splits, images, config.fractions, seed)
+        self.split = load_or_make_split(self.files.splits, images, config.fractions, seed,
+                                        config.learn_images)
         self._check_duplicates()
-        self.bench = Workbench(config, seed, images, self.split, data_cfg,
-                               spill_dir=self.files.cache)
+        self.folds = cv_folds_of(config.choose_by)
+        trained_on = self.split if self.folds is None else {
+            **self.split, **cv_folds(self.split, images.labels.tolist(), self.folds, seed)}
+        self.bench = Workbench(config, seed, images, trained_on, data_cfg,
+                               spill_dir=self.files.cache, domains=domains)
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
         self._executor = executor
@@ -496,7 +505,8 @@ class SeedRun:
                         status=result.status, select=self._rule_of(trial.method),
                         val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
                         val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
-                        val_loss_curve=list(result.val_loss_curve)).recorded())
+                        val_loss_curve=list(result.val_loss_curve),
+                        domains=outcome.domains).recorded())
 
         train([t for t in plan if t.copy_of is None])
         for trial in (t for t in plan if t.copy_of is not None):
@@ -515,6 +525,68 @@ class SeedRun:
 
     def _rule_of(self, method: str) -> str:
         return "" if method in BASELINES else self.config.select
+
+    # -- the recommendation ------------------------------------------------------------
+    def cross_validate(self, finals: list[FinalRow]) -> list[CvRow]:
+        """``--choose-by cvK``: every final's method (its group and recipe) trained on K−1
+        folds of the learning images and scored on the held-out one, once per fold; rows go to
+        ``cv.csv`` as they finish. A method that trains the same group the same way as another
+        copies its rows. Returns every row of the current finals' groups."""
+        if self.folds is None:
+            return []
+        groups = {r.method: indices_text(final_group(r)) for r in finals if r.status == "ok"}
+        # a row of a group the method no longer has (its choice changed on a resume) is dropped
+        rows = [r for r in self.files.read_cv() if groups.get(r.method) == r.layer_indices]
+        fold_images = {k: len(self.bench.split[cv_fold_name(k)]) for k in range(self.folds)}
+
+        def key(method: str) -> tuple[str, str | None]:
+            return groups[method], recipe_of(method)
+
+        def record(row: CvRow) -> None:
+            rows.append(row)
+            self.files.write_cv(rows)
+            faults.point("cv")
+
+        done = {(r.method, r.fold) for r in rows}
+        todo = [(m, k) for m in groups for k in range(self.folds) if (m, k) not in done]
+        trained = lambda m, k: next((r for r in rows if r.fold == k and not r.same_as  # noqa: E731
+                                     and r.status == "ok" and key(r.method) == key(m)), None)
+        fresh = []
+        for method, fold in todo:
+            if trained(method, fold) is None and not any(
+                    f == fold and key(m) == key(method) for m, f in fresh):
+                fresh.append((method, fold))
+        trials = [FinalTrial(m, final_group(next(r for r in finals if r.method == m)), math.nan,
+                             fold=k) for m, k in fresh]
+        if trials:
+            self.events.on_phase(f"cross-validated choice: {len(trials)} fold trainings "
+                                 f"({self.folds} folds)")
+        with closing(self.executor.finals(
+                trials, lambda t: self.events.on_phase(f"{label(t.method)}: fold {t.fold}"),
+                self.events.on_epoch)) as results:
+            for trial, outcome in results:
+                result = outcome.result
+                record(CvRow(method=trial.method, fold=trial.fold, layer_indices=groups[
+                    trial.method], trained_params=result.trainable_params,
+                    fold_acc=result.best_val_acc, fold_images=fold_images[trial.fold],
+                    epochs=result.epochs, seconds=result.seconds, status=result.status,
+                    fold_pred=list(result.val_pred)))
+        for method, fold in todo:
+            if (method, fold) in {(r.method, r.fold) for r in rows}:
+                continue
+            source = trained(method, fold)
+            if source is not None:
+                record(dataclasses.replace(source, method=method, seconds=0.0,
+                                           same_as=source.method))
+        return rows
+
+    def recommend(self, finals: list[FinalRow]) -> dict | None:
+        """The recommendation by ``--choose-by``, recorded in ``choices.json``."""
+        cv = self.cross_validate(finals)
+        chosen = recommend(finals, self.config.choose_by, cv)
+        if chosen is not None:
+            self.files.write_recommendation(chosen)
+        return chosen
 
 
 def make_executor(config: RunConfig, bench: Workbench, folder: Path) -> Executor:
@@ -542,10 +614,17 @@ def run(config: RunConfig, folder: str | Path,
         files.check_resume(config, device_for(config.device).type, force_new)
         check_executor(config)
         images, data_cfg = load_images(config)
+        domains, domain_notes = load_test_domains(
+            config.test_data, images.classes, config.image_size, data_cfg.interpolation,
+            config.strict)
         if force_new:
             files.clear_results()
         for seed in config.seeds:
-            seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, callbacks)
+            seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, callbacks,
+                               domains=domains)
+            if seed == config.seeds[0]:
+                for note in domain_notes:
+                    seed_run.events.on_notice(note)
             if seed == config.seeds[0]:
                 files.write_config(config, environment(config))
             rows, complete = seed_run.search()
@@ -557,9 +636,10 @@ def run(config: RunConfig, folder: str | Path,
                 seed_run.events.on_notice(notice)
             refits = seed_run.refit(rows)
             finals = seed_run.finals(rows, refits)
+            chosen = seed_run.recommend(finals)
             seed_run.close()
-            if seed == config.seeds[0]:
-                publish_model(folder, seed_run, finals, images, data_cfg)
+            if seed == config.seeds[0] and chosen is not None:
+                publish_model(folder, seed_run, finals, images, data_cfg, chosen["method"])
         summary = summarize(folder, config.seeds)
     return summary
 
@@ -584,19 +664,17 @@ def failures(folder: str | Path, seeds: list[int]) -> str | None:
 
 
 def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], images: DecodedImages,
-                  data_cfg) -> None:
-    """Copy the method with the best final *val* accuracy to ``model.safetensors`` + ``model.json``."""
-    ok = [r for r in finals if r.status == "ok"]
-    if not ok:
-        return
-    best = min(ok, key=rank_key)  # the recommendation: best final val accuracy
+                  data_cfg, method: str) -> None:
+    """Copy the recommended method's final to ``model.safetensors`` + ``model.json``."""
+    best = next(r for r in finals if r.method == method)
     files = RunFolder(folder)
     atomic_copy(seed_run.files.weights(best.method), files.weights)
     atomic_write_json(files.model_json, model_record(
         seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
         {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
          "trained_params": best.trained_params, "val_acc": best.val_acc,
-         "test_acc": best.test_acc, "select": best.select}))
+         "test_acc": best.test_acc, "select": best.select,
+         "choose_by": seed_run.config.choose_by}))
 
 
 def model_record(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,

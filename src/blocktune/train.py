@@ -80,21 +80,38 @@ class TrainResult:
 
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase,)
+# every normalisation layer with a scale and shift (what `norms` trains)
+NORM_LIKE = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+             nn.modules.instancenorm._InstanceNorm)
 
 
-def freeze(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None) -> list[nn.Module]:
-    """Make only ``group``'s layers (all layers when None) and the head trainable.
+PARAMETER_SETS = ("all", "norms")  # which parameters of a group's layers train
+
+
+def is_norm_or_bias(module: nn.Module, name: str) -> bool:
+    """BitFit / TinyTL for CNNs: a normalisation layer's scale and shift, and every bias."""
+    return isinstance(module, NORM_LIKE) or name == "bias"
+
+
+def freeze(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
+           parameters: str = "all") -> list[nn.Module]:
+    """Make only ``group``'s layers (all layers when None) and the head trainable; with
+    ``parameters="norms"`` only their normalisation parameters and biases
+    (:func:`is_norm_or_bias`).
 
     Returns:
         the norm modules of the body that must stay in eval mode while the model trains.
     """
+    if parameters not in PARAMETER_SETS:
+        raise ValueError(f"parameters = {parameters!r}: one of {PARAMETER_SETS}")
     trainable = {walk.layers[i].name for i in range(len(walk.layers))} if group is None else \
         {walk.layers[i].name for i in group}
     model.body.requires_grad_(False)
     for name in trainable:
         module = model.body if name == "<root>" else model.body.get_submodule(name)
-        for param in module.parameters(recurse=False):
-            param.requires_grad_(True)
+        for param_name, param in module.named_parameters(recurse=False):
+            if parameters == "all" or is_norm_or_bias(module, param_name):
+                param.requires_grad_(True)
     model.head.requires_grad_(True)
     return [m for m in model.body.modules()
             if isinstance(m, NORM_TYPES) and not any(p.requires_grad for p in m.parameters(False))]
@@ -336,10 +353,11 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
                 val_split: str = "val", on_epoch=None, checkpoint: dict | None = None,
                 stop_after: int | None = None, fold: Sequence[FoldPair] = (),
-                lr_scales: Mapping[int, float] | None = None
+                lr_scales: Mapping[int, float] | None = None, parameters: str = "all"
                 ) -> tuple[TrainResult, nn.Module, int]:
     """Train ``group`` (None: every layer; empty: the head only) of ``model`` from ``feed``.
 
+    ``parameters``: ``all`` of the group's parameters, or ``norms`` (see :func:`freeze`).
     ``checkpoint`` and ``stop_after`` pause and continue training (see :func:`fit`). ``fold``:
     (conv, norm) pairs from :func:`blocktune.fold.foldable_pairs`, folded while training when
     both are frozen (the model's weights are restored before returning).
@@ -351,7 +369,7 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
         val weights loaded (they are ``model``'s own modules, trained in place).
     """
     device = device_of(model)
-    frozen_norms = freeze(model, walk, group)
+    frozen_norms = freeze(model, walk, group, parameters)
     cut = 0 if group is None else walk.cut_for(group)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(

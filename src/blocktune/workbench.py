@@ -12,14 +12,14 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
 from blocktune.config import RunConfig
-from blocktune.data import DecodedImages
+from blocktune.data import DecodedImages, TestDomain, normalize
 from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model
@@ -44,6 +44,30 @@ class FinalOutcome:
     test_acc: float
     test_pred: list[int]
     state: dict[str, torch.Tensor] | None  # the fine-tuned model's weights (None if failed)
+    # --test-data: per folder name, {"acc": accuracy, "pred": per-image predictions}
+    domains: dict[str, dict] = field(default_factory=dict)
+
+
+def cv_fold_name(fold: int) -> str:
+    return f"cv{fold}"
+
+
+def cv_folds(split: Mapping[str, Sequence[int]], labels: Sequence[int], folds: int, seed: int
+             ) -> dict[str, list[int]]:
+    """``folds`` stratified, seeded folds of the learning images (search, val and train):
+    ``{"cv0": [...], ...}`` indices into the data, each image in exactly one fold."""
+    import numpy as np
+
+    pool = sorted(i for name in ("search", "val", "train") for i in split[name])
+    generator = np.random.default_rng([seed, folds])
+    out: dict[str, list[int]] = {cv_fold_name(k): [] for k in range(folds)}
+    offset = 0
+    for label in sorted({int(labels[i]) for i in pool}):
+        members = generator.permutation([i for i in pool if int(labels[i]) == label]).tolist()
+        for position, index in enumerate(members):  # dealt round-robin, continuing across
+            out[cv_fold_name((offset + position) % folds)].append(index)  # classes
+        offset += len(members)
+    return {name: sorted(indices) for name, indices in out.items()}
 
 
 class Workbench:
@@ -51,10 +75,14 @@ class Workbench:
 
     def __init__(self, config: RunConfig, seed: int, images: DecodedImages,
                  split: Mapping[str, Sequence[int]], data_cfg, spill_dir: Path | None = None,
-                 weights_file_state: tuple[dict, str] | None = None):
+                 weights_file_state: tuple[dict, str] | None = None,
+                 domains: Sequence[TestDomain] = ()):
         """``weights_file_state``: (state dict, source) of a ``--weights`` file read on
-        another machine (a Ray worker gets the driver's, the file need not exist here)."""
+        another machine (a Ray worker gets the driver's, the file need not exist here).
+        ``split`` may hold cross-validation folds (:func:`cv_folds`) beside the four splits.
+        ``domains``: the ``--test-data`` folders every final is also scored on."""
         self.config, self.seed, self.images, self.split = config, seed, images, split
+        self.domains = list(domains)
         self.data_cfg, self.spill_dir = data_cfg, spill_dir
         if config.keep_freed_memory:
             keep_freed_memory()
@@ -146,6 +174,13 @@ class Workbench:
                     scales[id(p)] = decay ** depth
         return scales
 
+    def norms_scales(self) -> dict[int, float]:
+        """``norms``: every body parameter at the head's learning rate (× 1 / body_lr_scale;
+        with body_lr_scale 0 the body stays still, as everywhere)."""
+        scale = self.config.body_lr_scale
+        factor = 1.0 / scale if scale > 0 else 1.0
+        return {id(p): factor for p in self.model.body.parameters()}
+
     # -- training ----------------------------------------------------------------------
     def train(self, trial: Trial, checkpoint: dict | None = None,
               on_epoch: Callable | None = None, train_split: str = "search",
@@ -174,28 +209,43 @@ class Workbench:
         return result
 
     def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None,
-                  recipe: str | None = None) -> FinalOutcome:
+                  recipe: str | None = None, fold: int | None = None) -> FinalOutcome:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
-        early stopping and the kept weights), then score it once on test.
+        early stopping and the kept weights), then score it once on test and on every test
+        domain.
 
         ``recipe``: ``lp-ft`` and ``lp-bw`` train the head alone first (a linear probe,
         exactly Baseline I's final) and then ``group`` from there, with a fresh optimizer and
         schedule; their curves and seconds are both stages'. ``llrd`` trains ``group`` with
-        layer-wise learning-rate decay (:meth:`layer_decay_scales`)."""
+        layer-wise learning-rate decay (:meth:`layer_decay_scales`); ``norms`` trains only the
+        normalisation parameters and biases of ``group`` (and the head), at the head's rate.
+
+        ``fold``: a cross-validation fold instead of the final: trained the same way on the
+        other folds, with the held-out fold as val; nothing is tested and no weights are kept
+        (its score is ``result.best_val_acc`` and ``result.val_pred`` on the held-out fold)."""
+        if fold is None:
+            train_split, val_split = ("search", "train"), "val"
+        else:
+            folds = sorted(k for k in self.split if k.startswith("cv"))
+            val_split = cv_fold_name(fold)
+            train_split = tuple(k for k in folds if k != val_split)
         feed = self.feed(FINAL_COVER)
         model = self.reset()
         training = self.config.final_training(self.seed)
         probe = None
         if recipe in ("lp-ft", "lp-bw"):
             probe, _, _ = train_group(model, self.walk, (), feed, training,
-                                      train_split=("search", "train"), on_epoch=on_epoch,
-                                      fold=self.fold)
+                                      train_split=train_split, val_split=val_split,
+                                      on_epoch=on_epoch, fold=self.fold)
             if probe.status != "ok":
                 return FinalOutcome(probe, math.nan, [], None)
         scales = self.layer_decay_scales(self.config.layer_decay) if recipe == "llrd" else None
+        if recipe == "norms":  # few parameters (BitFit, TinyTL): they learn at the head's rate
+            scales = self.norms_scales()
         result, net, cut = train_group(model, self.walk, group, feed, training,
-                                       train_split=("search", "train"), on_epoch=on_epoch,
-                                       fold=self.fold, lr_scales=scales)
+                                       train_split=train_split, val_split=val_split,
+                                       on_epoch=on_epoch, fold=self.fold, lr_scales=scales,
+                                       parameters="norms" if recipe == "norms" else "all")
         if probe is not None:  # one record of both stages
             result.seconds += probe.seconds
             result.epochs += probe.epochs
@@ -203,10 +253,35 @@ class Workbench:
                 setattr(result, name, getattr(probe, name) + getattr(result, name))
         if result.status != "ok":
             return FinalOutcome(result, math.nan, [], None)
+        if fold is not None:
+            return FinalOutcome(result, math.nan, [], None)
         # The one and only use of the test split: after every choice was made on val.
         test_x, test_y = feed.inputs(cut, "test")
         device = next(net.parameters()).device
         test_acc, _, test_pred = evaluate(net, test_x, test_y, feed.prepare(cut, device),
                                           device=device)
+        domains = self.score_domains(model)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return FinalOutcome(result, test_acc, test_pred.tolist(), state)
+        return FinalOutcome(result, test_acc, test_pred.tolist(), state, domains)
+
+    def score_domains(self, model: BlockModel) -> dict[str, dict]:
+        """The fine-tuned model on every ``--test-data`` folder, the whole network from the
+        pixels (scored like test: after every choice, never read by one)."""
+        if not self.domains:
+            return {}
+        device = self.device
+        whole = torch.nn.Sequential(model.body, model.head)
+        mean, std = self.data_cfg.mean, self.data_cfg.std
+
+        def prepare(batch: torch.Tensor) -> torch.Tensor:
+            return normalize(batch.to(device), mean, std).contiguous(
+                memory_format=torch.channels_last)
+
+        out = {}
+        for domain in self.domains:
+            started = time.perf_counter()
+            accuracy, _, pred = evaluate(whole, domain.pixels, domain.labels, prepare,
+                                         device=device)
+            out[domain.name] = {"acc": accuracy, "pred": pred.tolist(),
+                                "seconds": time.perf_counter() - started}
+        return out

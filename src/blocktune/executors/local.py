@@ -32,7 +32,7 @@ class LocalExecutor:
                on_epoch: Callable | None = None) -> Iterator[tuple[FinalTrial, FinalOutcome]]:
         for trial in trials:
             on_start(trial)
-            yield trial, self.bench.fit_final(trial.group, on_epoch, trial.recipe)
+            yield trial, self.bench.fit_final(trial.group, on_epoch, trial.recipe, trial.fold)
 
     def close(self) -> None:
         pass

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from blocktune.config import RunConfig
-from blocktune.data import DecodedImages
+from blocktune.data import DecodedImages, TestDomain
 from blocktune.errors import BlocktuneError
 from blocktune.plan import FinalTrial, Trial, recipe_of
 from blocktune.train import TrainResult
@@ -148,9 +148,12 @@ def _worker_bench(spec: dict, cache: dict | None) -> Workbench:
                                torch.from_numpy(spec["labels"]), spec["classes"], [])
         # The driver's config as a plain value: its data folder and --weights file are the
         # driver's, never looked for here (the images and weights travel in the spec)
+        domains = [TestDomain(name, torch.from_numpy(pixels), torch.from_numpy(labels))
+                   for name, pixels, labels in spec["domains"]]
         _BENCHES[key] = Workbench(RunConfig(**spec["config"]), spec["seed"], images,
                                   spec["split"], spec["data_cfg"],
-                                  weights_file_state=spec["weights_file_state"])
+                                  weights_file_state=spec["weights_file_state"],
+                                  domains=domains)
     bench = _BENCHES[key]
     if cache is not None:
         import ray
@@ -221,7 +224,7 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     _maybe_fault(f"final:{config['final']['method']}")
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
         {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}),
-        recipe_of(config["final"]["method"]))
+        recipe_of(config["final"]["method"]), config["final"].get("fold"))
     with tempfile.TemporaryDirectory(prefix="blocktune-final-") as folder:
         saved = None
         if outcome.state is not None:
@@ -229,14 +232,17 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
                       str(Path(folder) / CHECKPOINT_WEIGHTS))
             saved = tune.Checkpoint.from_directory(folder)
         tune.report({"blocktune_result": json.dumps(outcome.result.to_dict()),
-                     "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred)},
+                     "test_acc": outcome.test_acc, "test_pred": json.dumps(outcome.test_pred),
+                     "domains": json.dumps(outcome.domains)},
                     checkpoint=saved)
 
 
 def _trial_name(config: dict) -> str:
     """``block #3`` or ``final block``, from a Tune trial's config."""
     if "final" in config:
-        return f"final {config['final']['method']}"
+        fold = config["final"].get("fold")
+        return f"final {config['final']['method']}" + (f" fold {fold}" if fold is not None
+                                                        else "")
     return f"{config['trial']['method']} #{config['trial']['index']}"
 
 
@@ -269,7 +275,8 @@ class RayExecutor:
             "split": {k: list(v) for k, v in bench.split.items()}, "data_cfg": bench.data_cfg,
             "weights_file_state": ({k: v.cpu() for k, v in bench.pristine.items()},
                                    bench.weights_source) if bench.config.weights else None,
-            "threads": self.resources.get("cpu", 1)})
+            "threads": self.resources.get("cpu", 1),
+            "domains": [(d.name, d.pixels.numpy(), d.labels.numpy()) for d in bench.domains]})
         self._experiments = 0
 
     def _cache_payload(self, cover: tuple[str, ...]) -> dict | None:
@@ -325,13 +332,13 @@ class RayExecutor:
         from safetensors.torch import load_file
 
         self.bench.prepare_cuts([t.group for t in trials], FINAL_COVER)
-        by_method = {t.method: t for t in trials}
+        by_key = {(t.method, t.fold): t for t in trials}
         trainable = tune.with_parameters(_final_trainable, spec=self.spec,
                                          cache=self._cache_payload(FINAL_COVER))
-        space = {"final": tune.grid_search([{"method": t.method, "group": t.group}
-                                            for t in trials])}
+        space = {"final": tune.grid_search([{"method": t.method, "group": t.group,
+                                             "fold": t.fold} for t in trials])}
         for kind, config, result, checkpoint in self._fit(trainable, space, "finals"):
-            trial = by_method[config["final"]["method"]]
+            trial = by_key[config["final"]["method"], config["final"].get("fold")]
             if kind == "start":
                 on_start(trial)
                 continue
@@ -342,7 +349,7 @@ class RayExecutor:
                 if checkpoint is not None else None
             yield trial, FinalOutcome(TrainResult(**json.loads(result["blocktune_result"])),
                                       float(result["test_acc"]), json.loads(result["test_pred"]),
-                                      state)
+                                      state, json.loads(result.get("domains") or "{}"))
 
     def _fit(self, trainable, space: dict, kind: str):
         """Run a Tuner in a thread; yield ("start"|"done", config, result, checkpoint) events
