@@ -6,11 +6,11 @@
     python benchmarks/suite.py --decide [--out runs/suite]      # the tables and decisions
 
 Per (seed, dataset), seed-major so that a partial suite is balanced: ``blocktune run`` as a
-user would call it — ``--learn-images 1000``, the protocol's seven methods as finals, the
-choice cross-validated (``--choose-by cv5``; the ``val`` choice is read from the same finals)
-— with three corrupted copies of (up to 1,000 of) that run's own test images as
-``--test-data``, written once before the run. Then each dataset once at full size (seed 20,
-``val`` only). Every run is its own run folder and resumes from its files: the suite can be
+user would call it — ``--learn-images 1000``, the protocol's seven methods as finals — with
+three corrupted copies of (up to 1,000 of) that run's own test images as ``--test-data``,
+written once before the run. When every run has its finals, the same folders are resumed with
+``--choose-by cv5`` (the cross-validated choice; ``val``'s is read from the same finals). Then
+each dataset once at full size (seed 20, ``val`` only). Every run is its own run folder and resumes from its files: the suite can be
 stopped at any point and started again.
 
 ``--decide`` prints the protocol's tables and decisions (computed by :mod:`blocktune.protocol`)
@@ -62,10 +62,12 @@ def data_spec(dataset: str) -> str:
     return str(Path(root) / dataset)
 
 
-def run_config(dataset: str, seed: int, full: bool = False, test_data: list[str] | None = None
-               ) -> RunConfig:
-    """The protocol's config of one run: 1,000 learning images and cv5, or full size and val."""
-    small = {} if full else {"learn_images": LEARN_IMAGES, "choose_by": "cv5",
+def run_config(dataset: str, seed: int, full: bool = False, test_data: list[str] | None = None,
+               choose_by: str = "cv5") -> RunConfig:
+    """The protocol's config of one run: 1,000 learning images (finals, then cv5), or full
+    size and val. ``choose_by`` is no resume key: the same folder first gets its finals
+    (``val``), later its cross-validation (``cv5``)."""
+    small = {} if full else {"learn_images": LEARN_IMAGES, "choose_by": choose_by,
                              "test_data": test_data or []}
     return RunConfig(data=data_spec(dataset), seeds=[seed],
                      image_size=IMAGE_SIZE.get(dataset, DEFAULT_SIZE), **SETTINGS, **small)
@@ -163,6 +165,17 @@ def plan(datasets: list[str], seeds: list[int], full: bool) -> list[tuple[str, i
     return runs + ([(d, seeds[0], True) for d in datasets] if full else [])
 
 
+def passes(runs: list[tuple[str, int, bool]], shard: int, shards: int
+           ) -> list[tuple[str, int, bool, str]]:
+    """This shard's work in order: the finals of every 1,000-image run (``val``), then their
+    cross-validation (``cv5``, the same folders resumed), then the full-size runs. A run
+    belongs to one shard in every pass, so two shards never share a folder."""
+    mine = [r for i, r in enumerate(runs) if i % shards == shard]
+    small = [r for r in mine if not r[2]]
+    return ([(*r, "val") for r in small] + [(*r, "cv5") for r in small]
+            + [(*r, "val") for r in mine if r[2]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/suite"))
@@ -188,13 +201,13 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    for dataset, seed, full in runs[shard::shards]:
+    for dataset, seed, full, choose_by in passes(runs, shard, shards):
         folder = run_folder(args.out, dataset, seed, full)
-        name = f"{dataset} {'full' if full else LEARN_IMAGES} seed {seed}"
+        name = f"{dataset} {'full' if full else LEARN_IMAGES} seed {seed} {choose_by}"
         started = time.perf_counter()
         domains = [] if full else write_domains(
             run_config(dataset, seed), args.out / dataset / f"domains_seed{seed}", seed)
-        run(run_config(dataset, seed, full, domains), folder, [Log(name)])
+        run(run_config(dataset, seed, full, domains, choose_by), folder, [Log(name)])
         print(f"[{time.strftime('%H:%M:%S')} {name}] done in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
 

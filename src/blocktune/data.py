@@ -259,8 +259,9 @@ def download_tf_flowers(root: Path) -> Path:
     return root / "flower_photos"
 
 
-def scan_folder(root: str | Path) -> ImageFolder:
-    """List the class folders and image files of ``root``; non-image files are skipped."""
+def scan_folder(root: str | Path, min_classes: int = 2) -> ImageFolder:
+    """List the class folders and image files of ``root``; non-image files are skipped. Data
+    to learn from needs two classes; a test folder (``min_classes=1``) may hold one."""
     root = Path(root)
     if not root.is_dir():
         raise BlocktuneError(f"data folder {root} does not exist: pass a folder with one "
@@ -286,7 +287,7 @@ def scan_folder(root: str | Path) -> ImageFolder:
         raise BlocktuneError(f"class folder {root / empty[0]} holds no images: add images to "
                              "it or move it out of the data folder")
     present = sorted(set(labels))
-    if len(present) < 2:
+    if len(present) < min_classes:
         raise BlocktuneError(f"data folder {root} has images of only one class: fine-tuning a "
                              "classifier needs at least two class sub-folders")
     return ImageFolder(root, classes, files, labels, skipped)
@@ -343,7 +344,7 @@ def _stat(path: Path) -> list[int]:
 
 def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear",
                   strict: bool = False, use_cache: bool = True,
-                  workers: int | None = None) -> DecodedImages:
+                  workers: int | None = None, min_classes: int = 2) -> DecodedImages:
     """Decode every image of ``folder`` once into a uint8 store; reuse the store next time.
 
     The store (one per folder, size and interpolation) records each file's size and
@@ -357,7 +358,7 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
     if not use_cache:
         pixels, ok, digests = _decode(folder, list(range(len(folder.files))), size,
                                       interpolation, workers, None, {})
-        return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict)
+        return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict, min_classes)
     key = hashlib.sha256(json.dumps([str(folder.root.resolve()), size, interpolation]).encode()
                          ).hexdigest()[:16]
     store = cache_dir() / "decoded" / f"{folder.root.name}-{size}-{key}"
@@ -374,7 +375,7 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
                 and all(reuse.get(i) == i for i in range(len(folder.files))):
             pixels = np.load(store / old["pixels"], mmap_mode="c")
             return _decoded(folder, torch.from_numpy(pixels), [e["ok"] for e in old["entries"]],
-                            [e["sha256"] for e in old["entries"]], strict)
+                            [e["sha256"] for e in old["entries"]], strict, min_classes)
         todo = [i for i in range(len(folder.files)) if i not in reuse]
         size_bytes = len(folder.files) * 3 * size * size
         require(f"decoding {len(folder.files)} images at {size}×{size}", size_bytes,
@@ -391,7 +392,7 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
                    for f, st, good, digest in zip(folder.files, stats, ok, digests, strict=True)]
         _write_store(store, pixels, entries)
         del previous
-    return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict)
+    return _decoded(folder, torch.from_numpy(pixels), ok, digests, strict, min_classes)
 
 
 def _decode(folder: ImageFolder, todo: list[int], size: int, interpolation: str,
@@ -456,7 +457,7 @@ def _write_store(store: Path, pixels: np.ndarray, entries: list[dict]) -> None:
 
 
 def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests: list[str],
-             strict: bool) -> DecodedImages:
+             strict: bool, min_classes: int = 2) -> DecodedImages:
     corrupt = [f for f, good in zip(folder.files, ok, strict=True) if not good]
     unreadable = folder.skipped + corrupt
     if unreadable:
@@ -468,7 +469,7 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests:
         log.warning("%s: skipped", message)
     files = [f for f, good in zip(folder.files, ok, strict=True) if good]
     labels = torch.tensor([lab for lab, good in zip(folder.labels, ok, strict=True) if good])
-    if len(set(labels.tolist())) < 2:
+    if len(set(labels.tolist())) < min_classes:
         raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
                              "fine-tuning a classifier needs at least two classes")
     kept = [d for d, good in zip(digests, ok, strict=True) if good]
@@ -640,14 +641,15 @@ def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: i
         if not path.is_dir():
             raise BlocktuneError(f"test data folder {folder} does not exist: pass folders with "
                                  "one sub-folder of images per class, as --data has")
-        found = scan_folder(path)
-        unknown = [c for c in found.classes if c not in index]
+        unknown = sorted(p.name for p in path.iterdir() if p.is_dir()
+                         and not p.name.startswith(".") and p.name not in index)
         if unknown:
             raise BlocktuneError(
                 f"test data folder {folder} has class {unknown[0]!r}, which the training data "
                 f"does not ({len(unknown)} such): its sub-folders must be named as the data's "
                 f"classes ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
-        decoded = decode_folder(found, size, interpolation, strict=strict)
+        found = scan_folder(path, min_classes=1)
+        decoded = decode_folder(found, size, interpolation, strict=strict, min_classes=1)
         if len(decoded.labels) == 0:
             raise BlocktuneError(f"test data folder {folder} holds no readable image: give "
                                  "folders of images per class")

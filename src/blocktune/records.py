@@ -217,6 +217,10 @@ class CvRow:
                 "fold_acc": f"{self.fold_acc:.6f}", "seconds": f"{self.seconds:.2f}",
                 "fold_pred": predictions_text(self.fold_pred or [])}
 
+    def recorded(self) -> CvRow:
+        """The row exactly as ``cv.csv`` holds it."""
+        return CvRow.from_csv(self.to_csv())
+
     @classmethod
     def from_csv(cls, row: dict[str, str]) -> CvRow:
         return cls(method=row["method"], fold=int(row["fold"]),

@@ -543,7 +543,7 @@ class SeedRun:
             return groups[method], recipe_of(method)
 
         def record(row: CvRow) -> None:
-            rows.append(row)
+            rows.append(row.recorded())
             self.files.write_cv(rows)
             faults.point("cv")
 

@@ -1,0 +1,389 @@
+"""The small-data protocol's decision code (``benchmarks/PROTOCOL-small.md``), as a library.
+
+Pure functions of recorded run folders: per (dataset, seed) run, every method's final (its
+test accuracy, read here only because this is a benchmark), the cross-validation rows and the
+search rows' seconds. From them: each fixed recipe's regret, each configuration's (choice
+procedure × method set) pick, regret and cost ratio, the default configuration under the cost
+bar, and the claim the README may make. The pick is made by :func:`blocktune.recommend.recommend`
+— the product's own ranking, ties included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blocktune.plan import BASELINE_I, BASELINE_II, label, recipe_of
+from blocktune.recommend import recommend
+from blocktune.records import CandidateRow, CvRow, FinalRow
+from blocktune.stats import Comparison, adjust, compare_over_seeds, mean_interval, with_minus
+
+# PROTOCOL-small.md's fixed settings
+METHODS = (BASELINE_I, BASELINE_II, "lp-ft", "norms", "quarter", "block", "lp-bw")
+FIXED_RECIPES = (BASELINE_I, BASELINE_II, "lp-ft", "norms", "quarter")  # "always BW" = quarter
+PROCEDURES = ("val", "cv5")
+COST_BAR = 2.0  # × one Baseline II fine-tune
+TIE_POINTS = 0.5  # mean regrets this close tie
+# what each method needs searched: the strategies whose candidates its pick comes from
+NEEDS_SEARCH = {"quarter": ("quarter",), "block": ("quarter", "block"), "lp-bw": ("quarter",)}
+PROBED = ("lp-ft", "lp-bw")  # first stage = Baseline I's final (same training)
+
+
+@dataclass
+class RunRecord:
+    """What one (dataset, seed) run recorded, as the protocol reads it."""
+
+    dataset: str
+    seed: int
+    finals: list[FinalRow]
+    cv: list[CvRow] = field(default_factory=list)
+    search: list[CandidateRow] = field(default_factory=list)
+    full: bool = False
+
+    @property
+    def test(self) -> dict[str, float]:
+        return {r.method: r.test_acc for r in self.finals if r.status == "ok"}
+
+    def complete(self, methods: Sequence[str] = METHODS) -> bool:
+        return all(m in self.test for m in methods)
+
+    def best_test(self, methods: Sequence[str] = METHODS) -> float:
+        return max(self.test[m] for m in methods)
+
+    def regret(self, method: str, methods: Sequence[str] = METHODS) -> float:
+        """Best in hindsight among ``methods`` − ``method``'s test accuracy, in points."""
+        return 100 * (self.best_test(methods) - self.test[method])
+
+    def domain_regret(self, domain: str, method: str, methods: Sequence[str] = METHODS
+                      ) -> float:
+        accs = {r.method: r.domains[domain]["acc"] for r in self.finals
+                if r.status == "ok" and domain in r.domains}
+        return 100 * (max(accs[m] for m in methods) - accs[method])
+
+    def pick(self, procedure: str, methods: Sequence[str]) -> str | None:
+        chosen = recommend(self.finals, procedure, self.cv, among=set(methods))
+        return None if chosen is None else chosen["method"]
+
+    # -- cost ---------------------------------------------------------------------------
+    def _training_seconds(self, rows: Sequence, method: str) -> float:
+        """The seconds of the training behind ``method``'s row (a copy: its source's)."""
+        row = next(r for r in rows if r.method == method)
+        if row.same_as:
+            return self._training_seconds(rows, row.same_as)
+        return row.seconds
+
+    def search_seconds(self, methods: Sequence[str]) -> float:
+        """Seconds of the distinct search trainings the methods' picks need (a copied row
+        counts once, under the row it copies); the baselines' search rows are not needed."""
+        strategies = {s for m in methods for s in NEEDS_SEARCH.get(m, ())}
+        needed = {r.layer_indices for r in self.search if r.strategy in strategies}
+        return sum(r.seconds for r in self.search if not r.same_as
+                   and r.strategy not in (BASELINE_I, BASELINE_II)
+                   and r.layer_indices in needed)
+
+    def finals_seconds(self, methods: Sequence[str]) -> float:
+        """Seconds of the methods' final trainings: one training per (group, recipe); LP-FT's
+        and LP-BW's first stage is Baseline I's final, counted once when both are run."""
+        seen, total = set(), 0.0
+        for method in methods:
+            row = next(r for r in self.finals if r.method == method)
+            key = (row.layer_indices, recipe_of(method))
+            if key in seen:
+                continue
+            seen.add(key)
+            total += self._training_seconds(self.finals, method)
+        if BASELINE_I in methods:
+            probe = self._training_seconds(self.finals, BASELINE_I)
+            total -= probe * len({recipe_of(m) for m in methods if m in PROBED})
+        return total
+
+    def cv_seconds(self, methods: Sequence[str]) -> float:
+        """Seconds of the fold trainings of the methods (a copied fold counts once)."""
+        total, seen = 0.0, set()
+        for row in self.cv:
+            if row.method not in methods:
+                continue
+            key = (row.fold, row.layer_indices, recipe_of(row.method))
+            if key in seen:
+                continue
+            seen.add(key)
+            source = row if not row.same_as else next(
+                r for r in self.cv if r.method == row.same_as and r.fold == row.fold)
+            total += source.seconds
+        return total
+
+    def cost_ratio(self, procedure: str, methods: Sequence[str]) -> float:
+        """The configuration's seconds ÷ this run's Baseline II final's."""
+        seconds = self.search_seconds(methods) + self.finals_seconds(methods)
+        if procedure != "val":
+            seconds += self.cv_seconds(methods)
+        return seconds / self._training_seconds(self.finals, BASELINE_II)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    procedure: str
+    methods: tuple[str, ...]
+
+    def name(self) -> str:
+        return f"{self.procedure}: {', '.join(label(m) for m in self.methods)}"
+
+
+def configurations(methods: Sequence[str] = METHODS, procedures: Sequence[str] = PROCEDURES
+                   ) -> list[Configuration]:
+    """Every procedure × method set holding both baselines, smaller sets first."""
+    others = [m for m in methods if m not in (BASELINE_I, BASELINE_II)]
+    out = []
+    for procedure in procedures:
+        for size in range(len(others) + 1):
+            for extra in itertools.combinations(others, size):
+                chosen = set(extra) | {BASELINE_I, BASELINE_II}
+                out.append(Configuration(procedure, tuple(m for m in methods if m in chosen)))
+    return out
+
+
+@dataclass
+class Scored:
+    config: Configuration
+    regrets: list[float]  # per run, points
+    costs: list[float]  # per run, × Baseline II
+
+    @property
+    def mean_regret(self) -> float:
+        return sum(self.regrets) / len(self.regrets)
+
+    @property
+    def mean_cost(self) -> float:
+        return sum(self.costs) / len(self.costs)
+
+
+def score(runs: Sequence[RunRecord], config: Configuration) -> Scored:
+    regrets, costs = [], []
+    for run in runs:
+        picked = run.pick(config.procedure, config.methods)
+        regrets.append(run.regret(picked) if picked is not None else math.nan)
+        costs.append(run.cost_ratio(config.procedure, config.methods))
+    return Scored(config, regrets, costs)
+
+
+def choose_default(scored: Sequence[Scored], cost_bar: float = COST_BAR,
+                   tie_points: float = TIE_POINTS) -> Scored | None:
+    """Criterion 1: among configurations with mean cost ≤ the bar, the lowest mean regret;
+    regrets within ``tie_points`` tie, and ties go to the lower mean cost, then to ``val``,
+    then to the smaller set."""
+    eligible = [s for s in scored if s.mean_cost <= cost_bar
+                and not any(math.isnan(r) for r in s.regrets)]
+    if not eligible:
+        return None
+    best = min(s.mean_regret for s in eligible)
+    tied = [s for s in eligible if s.mean_regret <= best + tie_points + 1e-9]
+    return min(tied, key=lambda s: (s.mean_cost, s.config.procedure != "val",
+                                    len(s.config.methods)))
+
+
+@dataclass
+class Claim:
+    """Criteria 2 and 3: the default configuration against each fixed recipe."""
+
+    config: Scored
+    # regret(config) − regret(recipe) as an accuracy difference, Holm over the fixed recipes
+    versus: list[Comparison]
+    per_dataset: dict[str, Comparison]  # test(config pick) − test(Baseline II)
+    pays: bool
+    beats_every_recipe: bool
+    worse_than: list[str]  # fixed recipes with a lower regret, clearly
+    advice: str  # the fixed recipe with the lowest mean regret
+
+    def sentence(self) -> str:
+        name = self.config.config.name()
+        regret = f"{self.config.mean_regret:.2f}"
+        if self.pays:
+            strength = ("better than any fixed recipe" if self.beats_every_recipe
+                        else "better than always fine-tuning every layer")
+            return (f"The choice pays: the recommendation ({name}) has a mean regret of "
+                    f"{regret} points, {strength}.")
+        if self.worse_than:
+            return (f"The choice does not pay: always {label(self.worse_than[0])} has a lower "
+                    f"regret than the recommendation ({name}, {regret} points).")
+        return (f"The choice is not shown to pay: the recommendation ({name}) has a mean regret "
+                f"of {regret} points, not clearly below always fine-tuning every layer; the "
+                f"fixed recipe with the lowest regret is {label(self.advice)}.")
+
+
+def claim(runs: Sequence[RunRecord], chosen: Scored) -> Claim:
+    """Criteria 2-3 of the protocol, for the configuration criterion 1 chose."""
+    versus = []
+    for recipe in FIXED_RECIPES:
+        differences = [(c - run.regret(recipe)) / 100 for c, run in zip(chosen.regrets, runs,
+                                                                       strict=True)]
+        versus.append(compare_over_seeds(chosen.config.name(), label(recipe), differences,
+                                         images=len(runs)))
+    versus = adjust(versus)
+    by_recipe = dict(zip(FIXED_RECIPES, versus, strict=True))
+
+    def clearly_below(c: Comparison) -> bool:
+        return c.difference.high < 0 and c.p_decisive < 0.05
+
+    def clearly_above(c: Comparison) -> bool:
+        return c.difference.low > 0 and c.p_decisive < 0.05
+
+    per_dataset = {}
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        mine = [(run, regret) for run, regret in zip(runs, chosen.regrets, strict=True)
+                if run.dataset == dataset]
+        # the pick's test − Baseline II's test = Baseline II's regret − the pick's regret
+        differences = [(run.regret(BASELINE_II) - regret) / 100 for run, regret in mine]
+        per_dataset[dataset] = compare_over_seeds(chosen.config.name(), label(BASELINE_II),
+                                                  differences, images=len(mine))
+    not_worse_anywhere = all(c.difference.high >= 0 or math.isnan(c.difference.high)
+                             for c in per_dataset.values())
+    pays = clearly_below(by_recipe[BASELINE_II]) and not_worse_anywhere
+    beats_all = pays and all(clearly_below(c) for c in versus)
+    worse_than = [r for r in FIXED_RECIPES if clearly_above(by_recipe[r])]
+    advice = min(FIXED_RECIPES, key=lambda r: (sum(run.regret(r) for run in runs),
+                                               FIXED_RECIPES.index(r)))
+    return Claim(chosen, versus, per_dataset, pays, beats_all, worse_than, advice)
+
+
+# -- reading run folders, and the tables --------------------------------------------------------
+def read_run(folder: Path, dataset: str, seed: int, full: bool = False) -> RunRecord | None:
+    """A finished run folder's record, or None while its finals are not all in."""
+    from blocktune.runfolder import RunFolder
+
+    files = RunFolder(folder)
+    if not files.is_run():
+        return None
+    seed_files = files.seed(seed)
+    if not seed_files.finals.exists():
+        return None
+    record = RunRecord(dataset, seed, seed_files.read_finals(),
+                       seed_files.read_cv() if seed_files.cv.exists() else [],
+                       seed_files.read_candidates(), full)
+    methods = METHODS
+    if not record.complete(methods):
+        return None
+    if not full and record.pick("cv5", methods) is None:
+        return None  # its cross-validation is not finished
+    return record
+
+
+@dataclass
+class Suite:
+    runs: list[RunRecord]  # the finished 1,000-image runs
+    full: list[RunRecord]  # the finished full-size runs
+    planned: int  # 1,000-image runs planned
+
+    @property
+    def provisional(self) -> bool:
+        return len(self.runs) < self.planned
+
+
+def read_suite(out: Path, planned: Sequence[tuple[str, int, bool, Path]]) -> Suite:
+    """Every planned run folder that has finished: (dataset, seed, full size, folder)."""
+    runs, full = [], []
+    for dataset, seed, is_full, folder in planned:
+        record = read_run(folder, dataset, seed, is_full)
+        if record is not None:
+            (full if is_full else runs).append(record)
+    return Suite(runs, full, sum(not f for _, _, f, _ in planned))
+
+
+def report(suite: Suite) -> str:
+    """The protocol's tables and decisions, as markdown."""
+    runs = suite.runs
+    lines = [f"# Small-data suite: {len(runs)} of {suite.planned} runs at 1,000 images, "
+             f"{len(suite.full)} at full size"]
+    if suite.provisional:
+        lines.append("\n**Provisional**: not every planned run is in; nothing is decided.")
+    if not runs:
+        return "\n".join(lines)
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    lines += ["", "## Test accuracy per dataset (mean over seeds, 95% t interval)", "",
+              "| dataset | seeds | " + " | ".join(label(m) for m in METHODS)
+              + " | val pick | cv5 pick |", "|---" * (len(METHODS) + 4) + "|"]
+    for dataset in datasets:
+        mine = [r for r in runs if r.dataset == dataset]
+        cells = [_mean_text([r.test[m] for r in mine]) for m in METHODS]
+        picks = [_mean_text([r.test[r.pick(p, METHODS)] for r in mine]) for p in PROCEDURES]
+        lines.append(f"| {dataset} | {len(mine)} | " + " | ".join(cells + picks) + " |")
+    lines += ["", "## Regret (points below the best of the seven in hindsight), mean over all "
+              "runs", "", "| recipe or procedure | mean regret [95% t] | per dataset |",
+              "|---|---|---|"]
+    for method in FIXED_RECIPES + ("block", "lp-bw"):
+        lines.append(_regret_line(f"always {label(method)}", runs, datasets,
+                                  [r.regret(method) for r in runs]))
+    for procedure in PROCEDURES:
+        lines.append(_regret_line(f"recommendation ({procedure}, all seven)", runs, datasets,
+                                  [r.regret(r.pick(procedure, METHODS)) for r in runs]))
+    scored = [score(runs, c) for c in configurations()]
+    chosen = choose_default(scored)
+    lines += ["", f"## Configurations under the cost bar (≤ {COST_BAR}× Baseline II), best "
+              "first", "", "| configuration | mean regret | mean cost × B-II |", "|---|---|---|"]
+    for s in sorted(scored, key=lambda s: (s.mean_regret, s.mean_cost))[:12]:
+        mark = " (**chosen**)" if s is chosen else ""
+        over = "" if s.mean_cost <= COST_BAR else " (over the bar)"
+        lines.append(f"| {s.config.name()}{mark} | {s.mean_regret:.2f} | "
+                     f"{s.mean_cost:.2f}{over} |")
+    every = [s for s in scored if s.config.methods == METHODS]
+    lines += ["", "Cost of running all seven: " + "; ".join(
+        f"{s.config.procedure} {s.mean_cost:.2f}×" for s in every)]
+    if chosen is None:
+        lines.append("\nNo configuration is under the cost bar.")
+    else:
+        verdict = claim(runs, chosen)
+        lines += ["", "## The claim (criteria 2-3)", "", verdict.sentence(), ""]
+        lines += [f"- regret − always {c.b}'s: {with_minus(c.difference.points())}, "
+                  f"{_regret_word(c)} (t-test p {c.p_value:.3g}, Holm {c.p_decisive:.3g})"
+                  for c in verdict.versus]
+        lines += [f"- {d}: the pick's test − Baseline II's {with_minus(c.difference.points())} "
+                  f"over {c.seeds} seeds" for d, c in verdict.per_dataset.items()]
+        if suite.provisional:
+            lines.append("\n(provisional: the claim is not made until every run is in)")
+    domains = sorted({d for r in runs for f in r.finals for d in f.domains})
+    if domains:
+        lines += ["", "## Test domains (input corruptions; decide nothing): mean accuracy", "",
+                  "| domain | " + " | ".join(label(m) for m in METHODS) + " | val pick regret |"
+                  " cv5 pick regret |", "|---" * (len(METHODS) + 3) + "|"]
+        for domain in domains:
+            have = [r for r in runs if all(domain in f.domains for f in r.finals
+                                           if f.status == "ok")]
+            cells = [_mean_text([next(f.domains[domain]["acc"] for f in r.finals
+                                      if f.method == m) for r in have]) for m in METHODS]
+            regrets = [_points_text([r.domain_regret(domain, r.pick(p, METHODS)) for r in have])
+                       for p in PROCEDURES]
+            lines.append(f"| {domain} | " + " | ".join(cells + regrets) + " |")
+    if suite.full:
+        lines += ["", "## Full size (one seed each; val procedure)", "",
+                  "| dataset | " + " | ".join(label(m) for m in METHODS)
+                  + " | val pick |", "|---" * (len(METHODS) + 2) + "|"]
+        for r in suite.full:
+            lines.append(f"| {r.dataset} | " + " | ".join(
+                f"{r.test[m]:.3f}" for m in METHODS) + f" | {label(r.pick('val', METHODS))} |")
+    return "\n".join(lines)
+
+
+def _mean_text(values: Sequence[float]) -> str:
+    return mean_interval(values).fraction()
+
+
+def _points_text(values: Sequence[float]) -> str:
+    """Values already in points: mean [t interval]."""
+    interval = mean_interval(values)
+    if math.isnan(interval.low):
+        return with_minus(f"{interval.value:+.2f}")
+    return with_minus(f"{interval.value:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]")
+
+
+def _regret_word(c: Comparison) -> str:
+    """A regret difference's word: lower regret is better."""
+    return {"better": "higher regret", "worse": "lower regret"}.get(c.word, c.word)
+
+
+def _regret_line(name: str, runs: Sequence[RunRecord], datasets: list[str],
+                 regrets: list[float]) -> str:
+    per = ", ".join(f"{d} {sum(g for r, g in zip(runs, regrets, strict=True) if r.dataset == d) / max(1, sum(r.dataset == d for r in runs)):.1f}"
+                    for d in datasets)
+    return f"| {name} | {_points_text(regrets)} | {per} |"

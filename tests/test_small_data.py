@@ -1,0 +1,246 @@
+"""Small data: ``--learn-images``, ``--test-data``, the ``norms`` recipe and the cross-validated
+choice (``--choose-by cvK``), on the tiny test model."""
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from blocktune import train as train_module
+from blocktune.cli import main
+from blocktune.data import load_test_domains, stratified_split
+from blocktune.errors import BlocktuneError
+from blocktune.layers import walk
+from blocktune.models import build_model
+from blocktune.recommend import cv_folds_of, recommend
+from blocktune.records import CvRow, FinalRow
+from blocktune.runfolder import RunFolder
+from blocktune.search import run
+from blocktune.train import freeze, is_norm_or_bias
+from blocktune.workbench import cv_folds
+
+from .conftest import make_image_folder, workbench_for
+from .test_search import tiny_config
+
+LABELS = [0] * 50 + [1] * 30 + [2] * 20
+FRACTIONS = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}
+
+
+# -- --learn-images ---------------------------------------------------------------------------
+@pytest.mark.parametrize("learn", [9, 40, 64, 97])
+def test_learn_images_draws_exactly_that_many_stratified_and_tests_on_the_rest(learn):
+    split = stratified_split(LABELS, FRACTIONS, seed=3, learn_images=learn)
+    pool = split["search"] + split["val"] + split["train"]
+    assert len(pool) == learn
+    assert sorted(pool + split["test"]) == list(range(len(LABELS)))  # each image once
+    assert not set(pool) & set(split["test"])
+    for label, size in ((0, 50), (1, 30), (2, 20)):  # every class in every split, in proportion
+        mine = [i for i in pool if LABELS[i] == label]
+        assert abs(len(mine) - learn * size / 100) <= 3
+        for name in ("search", "val", "train", "test"):
+            assert any(LABELS[i] == label for i in split[name])
+    # the learning splits keep the fractions' proportions (10 : 10 : 60)
+    assert abs(len(split["train"]) - 0.75 * learn) <= 4
+    assert split == stratified_split(LABELS, FRACTIONS, seed=3, learn_images=learn)
+    assert split != stratified_split(LABELS, FRACTIONS, seed=4, learn_images=learn)
+
+
+@pytest.mark.parametrize("learn, words", [(100, "ask for between 9"), (8, "ask for between 9"),
+                                          (1000, "the data has 100 images")])
+def test_learn_images_out_of_reach_is_one_line(learn, words):
+    with pytest.raises(BlocktuneError, match=words):
+        stratified_split(LABELS, FRACTIONS, seed=0, learn_images=learn)
+
+
+def test_a_class_too_small_to_learn_and_test_is_refused():
+    with pytest.raises(BlocktuneError, match="class 'b' has 3 image"):
+        stratified_split([0] * 30 + [1] * 3, FRACTIONS, classes=["a", "b"], learn_images=12)
+
+
+def test_learn_images_is_recorded_and_a_resume_key(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, learn_images=24, final_epochs=1, epochs=1), out)
+    saved = json.loads((out / "seed_0" / "splits.json").read_text())
+    assert saved["learn_images"] == 24
+    assert saved["counts"]["search"] + saved["counts"]["val"] + saved["counts"]["train"] == 24
+    assert saved["counts"]["test"] == 60 - 24
+    with pytest.raises(BlocktuneError, match="learn_images"):
+        run(tiny_config(image_folder, learn_images=30, final_epochs=1, epochs=1), out)
+
+
+# -- norms -------------------------------------------------------------------------------------
+def test_norms_trains_only_norm_parameters_and_biases_and_the_head():
+    model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)
+    model_walk = walk(model.body, input_size=(3, 32, 32))
+    frozen = freeze(model, model_walk, None, "norms")
+    modules = dict(model.body.named_modules())
+    body = list(model.body.named_parameters())
+    assert any(p.requires_grad for _, p in body) and any(not p.requires_grad for _, p in body)
+    layers = {layer.name for layer in model_walk.layers}  # what runs in the forward pass
+    for name, param in body:
+        owner, _, own = name.rpartition(".")
+        assert param.requires_grad == (owner in layers and is_norm_or_bias(modules[owner], own)
+                                       ), name
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert frozen == []  # trained norms run in train mode: their statistics adapt too
+
+
+def test_a_norms_final_counts_what_it_trains(image_folder, one_thread):
+    bench = workbench_for(image_folder, FRACTIONS, final_epochs=1)
+    outcome = bench.fit_final(None, recipe="norms")
+    modules = dict(bench.model.body.named_modules())
+    layers = {layer.name for layer in bench.walk.layers}
+    expected = sum(p.numel() for n, p in bench.model.body.named_parameters()
+                   if n.rpartition(".")[0] in layers
+                   and is_norm_or_bias(modules[n.rpartition(".")[0]], n.rpartition(".")[2]))
+    expected += sum(p.numel() for p in bench.model.head.parameters())
+    assert outcome.result.trainable_params == expected
+    assert outcome.result.trainable_params < bench.fit_final(None).result.trainable_params
+
+
+# -- --test-data -------------------------------------------------------------------------------
+def test_test_domain_classes_must_be_the_datas(image_folder, tmp_path):
+    other = make_image_folder(tmp_path / "other", classes=("red", "purple"), per_class=2)
+    with pytest.raises(BlocktuneError, match="has class 'purple'"):
+        load_test_domains([other], ["blue", "green", "red"], 32)
+    subset = make_image_folder(tmp_path / "subset", classes=("red", "blue"), per_class=2)
+    domains, notes = load_test_domains([subset], ["blue", "green", "red"], 32)
+    assert sorted(domains[0].labels.tolist()) == [0, 0, 2, 2]  # the training classes' ids
+    assert "2 of the 3 classes" in notes[0]
+
+
+def test_a_test_domain_folder_with_other_classes_is_one_line_exit_2(image_folder, tmp_path,
+                                                                    capsys):
+    other = make_image_folder(tmp_path / "other", classes=("mauve",), per_class=2)
+    code = main(["run", "--data", str(image_folder), "--model", "test_efficientnet",
+                 "--no-pretrained", "--image-size", "32", "--test-data", str(other),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "mauve" in err[0]
+
+
+def test_relabelling_a_test_domain_changes_its_accuracies_and_no_choice(image_folder, tmp_path):
+    domain = make_image_folder(tmp_path / "shifted", per_class=6, seed=9)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(domain, swapped)
+    (swapped / "red").rename(swapped / "tmp")  # red's images now say green, green's red
+    (swapped / "green").rename(swapped / "red")
+    (swapped / "tmp").rename(swapped / "green")
+    runs = {}
+    for name, folder in (("a", domain), ("b", swapped)):
+        out = tmp_path / name
+        run(tiny_config(image_folder, test_data=[str(folder)], methods=["norms"]), out)
+        runs[name] = RunFolder(out).seed(0)
+    a, b = runs["a"], runs["b"]
+    untimed = lambda rows: [dataclasses.replace(r, seconds=0.0) for r in rows]  # noqa: E731
+    assert untimed(a.read_candidates()) == untimed(b.read_candidates())
+    assert json.loads(a.choices.read_text()) == json.loads(b.choices.read_text())
+    fa, fb = a.read_finals(), b.read_finals()
+    for x, y in zip(fa, fb, strict=True):
+        assert (x.method, x.val_acc, x.test_acc, x.test_pred) == \
+            (y.method, y.val_acc, y.test_acc, y.test_pred)
+        # the same predictions, scored against other labels
+        key_a, key_b = next(iter(x.domains)), next(iter(y.domains))
+        assert sorted(x.domains[key_a]["pred"]) == sorted(y.domains[key_b]["pred"])
+    assert [x.domains for x in fa] != [y.domains for y in fb]
+
+
+# -- cross-validated choice ------------------------------------------------------------------
+def test_cv_folds_partition_the_learning_images_stratified():
+    split = stratified_split(LABELS, FRACTIONS, seed=1)
+    folds = cv_folds(split, LABELS, 5, seed=1)
+    pool = sorted(split["search"] + split["val"] + split["train"])
+    assert sorted(i for f in folds.values() for i in f) == pool
+    sizes = [len(f) for f in folds.values()]
+    assert max(sizes) - min(sizes) <= 1
+    for label in (0, 1, 2):
+        counts = [sum(LABELS[i] == label for i in f) for f in folds.values()]
+        assert max(counts) - min(counts) <= 1
+    assert not set(split["test"]) & set(pool)
+
+
+@pytest.mark.parametrize("text, folds", [("val", None), ("cv5", 5), ("cv2", 2)])
+def test_choose_by_names(text, folds):
+    assert cv_folds_of(text) == folds
+
+
+@pytest.mark.parametrize("text", ["cv1", "cv", "cross", "cv0", "val5"])
+def test_choose_by_wrong_is_one_line(text):
+    with pytest.raises(BlocktuneError, match="cvK with K at least 2"):
+        cv_folds_of(text)
+
+
+def test_a_fold_never_trains_on_an_image_it_scores(image_folder, tmp_path, monkeypatch):
+    seen = []
+    real = train_module.train_group
+
+    def spy(model, model_walk, group, feed, config, train_split="search", val_split="val",
+            **kwargs):
+        seen.append((train_split, val_split))
+        return real(model, model_walk, group, feed, config, train_split, val_split, **kwargs)
+
+    monkeypatch.setattr("blocktune.workbench.train_group", spy)
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, choose_by="cv3", methods=["lp-ft"]), out)
+    # the run's folds, made again from its split (the same seeded function the run used)
+    bench = workbench_for(image_folder, tiny_config(image_folder).fractions)
+    folds = cv_folds(bench.split, bench.images.labels.tolist(), 3, seed=0)
+    fold_runs = [(t, v) for t, v in seen if isinstance(v, str) and v.startswith("cv")]
+    assert fold_runs  # every method, every fold: (LP-FT's probe stage included)
+    for trained_on, scored_on in fold_runs:
+        assert scored_on not in trained_on and len(trained_on) == 2
+        assert not set().union(*(folds[t] for t in trained_on)) & set(folds[scored_on])
+    cv = RunFolder(out).seed(0).read_cv()
+    methods = {r.method for r in RunFolder(out).seed(0).read_finals()}
+    assert {(r.method, r.fold) for r in cv} == {(m, k) for m in methods for k in range(3)}
+    assert sum(r.fold_images for r in cv if r.method == "baseline-I") == 48  # the pool
+
+
+def test_the_cv_choice_is_recorded_and_published(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, choose_by="cv3", methods=["norms"]), out)
+    seed = RunFolder(out).seed(0)
+    chosen = seed.read_recommendation()
+    assert chosen["rule"] == "cv3" and chosen["images"] == 48
+    assert chosen == recommend(seed.read_finals(), "cv3", seed.read_cv())
+    model = json.loads((out / "model.json").read_text())
+    assert model["method"] == chosen["method"] and model["choose_by"] == "cv3"
+    mine = load_file(str(seed.weights(chosen["method"])))
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(mine[k], saved[k]) for k in mine)
+    # a resume trains nothing more and chooses the same
+    before = seed.cv.read_text()
+    run(tiny_config(image_folder, choose_by="cv3", methods=["norms"]), out)
+    assert seed.cv.read_text() == before and seed.read_recommendation() == chosen
+
+
+def final(method, val, params, test=0.5):
+    return FinalRow(method, "", "", params, float("nan"), val, test, 1, 1.0, "ok",
+                    val_pred=[0] * 10)
+
+
+def cvrow(method, fold, acc, images=10):
+    return CvRow(method, fold, "", 1, acc, images, 1, 1.0, "ok")
+
+
+def test_recommend_ranks_as_the_product_ties_to_fewer_parameters():
+    finals = [final("baseline-II", 0.8, 100), final("block", 0.8, 10), final("norms", 0.7, 5)]
+    assert recommend(finals, "val")["method"] == "block"
+    cv = [cvrow("baseline-II", k, 0.6) for k in range(2)] + \
+        [cvrow("norms", k, 0.6) for k in range(2)] + [cvrow("block", 0, 0.9)]  # block: 1 fold
+    chosen = recommend(finals, "cv2", cv)
+    assert chosen["method"] == "norms" and chosen["images"] == 20 and chosen["candidates"] == 2
+    assert recommend(finals, "cv2", cv, among={"baseline-II"})["method"] == "baseline-II"
+    assert recommend([], "val") is None
+
+
+def test_pooled_out_of_fold_accuracy_weighs_folds_by_their_images():
+    finals = [final("a", 0.5, 1), final("b", 0.5, 1)]
+    cv = [cvrow("a", 0, 1.0, 1), cvrow("a", 1, 0.5, 99), cvrow("b", 0, 0.6, 1),
+          cvrow("b", 1, 0.6, 99)]
+    assert recommend(finals, "cv2", cv)["method"] == "b"  # a: 50.5/100, b: 60/100
+    assert np.isclose(recommend(finals, "cv2", cv)["score"], 0.6)
