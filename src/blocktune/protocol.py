@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocktune.plan import BASELINE_I, BASELINE_II, label, recipe_of
+from blocktune.plan import BASELINE_I, BASELINE_II, final_group, indices_text, label, recipe_of
 from blocktune.recommend import recommend
 from blocktune.records import CandidateRow, CvRow, FinalRow
 from blocktune.stats import Comparison, adjust, compare_over_seeds, mean_interval, with_minus
@@ -90,7 +90,8 @@ class RunRecord:
         seen, total = set(), 0.0
         for method in methods:
             row = next(r for r in self.finals if r.method == method)
-            key = (row.layer_indices, recipe_of(method))
+            # by the method's group (Baseline II's row is written with no indices)
+            key = (indices_text(final_group(row)), recipe_of(method))
             if key in seen:
                 continue
             seen.add(key)
@@ -242,7 +243,8 @@ def claim(runs: Sequence[RunRecord], chosen: Scored) -> Claim:
                              for c in per_dataset.values())
     pays = clearly_below(by_recipe[BASELINE_II]) and not_worse_anywhere
     beats_all = pays and all(clearly_below(c) for c in versus)
-    worse_than = [r for r in FIXED_RECIPES if clearly_above(by_recipe[r])]
+    worse_than = sorted((r for r in FIXED_RECIPES if clearly_above(by_recipe[r])),
+                        key=lambda r: sum(run.regret(r) for run in runs))  # the best first
     advice = min(FIXED_RECIPES, key=lambda r: (sum(run.regret(r) for run in runs),
                                                FIXED_RECIPES.index(r)))
     return Claim(chosen, versus, per_dataset, pays, beats_all, worse_than, advice)
