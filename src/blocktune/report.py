@@ -58,14 +58,9 @@ class MethodResult:
     val: Interval
     test: Interval
     test_correct: np.ndarray | None  # per test image, for paired comparisons
-
-
-# Criterion 6 of benchmarks/PROTOCOL.md as benchmarks/answer.py measured it (docs/results.md): the
-# mean regret of recommending by final val (best test among the default methods − the recommended
-# one's) over its (dataset, seed) runs: lite0, 96 px, tf_flowers, blood_cells and caltech101.
-REUSE_BIAS = {"points": 0.59, "runs": 15,
-              "where": "lite0 at 96 px, 5 seeds of tf_flowers, blood_cells and caltech101; "
-                       "docs/results.md"}
+    # --test-data: per folder, the accuracy with its interval and the per-image outcomes
+    domains: dict[str, Interval] = field(default_factory=dict)
+    domain_correct: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +74,9 @@ class Assessment:
     versus_recommended: list[Comparison]  # the recommendation against every other method
     test_over_seeds: dict[str, Interval]  # mean test accuracy with its t interval
     notices: list[str] = field(default_factory=list)
+    recommendation: dict | None = None  # choices.json's record of the choice (1st seed)
+    # --test-data: per folder, every method against each baseline (Holm within the folder)
+    domain_verdicts: dict[str, list[Comparison]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """The verdict in plain words, most important first."""
@@ -89,19 +87,24 @@ class Assessment:
             others = sorted((r for m, r in first.items() if m != self.recommended),
                             key=lambda r: -r.val.value)
             gap = with_minus(f"{(best.val.value - best.test.value) * 100:+.1f}")
-            out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): the best final "
-                       f"val accuracy, {best.val.fraction()}"
+            chosen = self.recommendation or {}
+            if chosen.get("rule", "val").startswith("cv"):
+                images = int(chosen["images"])
+                how = (f"the best pooled out-of-fold accuracy of {chosen['candidates']} methods, "
+                       f"each trained on {chosen['rule'][2:]}−1 folds of the {images} learning "
+                       f"images and scored on the held-out fold ({chosen['rule']}): "
+                       f"{accuracy_interval(round(chosen['score'] * images), images).fraction()}"
+                       f"; the cross-validation took {chosen['seconds']:.0f} s of training")
+            else:
+                how = (f"the best final val accuracy, {best.val.fraction()}"
                        + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
-                          if others else "")
+                          if others else ""))
+            out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
                        + f". Its test accuracy: {best.test.fraction()}"
                        + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
-                       + f"; val − test {gap} points: val also steered the finals' early "
+                       + f"; its val − test {gap} points: val also steered the finals' early "
                        "stopping and schedule, so a final's val accuracy is optimistic, and "
-                       "test is the figure to expect. "
-                       f"Recommending by it cost {REUSE_BIAS['points']:.1f} points of test "
-                       "accuracy on average against the best method in hindsight, over the "
-                       f"{REUSE_BIAS['runs']} runs of the pre-registered benchmark "
-                       f"({REUSE_BIAS['where']}).")
+                       "test is the figure to expect.")
         said = set()
         for comparison in [*self.versus_recommended, *self.versus_baselines]:
             pair = frozenset((comparison.a, comparison.b))
@@ -117,40 +120,59 @@ def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(row.test_pred) == labels
 
 
-def _method_results(seed_files: SeedFolder) -> dict[str, MethodResult]:
+def _method_results(seed_files: SeedFolder, domains: dict[str, dict] | None = None
+                    ) -> dict[str, MethodResult]:
     finals = [r for r in seed_files.read_finals() if r.status == "ok"]
     labels = split_labels(seed_files.splits) if seed_files.splits.exists() else {}
     n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
+    domain_labels = {name: np.asarray(d["labels"]) for name, d in (domains or {}).items()}
     out = {}
     for row in finals:
         val_acc, test_acc = row.val_acc, row.test_acc
-        out[row.method] = MethodResult(
+        result = MethodResult(
             row.method, row.group, row.trained_params,
             accuracy_interval(round(val_acc * n_val), n_val) if n_val else
             Interval(val_acc, math.nan, math.nan),
             accuracy_interval(round(test_acc * n_test), n_test) if n_test else
             Interval(test_acc, math.nan, math.nan),
             _correct(row, labels.get("test")))
+        for name, scored in row.domains.items():
+            truth = domain_labels.get(name)
+            pred = np.asarray(scored["pred"])
+            if truth is not None and len(truth) == len(pred):
+                result.domain_correct[name] = pred == truth
+                result.domains[name] = accuracy_interval(int(result.domain_correct[name].sum()),
+                                                         len(truth))
+            else:
+                result.domains[name] = Interval(float(scored["acc"]), math.nan, math.nan)
+        out[row.method] = result
     return out
 
 
-def _paired(a: str, b: str, per_seed: dict[int, dict[str, MethodResult]], seeds: list[int]
-            ) -> Comparison | None:
-    """A − B on the same test images: paired per image on one seed, over seeds as the mean of
-    per-seed differences."""
-    both = [s for s in seeds if a in per_seed[s] and b in per_seed[s]]
+def _paired(a: str, b: str, per_seed: dict[int, dict[str, MethodResult]], seeds: list[int],
+            domain: str | None = None) -> Comparison | None:
+    """A − B on the same test images (or the same images of a ``--test-data`` folder): paired
+    per image on one seed, over seeds as the mean of per-seed differences."""
+    def accuracy(r: MethodResult) -> Interval | None:
+        return r.test if domain is None else r.domains.get(domain)
+
+    def correct(r: MethodResult) -> np.ndarray | None:
+        return r.test_correct if domain is None else r.domain_correct.get(domain)
+
+    both = [s for s in seeds if a in per_seed[s] and b in per_seed[s]
+            and accuracy(per_seed[s][a]) is not None and accuracy(per_seed[s][b]) is not None]
     if not both:
         return None
     if len(both) == 1:
         ra, rb = per_seed[both[0]][a], per_seed[both[0]][b]
-        if ra.test_correct is None or rb.test_correct is None:  # a run before predictions
-            diff = ra.test.value - rb.test.value
+        if correct(ra) is None or correct(rb) is None:  # a run before predictions
+            diff = accuracy(ra).value - accuracy(rb).value
             return Comparison(label(a), label(b), Interval(diff, math.nan, math.nan), math.nan,
                               0)
-        return compare(label(a), label(b), ra.test_correct, rb.test_correct, seed=both[0])
-    diffs = [per_seed[s][a].test.value - per_seed[s][b].test.value for s in both]
-    images = sum(len(per_seed[s][a].test_correct) for s in both
-                 if per_seed[s][a].test_correct is not None)
+        return compare(label(a), label(b), correct(ra), correct(rb), seed=both[0])
+    diffs = [accuracy(per_seed[s][a]).value - accuracy(per_seed[s][b]).value for s in both]
+    images = sum(len(correct(per_seed[s][a])) for s in both
+                 if correct(per_seed[s][a]) is not None)
     return compare_over_seeds(label(a), label(b), diffs, images)
 
 
@@ -171,11 +193,18 @@ def assess(folder: str | Path) -> Assessment:
     files = RunFolder(folder)
     config = files.saved_config()
     seeds = [int(s) for s in config["seeds"]]
-    per_seed = {s: _method_results(files.seed(s)) for s in seeds}
+    domains = files.read_test_domains()
+    per_seed = {s: _method_results(files.seed(s), domains) for s in seeds}
     methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
     first = [r for r in files.seed(seeds[0]).read_finals() if r.status == "ok"]
-    # the model run() published: the one ranking, on the final val accuracies
-    recommended = min(first, key=rank_key).method if first else None
+    # the model run() published: the recorded choice (by its procedure); a folder written
+    # before choices were recorded: the one ranking, on the final val accuracies
+    recommendation = files.seed(seeds[0]).read_recommendation() if first else None
+    if recommendation is not None and recommendation.get("method") not in {
+            r.method for r in first}:
+        recommendation = None  # its final is gone: not a choice among what is here
+    recommended = recommendation["method"] if recommendation else (
+        min(first, key=rank_key).method if first else None)
     versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
                         if (c := _paired(m, b, per_seed, seeds)) is not None]
     if BASELINE_I in methods and BASELINE_II in methods:
@@ -189,8 +218,11 @@ def assess(folder: str | Path) -> Assessment:
         test_over_seeds[m] = values[0] if len(values) == 1 else \
             mean_interval([v.value for v in values])
     found = [n for s in seeds for n in notices(s, files.seed(s).read_candidates())]
+    domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
+                                     if (c := _paired(m, b, per_seed, seeds, name)) is not None])
+                       for name in domains}
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
-                      test_over_seeds, found)
+                      test_over_seeds, found, recommendation, domain_verdicts)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -403,6 +435,8 @@ def build_report(folder: str | Path) -> Path:
     else:
         parts.append("No final fine-tune has finished yet.")
 
+    if assessment.domain_verdicts:
+        parts += _domain_section(assessment, summary)
     for seed in seeds:
         seed_files = files.seed(seed)
         rows = seed_files.read_candidates()
@@ -447,6 +481,27 @@ def build_report(folder: str | Path) -> Path:
     if files.model_json.exists():
         atomic_write_text(files.card, model_card_text(files, config, assessment))
     return files.report_md
+
+
+def _domain_section(assessment: Assessment, summary: list[dict]) -> list[str]:
+    """``--test-data``: every final on every extra folder (first seed, with 95% intervals),
+    and each method against each baseline there, paired on the folder's images."""
+    first = assessment.per_seed[assessment.seeds[0]]
+    names = list(assessment.domain_verdicts)
+    methods = [r["method"] for r in summary if r["method"] in first]
+    parts = ["", "## Test domains", "", "Scored once by every final, like test, and read by no "
+             "choice. Accuracy with its 95% interval"
+             + (f" (seed {assessment.seeds[0]})" if len(assessment.seeds) > 1 else "") + ":", ""]
+    parts.append(_md_table(["method", "test", *names], [
+        [label(m), first[m].test.fraction(),
+         *[first[m].domains[n].fraction() if n in first[m].domains else "–" for n in names]]
+        for m in methods]))
+    for name in names:
+        if assessment.domain_verdicts[name]:
+            parts += ["", f"On `{name}` (Holm over its {len(assessment.domain_verdicts[name])} "
+                      "comparisons):", ""]
+            parts += [f"- {c.sentence()}" for c in assessment.domain_verdicts[name]]
+    return parts
 
 
 def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> str:

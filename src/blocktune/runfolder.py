@@ -65,7 +65,7 @@ MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
 RUN_FILES = frozenset({
     "config.yaml", "environment.json", "run.lock", "run.pid", "summary.csv", "model.safetensors",
     "model.json", "README.md", "report.md", "report.html", "plots", "tensorboard", "export",
-    "metrics.csv", "splits.json", "cache", MARKER})
+    "metrics.csv", "splits.json", "cache", "test_domains.json", MARKER})
 FINETUNE_FILES = frozenset({
     "config.yaml", "environment.json", "run.lock", "run.pid", "splits.json", "metrics.csv",
     "result.json", "model.safetensors", "model.json", "README.md", "cache", "rungs",
@@ -173,6 +173,24 @@ class RunFolder:
     plots = property(lambda self: self.root / "plots")
     tensorboard = property(lambda self: self.root / "tensorboard")
     export = property(lambda self: self.root / "export")
+    test_domains = property(lambda self: self.root / "test_domains.json")
+
+    def write_test_domains(self, domains) -> None:
+        """``--test-data``: per folder its name, files and labels (training class ids), in the
+        order the finals' domain predictions are saved."""
+        atomic_write_json(self.test_domains, {d.name: {
+            "files": list(d.files), "labels": [int(y) for y in d.labels]} for d in domains})
+
+    def read_test_domains(self) -> dict[str, dict]:
+        if not self.test_domains.exists():
+            return {}
+        saved = read_json(self.test_domains)
+        if not (isinstance(saved, dict) and all(
+                isinstance(v, dict) and isinstance(v.get("labels"), list)
+                and isinstance(v.get("files"), list) and len(v["labels"]) == len(v["files"])
+                for v in saved.values())):
+            raise damaged(self.test_domains, "not a mapping of folder name to files and labels")
+        return saved
     metrics = property(lambda self: self.root / "metrics.csv")  # finetune: per epoch
     splits = property(lambda self: self.root / "splits.json")  # finetune's split
     result = property(lambda self: self.root / "result.json")  # finetune's result

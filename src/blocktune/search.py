@@ -619,6 +619,8 @@ def run(config: RunConfig, folder: str | Path,
             config.strict)
         if force_new:
             files.clear_results()
+        if domains:
+            files.write_test_domains(domains)
         for seed in config.seeds:
             seed_run = SeedRun(config, seed, files.seed(seed).root, images, data_cfg, callbacks,
                                domains=domains)
