@@ -2,6 +2,7 @@
 two-node cluster; a worker killed mid-trial is retried; a SIGKILLed driver resumes, on either
 executor; Ray's absence and an unreachable cluster are one line each."""
 
+import json
 import os
 import signal
 import subprocess
@@ -337,3 +338,25 @@ def test_the_driver_stops_at_once_when_it_stops_listening(data, tmp_path, action
     assert len(lines) == 1 and words in lines[0], done.stderr[-2000:]  # one line, no traceback
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(read_csv(out / "seed_0" / "candidates.csv")) >= 1  # the finished row is kept
+
+
+def test_the_small_data_options_on_ray_are_the_local_ones(data, tmp_path, local_ray, one_thread):
+    # --learn-images, --test-data, the norms recipe and the cross-validated choice: the folds
+    # and the test folders travel to the workers; the rows are the local ones
+    shifted = make_image_folder(tmp_path / "shifted", per_class=4, seed=3)
+    config = dict(max_candidates=2, methods=["norms"], learn_images=30, choose_by="cv2",
+                  test_data=[str(shifted)])
+    run(tiny_config(data, **config), tmp_path / "local")
+    run(tiny_config(data, executor="ray", **config), tmp_path / "ray")
+    fields = [*FINAL_FIELDS, "epochs", "trained_params", "domains"]
+    assert table(tmp_path / "ray", "finals.csv", fields) == \
+        table(tmp_path / "local", "finals.csv", fields)
+    cv_fields = ["method", "fold", "layer_indices", "fold_acc", "fold_images", "fold_pred",
+                 "same_as"]
+    assert table(tmp_path / "ray", "cv.csv", cv_fields) == \
+        table(tmp_path / "local", "cv.csv", cv_fields)
+    local = json.loads((tmp_path / "local" / "seed_0" / "choices.json").read_text())
+    remote = json.loads((tmp_path / "ray" / "seed_0" / "choices.json").read_text())
+    for chosen in (local, remote):
+        chosen["recommendation"].pop("seconds")
+    assert remote == local

@@ -117,8 +117,9 @@ class RunConfig:
     methods: list[str] = opt(factory=lambda: ["lp-ft", "lp-bw"], help="recipes fine-tuned as "
                              "finals beside the baselines and each strategy's pick: lp-ft (head "
                              "first, then all layers), llrd (all layers, layer-wise learning-rate "
-                             "decay), lp-bw (head first, then the first strategy's pick); the "
-                             "default is what the pre-registered protocol kept; '' for none",
+                             "decay), lp-bw (head first, then the first strategy's pick), norms "
+                             "(norm layers' scale and shift and every bias); the default is what "
+                             "the pre-registered protocol kept; '' for none",
                              resume=True, choices=lambda: RECIPES)
     choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
                          "final val accuracy) or cvK, e.g. cv5 (each final's recipe trained on "

@@ -142,7 +142,7 @@ class FinalRow:
     val_curve: list[float] = field(default_factory=list)
     loss_curve: list[float] = field(default_factory=list)
     val_loss_curve: list[float] = field(default_factory=list)
-    # --test-data: per folder, {"acc": accuracy, "pred": predictions, "seconds": scoring time}
+    # --test-data: per folder, {"acc": accuracy, "pred": per-image predictions}
     domains: dict[str, dict] = field(default_factory=dict)
 
     def to_csv(self) -> dict[str, str]:
@@ -176,8 +176,7 @@ class FinalRow:
 
 
 def _rounded_domains(domains: dict[str, dict]) -> dict[str, dict]:
-    return {name: {"acc": round(float(d["acc"]), 6), "pred": [int(p) for p in d["pred"]],
-                   "seconds": round(float(d.get("seconds", 0.0)), 2)}
+    return {name: {"acc": round(float(d["acc"]), 6), "pred": [int(p) for p in d["pred"]]}
             for name, d in domains.items()}
 
 
