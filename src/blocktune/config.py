@@ -35,11 +35,14 @@ from blocktune.train import PAPER, TrainConfig, device_for, parse_device
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
-        choices=None, low: float | None = None, above: float | None = None):
+        choices=None, low: float | None = None, above: float | None = None,
+        high: float | None = None):
     """A config field: ``help`` for the flag, ``choices`` (a tuple, or a callable returning
     one: registries fill up on import), ``low``/``above`` the smallest value allowed
-    (inclusive/exclusive), ``resume`` when a change makes earlier results meaningless."""
-    metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above}
+    (inclusive/exclusive), ``high`` the largest (every number gets one the code can honour),
+    ``resume`` when a change makes earlier results meaningless."""
+    metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above,
+                "high": high}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -59,9 +62,9 @@ class RunConfig:
                     + ", ".join(["tf_flowers", *NAMED_DATASETS]), resume=True)
     strategies: list[str] = opt(factory=lambda: ["block"], help="strategies to search, in order",
                                 resume=True, choices=lambda: tuple(STRATEGIES))
-    seeds: list[int] = opt(factory=lambda: [0], help="seeds, e.g. 0,1,2 (one split each)", low=0)
+    seeds: list[int] = opt(factory=lambda: [0], help="seeds, e.g. 0,1,2 (one split each)", low=0, high=2**32 - 1)
     head: str = opt("linear", "the new head on the pretrained body", resume=True, choices=HEADS)
-    image_size: int = opt(160, "side of the square input images, in pixels", resume=True, low=16)
+    image_size: int = opt(160, "side of the square input images, in pixels", resume=True, low=16, high=4096)
     weights: str | None = opt(None, "state dict or safetensors file for the model", resume=True)
     pretrained: bool = opt(True, "pretrained weights (packaged, hub or --weights); "
                            "--no-pretrained: random", resume=True)
@@ -69,44 +72,44 @@ class RunConfig:
                                       help="split fractions, e.g. search=0.1,val=0.1,train=0.6,"
                                       "test=0.2", resume=True, above=0)
     max_images_per_class: int | None = opt(None, "subsample each class (seeded) before splitting",
-                                           resume=True, low=1)
+                                           resume=True, low=1, high=10**8)
     learn_images: int | None = opt(None, "learn from this many images (search, val and train in "
                                    "the fractions' proportions, stratified and seeded) and test "
                                    "on all the others: small-data runs with a large test split",
-                                   resume=True, low=3)
+                                   resume=True, low=3, high=10**8)
     test_data: list[str] = opt(factory=list, help="extra test folders with the data's class "
                                "names (another camera, site or style), scored once by every "
                                "final like test and never read by a choice", resume=True)
-    epochs: int = opt(5, "epochs per search candidate", resume=True, low=1)
-    final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1)
+    epochs: int = opt(5, "epochs per search candidate", resume=True, low=1, high=10_000)
+    final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1, high=10_000)
     batch_size: int = opt(32, "images per training step (at least 2: BatchNorm cannot train "
-                          "on one image)", resume=True, low=2)
-    lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0)
-    body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0)
+                          "on one image)", resume=True, low=2, high=65_536)
+    lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0, high=10.0)
+    body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0, high=1000.0)
     patience: int = opt(3, "early stop after this many epochs without a better val accuracy",
-                        resume=True, low=1)
+                        resume=True, low=1, high=10_000)
     paper_settings: bool = opt(False, "the paper's Adam, batch 4, 50 epochs, lr 1e-4, [0,1] "
                                "scaling (sets epochs, final_epochs, batch_size, lr)", resume=True)
     delimiters: list[str] = opt(factory=lambda: ["pool", "activation"],
                                 help="what separates blocks", resume=True,
                                 choices=DELIMITER_KINDS)
-    window: int = opt(3, "window strategy: layers per window", resume=True, low=1)
-    stride: int = opt(1, "window strategy: layers between window starts", resume=True, low=1)
+    window: int = opt(3, "window strategy: layers per window", resume=True, low=1, high=10_000)
+    stride: int = opt(1, "window strategy: layers between window starts", resume=True, low=1, high=10_000)
     ranked_k: list[int] = opt(factory=lambda: [3, 5], help="ranked strategy: top-k layers",
-                              resume=True, low=1)
-    random_k: int = opt(3, "random strategy: layers drawn", resume=True, low=1)
+                              resume=True, low=1, high=10_000)
+    random_k: int = opt(3, "random strategy: layers drawn", resume=True, low=1, high=10_000)
     native: str = opt("fine", "native strategy: timm's fine or coarse groups", resume=True,
                       choices=("fine", "coarse"))
     quarter: bool = opt(False, "search only the last quarter of the layers", resume=True)
     prune: bool = opt(False, "successive halving: rungs at grace, 3·grace, 9·grace … epochs, "
                       "capped at epochs; the best third go on", resume=True)
     prune_grace: int = opt(1, "epochs of the first rung of --prune (Ray Tune's grace_period)",
-                           resume=True, low=1)
-    max_candidates: int | None = opt(None, "per strategy, from the output end", low=1)
+                           resume=True, low=1, high=10_000)
+    max_candidates: int | None = opt(None, "per strategy, from the output end", low=1, high=10**6)
     time_budget: float | None = opt(None, "seconds of search per seed; candidates not started "
-                                    "in time are left for a resume (0: plan only)", low=0)
+                                    "in time are left for a resume (0: plan only)", low=0, high=10**9)
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
-                          "and the finals")
+                          "and the finals", resume=True)
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
                       "fine-tuned (val only; see docs/method.md)",
                       choices=lambda: tuple(RULES))
@@ -127,16 +130,16 @@ class RunConfig:
                          "best pooled out-of-fold accuracy; costs about K times the finals)")
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
-                             "Baseline II)", resume=True, above=0)
+                             "Baseline II)", resume=True, above=0, high=10.0)
     search_all: bool = opt(False, "train every candidate, also those the selection rule can "
                            "never pick (by default a rule that picks from part of the model, "
                            "like last-quarter, has only that part searched)")
     cache: bool = opt(True, "frozen-prefix activation cache (--no-cache: run the whole "
-                      "network every batch)")
+                      "network every batch; its numerics differ in the 4th digit)", resume=True)
     cache_dtype: str = opt("float16", "dtype of cached activations", resume=True,
                            choices=("float16", "bfloat16", "float32"))
     cache_max_gb: float = opt(4.0, "memory for cached activations before they spill to disk",
-                              low=0)
+                              low=0, high=10**6)
     fold_norms: bool = opt(True, "fold frozen BatchNorms into frozen convolutions while "
                            "training", resume=True)
     keep_freed_memory: bool = opt(True, "CPU: let malloc reuse freed activations instead of "
@@ -166,10 +169,6 @@ class RunConfig:
             self.strategies.insert(self.strategies.index("layer") + 1, "ranked")
         if not self.seeds:
             raise BlocktuneError("seeds = []: give at least one seed, e.g. --seeds 0,1,2")
-        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
-        if repeated:  # a seed twice would be run once and counted twice in every interval
-            raise BlocktuneError(f"seeds = {self.seeds}: seed {repeated[0]} is given twice; "
-                                 "give each seed once, e.g. --seeds 0,1,2")
         if not self.strategies:
             raise BlocktuneError("strategies = []: give at least one, e.g. --strategies block")
         if set(self.fractions) != set(DEFAULT_FRACTIONS) or abs(sum(self.fractions.values())
@@ -251,13 +250,31 @@ class RunConfig:
         return cls.from_dict({**read_yaml(path), **(overrides or {})})
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     """The keys of a YAML config file (validated when they become a RunConfig)."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise BlocktuneError(f"cannot read config {path} ({type(error).__name__}): pass a "
-                             "YAML file of RunConfig keys") from error
+        values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        detail = f": {error}" if isinstance(error, DuplicateKey) else ""
+        raise BlocktuneError(f"cannot read config {path} ({type(error).__name__}{detail}): pass "
+                             "a UTF-8 YAML file of RunConfig keys, each once") from error
     if not isinstance(values, dict):
         raise BlocktuneError(f"config {path} is not a mapping of RunConfig keys to values")
     return values
@@ -369,16 +386,24 @@ def convert(f: dataclasses.Field, hint, value):
         raise wrong(describe_type(hint)) from None
     values = converted if isinstance(converted, list) else (
         list(converted.values()) if isinstance(converted, dict) else [converted])
+    if isinstance(converted, list):
+        twice = next((v for i, v in enumerate(converted) if v in converted[:i]), None)
+        if twice is not None:  # run once and counted twice (seeds), or trained twice
+            what = f"seed {twice}" if f.name == "seeds" else repr(twice)
+            raise BlocktuneError(f"{f.name} = {converted}: {what} is given twice; give each "
+                                 "once")
     choices = _choices(f)
     if choices is not None:
         bad = [v for v in values if v not in choices]
         if bad:
             raise wrong(f"unknown {bad[0]!r}; choose from {', '.join(map(str, choices))}")
-    low, above = f.metadata.get("low"), f.metadata.get("above")
+    low, above, high = f.metadata.get("low"), f.metadata.get("above"), f.metadata.get("high")
     named = converted.items() if isinstance(converted, dict) else [(None, v) for v in values]
     for key, v in named:
-        if (low is not None and v < low) or (above is not None and v <= above):
-            bound = f"at least {low}" if low is not None else f"greater than {above}"
+        if (low is not None and v < low) or (above is not None and v <= above) or (
+                high is not None and v > high):
+            bound = (f"at most {high}" if high is not None and v > high else
+                     f"at least {low}" if low is not None else f"greater than {above}")
             which = f"{f.name} = {v}" if key is None else f"{f.name} = {converted}: {key} = {v}"
             raise BlocktuneError(f"{which} is out of range: it must be {bound}")
     return converted

@@ -573,6 +573,17 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
     """Reuse ``splits.json`` when it exists and matches the files; else make and write it."""
     if path.exists():
         saved = read_splits(path)
+        if saved["classes"] != list(decoded.classes):
+            added = sorted(set(decoded.classes) - set(saved["classes"]))
+            removed = sorted(set(saved["classes"]) - set(decoded.classes))
+            change = "; ".join(part for part in (
+                f"added {', '.join(added)}" if added else "",
+                f"removed {', '.join(removed)}" if removed else "",
+                "renamed or reordered" if not added and not removed else "") if part)
+            raise BlocktuneError(f"{path} was made with {len(saved['classes'])} classes and "
+                                 f"the data now has {len(decoded.classes)} ({change}): every "
+                                 "saved row's class ids would shift; restore the class "
+                                 "folders or start a new run folder")
         position = {f: i for i, f in enumerate(decoded.files)}
         missing = [f for files in saved["files"].values() for f in files if f not in position]
         if missing:

@@ -629,21 +629,31 @@ def run(config: RunConfig, folder: str | Path,
                     seed_run.events.on_notice(note)
             if seed == config.seeds[0]:
                 files.write_config(config, environment(config))
-            rows, complete = seed_run.search()
-            if not complete:
-                log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
-                            seed)
-                continue
-            for notice in notices(seed, rows):
-                seed_run.events.on_notice(notice)
-            refits = seed_run.refit(rows)
-            finals = seed_run.finals(rows, refits)
-            chosen = seed_run.recommend(finals)
-            seed_run.close()
-            if seed == config.seeds[0] and chosen is not None:
+            try:  # the executor and the spilled cache go with the seed, however it ends
+                done = _run_seed(seed_run)
+            finally:
+                seed_run.close()
+            if done is not None and seed == config.seeds[0]:
+                finals, chosen = done
                 publish_model(folder, seed_run, finals, images, data_cfg, chosen["method"])
         summary = summarize(folder, config.seeds)
     return summary
+
+
+def _run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
+    """Search, refits, finals and the recommendation of one seed: (finals, recommendation), or
+    None when the search is left for a resume or nothing could be recommended."""
+    rows, complete = seed_run.search()
+    if not complete:
+        log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
+                    seed_run.seed)
+        return None
+    for notice in notices(seed_run.seed, rows):
+        seed_run.events.on_notice(notice)
+    refits = seed_run.refit(rows)
+    finals = seed_run.finals(rows, refits)
+    chosen = seed_run.recommend(finals)
+    return None if chosen is None else (finals, chosen)
 
 
 def failures(folder: str | Path, seeds: list[int]) -> str | None:
@@ -670,13 +680,29 @@ def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], image
     """Copy the recommended method's final to ``model.safetensors`` + ``model.json``."""
     best = next(r for r in finals if r.method == method)
     files = RunFolder(folder)
-    atomic_copy(seed_run.files.weights(best.method), files.weights)
+    source = seed_run.files.weights(best.method)
+    check_weights(source)  # a damaged final never replaces a published model
+    atomic_copy(source, files.weights)
     atomic_write_json(files.model_json, model_record(
         seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
         {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
          "trained_params": best.trained_params, "val_acc": best.val_acc,
          "test_acc": best.test_acc, "select": best.select,
          "choose_by": seed_run.config.choose_by}))
+
+
+def check_weights(path: Path) -> None:
+    """One line when a final's weights file is missing or does not load (cut short,
+    overwritten): the model it would publish is not there."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as error:
+        raise BlocktuneError(f"{path} is damaged or missing ({type(error).__name__}): the "
+                             "published model was left as it was; delete that file and its "
+                             "row in finals.csv and resume to train the final again") from error
 
 
 def model_record(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,

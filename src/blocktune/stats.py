@@ -153,6 +153,9 @@ class Comparison:
         if math.isnan(self.difference.low):
             return "no interval (no per-image predictions saved)" if self.images == 0 \
                 else "no interval"
+        if self.seeds > 1 and math.isnan(self.p_value):
+            return ("no claim: the seeds' differences are all equal, nothing to test their "
+                    "spread against")
         significant = not math.isnan(self.p_decisive) and self.p_decisive < ALPHA
         if self.difference.low > 0 and significant:
             return "better"
@@ -194,9 +197,10 @@ def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int
     one-sample t-test that the interval inverts."""
     x = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
     p_value = math.nan
-    if len(x) >= 2:
-        p_value = 1.0 if np.all(x == x[0]) and x[0] == 0 else (
-            0.0 if np.all(x == x[0]) else float(scipy_stats.ttest_1samp(x, 0.0).pvalue))
+    # equal differences on every seed have no spread to test against: no claim either way
+    # (two seeds of +2 points are not certainty), and fewer than two seeds give no test
+    if len(x) >= 2 and not np.all(x == x[0]):
+        p_value = float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
     return Comparison(a, b, mean_interval(differences), p_value, images, len(differences))
 
 

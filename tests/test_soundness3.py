@@ -1,0 +1,161 @@
+"""Sound 3 (issue 38): each kind of defect, its members parametrized — numbers beyond what the
+code can hold, keys that change rows but were no resume keys, data whose classes changed under
+a run, zero variance read as certainty, YAML that is not what it seems, an item given twice, a
+damaged final published over a good model, a seed left open on an early exit."""
+
+import dataclasses
+import shutil
+import typing
+
+import pytest
+import yaml
+
+from blocktune.cli import main
+from blocktune.config import RunConfig
+from blocktune.errors import BlocktuneError
+from blocktune.search import SeedRun, run
+from blocktune.stats import compare_over_seeds
+
+from .conftest import make_image_folder
+from .test_config import as_flag_value, one_line, shaped
+from .test_search import tiny_config
+
+HINTS = typing.get_type_hints(RunConfig)
+
+
+def _numeric(f) -> bool:
+    hint = HINTS[f.name]
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if typing.get_origin(hint) is list:
+        inner = list(typing.get_args(hint))
+    return any(a in (int, float) for a in inner) and typing.get_origin(hint) is not dict
+
+
+NUMERIC = [f for f in dataclasses.fields(RunConfig) if _numeric(f)]
+
+
+@pytest.mark.parametrize("f", NUMERIC, ids=[f.name for f in NUMERIC])
+def test_every_number_has_a_bound_it_can_honour_and_beyond_it_is_one_line(f, tmp_path, capsys):
+    high = f.metadata["high"]
+    assert high is not None and high < 2**63, f"{f.name} needs an upper bound"
+    hint = HINTS[f.name]
+    beyond = (high * 10 if any(a is float for a in typing.get_args(hint)) or hint is float
+              else high * 2**40)
+    value = shaped(f, beyond)
+    flag = "--" + f.name.replace("_", "-")
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), flag, as_flag_value(value)])
+    assert f"{f.name} = " in err and f"at most {high}" in err, err
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({f.name: value}))
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), "--config",
+                            str(tmp_path / "c.yaml")])
+    assert f"at most {high}" in err, err
+
+
+LISTS = [("seeds", "0,0", "seed 0 is given twice"), ("methods", "lp-ft,lp-ft", "'lp-ft'"),
+         ("strategies", "block,block", "'block'"), ("ranked_k", "3,3", "3 is given twice"),
+         ("delimiters", "pool,pool", "'pool'")]
+
+
+@pytest.mark.parametrize("key, value, words", LISTS, ids=[k for k, _, _ in LISTS])
+def test_an_item_given_twice_is_one_line(key, value, words, tmp_path, capsys):
+    flag = "--" + key.replace("_", "-")
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), flag, value])
+    assert words in err and "given twice" in err, err
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"epochs: 2\nepochs: 3\n", "key 'epochs' is given twice"),
+    ("epochs: 2\n# caf\u00e9\n".encode("latin-1"), "UnicodeDecodeError"),
+], ids=["duplicate-key", "not-utf8"])
+def test_a_config_file_that_is_not_what_it_seems_is_one_line(content, words, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_bytes(content)
+    err = one_line(capsys, ["run", "--out", str(tmp_path / "o"), "--config",
+                            str(tmp_path / "c.yaml")])
+    assert words in err, err
+
+
+ROW_KEYS = [f.name for f in dataclasses.fields(RunConfig) if f.name in ("baselines", "cache")]
+
+
+@pytest.mark.parametrize("key", ROW_KEYS)
+def test_a_key_that_changes_rows_cannot_change_on_resume(key, image_folder, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, max_candidates=1, epochs=1, final_epochs=1), out)
+    with pytest.raises(BlocktuneError, match=key):
+        run(tiny_config(image_folder, max_candidates=1, epochs=1, final_epochs=1,
+                        **{key: False}), out)
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "renamed"])
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_a_class_set_changed_under_a_run_is_refused_on_resume(change, command, tmp_path,
+                                                              capsys):
+    data = make_image_folder(tmp_path / "images", classes=("red", "green", "blue", "grey"),
+                             per_class=12)
+    out = tmp_path / "out"
+    base = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
+            "--out", str(out)]
+    argv = ["run", *base, "--max-candidates", "1"] if command == "run" else \
+        ["finetune", *base, "--train", "head"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    if change == "added":
+        make_image_folder(tmp_path / "extra", classes=("amber",), per_class=12)
+        shutil.move(tmp_path / "extra" / "amber", data / "amber")
+    elif change == "removed":  # its files were in the split: the old check caught those too
+        shutil.rmtree(data / "grey")
+    else:
+        (data / "grey").rename(data / "aaa_grey")
+    err = one_line(capsys, argv)
+    assert "classes" in err and "start a new run folder" in err, err
+
+
+def test_equal_differences_on_every_seed_are_no_claim():
+    for differences in ([0.02, 0.02], [0.02, 0.02, 0.02], [-0.01, -0.01]):
+        comparison = compare_over_seeds("A", "B", differences, images=100)
+        assert comparison.word.startswith("no claim")
+    assert compare_over_seeds("A", "B", [0.02, 0.03, 0.025], 100).word in (
+        "better", "no clear difference")
+
+
+def test_a_damaged_final_never_replaces_the_published_model(image_folder, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, max_candidates=1, epochs=1, final_epochs=1)
+    run(config, out)
+    published = (out / "model.safetensors").read_bytes()
+    import json
+
+    method = json.loads((out / "model.json").read_text())["method"]
+    weights = out / "seed_0" / f"{method}.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
+    with pytest.raises(BlocktuneError, match="damaged or missing"):
+        run(config, out)
+    assert (out / "model.safetensors").read_bytes() == published
+
+
+def test_a_seed_is_closed_however_it_ends(image_folder, tmp_path, monkeypatch):
+    closed = []
+    real_close = SeedRun.close
+
+    def close(self):
+        closed.append(self.seed)
+        real_close(self)
+
+    monkeypatch.setattr(SeedRun, "close", close)
+    # a spent budget leaves the search for a resume: the seed is closed all the same
+    run(tiny_config(image_folder, time_budget=0), tmp_path / "a")
+    assert closed == [0]
+
+    class Boom(Exception):
+        pass
+
+    from blocktune.callbacks import LambdaCallback
+
+    def explode(row, best):
+        raise Boom
+
+    with pytest.raises(Boom):
+        run(tiny_config(image_folder), tmp_path / "b",
+            [LambdaCallback(on_candidate_end=explode)])
+    assert closed == [0, 0]
