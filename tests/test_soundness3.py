@@ -159,3 +159,33 @@ def test_a_seed_is_closed_however_it_ends(image_folder, tmp_path, monkeypatch):
         run(tiny_config(image_folder), tmp_path / "b",
             [LambdaCallback(on_candidate_end=explode)])
     assert closed == [0, 0]
+
+
+def test_test_is_scored_through_the_path_val_took(image_folder, one_thread):
+    # test made of the val images: scored by the test path, they give val's exact predictions
+    from blocktune.data import decode_folder, scan_folder, stratified_split
+    from blocktune.groups import StrategyOptions, candidates
+    from blocktune.models import data_config
+    from blocktune.workbench import Workbench
+
+    import torch
+
+    from blocktune.data import DecodedImages
+
+    config = tiny_config(image_folder, final_epochs=2)
+    decoded = decode_folder(scan_folder(image_folder), 32)
+    split = stratified_split(decoded.labels.tolist(), config.fractions, seed=0)
+    val = torch.tensor(split["val"])
+    n = len(decoded.labels)  # the val images again, as the test split
+    images = DecodedImages(torch.cat([decoded.pixels, decoded.pixels[val]]),
+                           decoded.files + [f"copy/{decoded.files[i]}" for i in split["val"]],
+                           torch.cat([decoded.labels, decoded.labels[val]]), decoded.classes, [])
+    split["test"] = list(range(n, n + len(val)))
+    bench = Workbench(config, 0, images, split, data_config(config.model, config.image_size))
+    middle = candidates(bench.walk, "block", StrategyOptions())[2].layers  # folded pairs
+    assert bench.fold
+    for group in ((), middle, None):
+        outcome = bench.fit_final(group)
+        assert outcome.test_pred == outcome.result.val_pred, group
+        assert outcome.test_acc == outcome.result.best_val_acc, group
+        assert outcome.test_loss == outcome.result.best_val_loss, group  # to the last bit

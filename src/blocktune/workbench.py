@@ -46,6 +46,7 @@ class FinalOutcome:
     state: dict[str, torch.Tensor] | None  # the fine-tuned model's weights (None if failed)
     # --test-data: per folder name, {"acc": accuracy, "pred": per-image predictions}
     domains: dict[str, dict] = field(default_factory=dict)
+    test_loss: float = math.nan
 
 
 def cv_fold_name(fold: int) -> str:
@@ -255,14 +256,14 @@ class Workbench:
             return FinalOutcome(result, math.nan, [], None)
         if fold is not None:
             return FinalOutcome(result, math.nan, [], None)
-        # The one and only use of the test split: after every choice was made on val.
-        test_x, test_y = feed.inputs(cut, "test")
-        device = next(net.parameters()).device
-        test_acc, _, test_pred = evaluate(net, test_x, test_y, feed.prepare(cut, device),
-                                          device=device)
+        # The one and only use of the test split: after every choice was made on val, through
+        # the path val took (the frozen norms folded as in training, the same input layout)
+        with folded(self.model.body, self.walk, self.fold, group):
+            test_acc, test_loss, test_pred = evaluate_split(net, feed, cut, "test", training,
+                                                            self.device)
         domains = self.score_domains(model)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return FinalOutcome(result, test_acc, test_pred.tolist(), state, domains)
+        return FinalOutcome(result, test_acc, test_pred.tolist(), state, domains, test_loss)
 
     def score_domains(self, model: BlockModel) -> dict[str, dict]:
         """The fine-tuned model on every ``--test-data`` folder, the whole network from the
