@@ -163,14 +163,12 @@ def test_a_seed_is_closed_however_it_ends(image_folder, tmp_path, monkeypatch):
 
 def test_test_is_scored_through_the_path_val_took(image_folder, one_thread):
     # test made of the val images: scored by the test path, they give val's exact predictions
-    from blocktune.data import decode_folder, scan_folder, stratified_split
+    import torch
+
+    from blocktune.data import DecodedImages, decode_folder, scan_folder, stratified_split
     from blocktune.groups import StrategyOptions, candidates
     from blocktune.models import data_config
     from blocktune.workbench import Workbench
-
-    import torch
-
-    from blocktune.data import DecodedImages
 
     config = tiny_config(image_folder, final_epochs=2)
     decoded = decode_folder(scan_folder(image_folder), 32)
