@@ -10,8 +10,8 @@ user would call it — ``--learn-images 1000``, the protocol's seven methods as 
 three corrupted copies of (up to 1,000 of) that run's own test images as ``--test-data``,
 written once before the run. When every run has its finals, the same folders are resumed with
 ``--choose-by cv5`` (the cross-validated choice; ``val``'s is read from the same finals). Then
-each dataset once at full size (seed 20, ``val`` only). Every run is its own run folder and resumes from its files: the suite can be
-stopped at any point and started again.
+each dataset once at full size (seed 20, ``val`` only). Every run is its own run folder and
+resumes from its files: the suite can be stopped at any point and started again.
 
 ``--decide`` prints the protocol's tables and decisions (computed by :mod:`blocktune.protocol`)
 from whatever run folders are finished; until every planned run is in, it says "provisional".

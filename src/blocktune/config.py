@@ -62,9 +62,11 @@ class RunConfig:
                     + ", ".join(["tf_flowers", *NAMED_DATASETS]), resume=True)
     strategies: list[str] = opt(factory=lambda: ["block"], help="strategies to search, in order",
                                 resume=True, choices=lambda: tuple(STRATEGIES))
-    seeds: list[int] = opt(factory=lambda: [0], help="seeds, e.g. 0,1,2 (one split each)", low=0, high=2**32 - 1)
+    seeds: list[int] = opt(factory=lambda: [0], help="seeds, e.g. 0,1,2 (one split each)", low=0,
+                           high=2**32 - 1)
     head: str = opt("linear", "the new head on the pretrained body", resume=True, choices=HEADS)
-    image_size: int = opt(160, "side of the square input images, in pixels", resume=True, low=16, high=4096)
+    image_size: int = opt(160, "side of the square input images, in pixels", resume=True, low=16,
+                          high=4096)
     weights: str | None = opt(None, "state dict or safetensors file for the model", resume=True)
     pretrained: bool = opt(True, "pretrained weights (packaged, hub or --weights); "
                            "--no-pretrained: random", resume=True)
@@ -84,8 +86,10 @@ class RunConfig:
     final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1, high=10_000)
     batch_size: int = opt(32, "images per training step (at least 2: BatchNorm cannot train "
                           "on one image)", resume=True, low=2, high=65_536)
-    lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0, high=10.0)
-    body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0, high=1000.0)
+    # float32 holds any lr up to 1e38: a rate that diverges fails its trials, nothing crashes
+    lr: float = opt(1e-3, "learning rate of the new head", resume=True, above=0, high=1e38)
+    body_lr_scale: float = opt(0.1, "pretrained layers learn at lr × this", resume=True, low=0,
+                               high=1000.0)
     patience: int = opt(3, "early stop after this many epochs without a better val accuracy",
                         resume=True, low=1, high=10_000)
     paper_settings: bool = opt(False, "the paper's Adam, batch 4, 50 epochs, lr 1e-4, [0,1] "
@@ -94,7 +98,8 @@ class RunConfig:
                                 help="what separates blocks", resume=True,
                                 choices=DELIMITER_KINDS)
     window: int = opt(3, "window strategy: layers per window", resume=True, low=1, high=10_000)
-    stride: int = opt(1, "window strategy: layers between window starts", resume=True, low=1, high=10_000)
+    stride: int = opt(1, "window strategy: layers between window starts", resume=True, low=1,
+                      high=10_000)
     ranked_k: list[int] = opt(factory=lambda: [3, 5], help="ranked strategy: top-k layers",
                               resume=True, low=1, high=10_000)
     random_k: int = opt(3, "random strategy: layers drawn", resume=True, low=1, high=10_000)
@@ -107,7 +112,8 @@ class RunConfig:
                            resume=True, low=1, high=10_000)
     max_candidates: int | None = opt(None, "per strategy, from the output end", low=1, high=10**6)
     time_budget: float | None = opt(None, "seconds of search per seed; candidates not started "
-                                    "in time are left for a resume (0: plan only)", low=0, high=10**9)
+                                    "in time are left for a resume (0: plan only)", low=0,
+                                    high=10**9)
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
                           "and the finals", resume=True)
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "

@@ -6,7 +6,8 @@ the OOM killer does). Without the variable, :func:`point` does nothing.
 the disk-full ``OSError`` there.
 
 Points: ``decode`` (an image decoded), ``epoch`` (an epoch of any training ended),
-``candidate`` (a search row recorded), ``final`` (a final recorded), ``write`` (an atomic
+``candidate`` (a search row recorded), ``final`` (a final recorded), ``cv`` (a fold of the
+cross-validated choice recorded), ``write`` (an atomic
 write has its bytes in the temp file, not yet renamed), ``report`` (a report being written).
 """
 
@@ -18,7 +19,7 @@ import signal
 import threading
 from collections import Counter
 
-POINTS = ("decode", "epoch", "candidate", "final", "write", "report")
+POINTS = ("decode", "epoch", "candidate", "final", "cv", "write", "report")
 _hits: Counter[str] = Counter()
 _lock = threading.Lock()
 

@@ -386,6 +386,9 @@ def _regret_word(c: Comparison) -> str:
 
 def _regret_line(name: str, runs: Sequence[RunRecord], datasets: list[str],
                  regrets: list[float]) -> str:
-    per = ", ".join(f"{d} {sum(g for r, g in zip(runs, regrets, strict=True) if r.dataset == d) / max(1, sum(r.dataset == d for r in runs)):.1f}"
-                    for d in datasets)
+    def mean_on(dataset: str) -> float:
+        mine = [g for r, g in zip(runs, regrets, strict=True) if r.dataset == dataset]
+        return sum(mine) / max(1, len(mine))
+
+    per = ", ".join(f"{d} {mean_on(d):.1f}" for d in datasets)
     return f"| {name} | {_points_text(regrets)} | {per} |"

@@ -96,9 +96,9 @@ class Assessment:
                        f"{accuracy_interval(round(chosen['score'] * images), images).fraction()}"
                        f"; the cross-validation took {chosen['seconds']:.0f} s of training")
             else:
-                how = (f"the best final val accuracy, {best.val.fraction()}"
-                       + (f", against {'; '.join(f'{label(r.method)} {r.val.fraction()}' for r in others)}"
-                          if others else ""))
+                against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
+                how = f"the best final val accuracy, {best.val.fraction()}" + (
+                    f", against {against}" if others else "")
             out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
                        + f". Its test accuracy: {best.test.fraction()}"
                        + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")

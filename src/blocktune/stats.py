@@ -197,10 +197,12 @@ def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int
     one-sample t-test that the interval inverts."""
     x = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
     p_value = math.nan
-    # equal differences on every seed have no spread to test against: no claim either way
-    # (two seeds of +2 points are not certainty), and fewer than two seeds give no test
-    if len(x) >= 2 and not np.all(x == x[0]):
-        p_value = float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
+    # equal non-zero differences on every seed have no spread to test against: no claim
+    # (two seeds of +2 points are not certainty); all zero is no difference (p = 1); fewer than
+    # two seeds give no test
+    if len(x) >= 2:
+        p_value = (1.0 if x[0] == 0 else math.nan) if np.all(x == x[0]) else \
+            float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
     return Comparison(a, b, mean_interval(differences), p_value, images, len(differences))
 
 
