@@ -59,10 +59,11 @@ from blocktune.io import (  # noqa: E402
     predictions_text,
     read_csv,
 )
+from blocktune.loading import load_images  # noqa: E402
 from blocktune.plan import parse_indices  # noqa: E402
 from blocktune.records import CandidateRow  # noqa: E402
 from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
-from blocktune.search import BASELINES, SeedRun, load_images, run  # noqa: E402
+from blocktune.search import BASELINES, SeedRun, run  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
 from blocktune.stats import (  # noqa: E402
     compare_over_seeds,

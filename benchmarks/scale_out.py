@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from blocktune.config import RunConfig
+from blocktune.loading import load_images
 from blocktune.runfolder import SeedFolder
-from blocktune.search import SeedRun, load_images
+from blocktune.search import SeedRun
 
 
 def search_seconds(config: RunConfig, images, data_cfg, folder: Path) -> tuple[float, dict]:

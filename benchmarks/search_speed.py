@@ -39,9 +39,10 @@ import torch
 from blocktune.callbacks import LambdaCallback
 from blocktune.config import RunConfig
 from blocktune.data import decode_folder, resolve_data, scan_folder
+from blocktune.loading import load_images
 from blocktune.plan import label
 from blocktune.records import CandidateRow, rank_key
-from blocktune.search import SeedRun, load_images
+from blocktune.search import SeedRun
 from blocktune.select import choose
 from blocktune.train import device_for
 

@@ -35,8 +35,9 @@ from blocktune.callbacks import Callback
 from blocktune.config import RunConfig
 from blocktune.data import stratified_split
 from blocktune.io import atomic_write_bytes, atomic_write_json
+from blocktune.loading import load_images
 from blocktune.plan import label
-from blocktune.search import load_images, run
+from blocktune.search import run
 
 DATASETS = ("tf_flowers", "caltech101", "blood_cells", "flowers102", "eurosat")
 SEEDS = (20, 21, 22, 23, 24)

@@ -9,8 +9,8 @@ from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
 from blocktune.data import decode_folder, scan_folder, stratified_split
 from blocktune.errors import BlocktuneError
 from blocktune.layers import walk
+from blocktune.loading import subsample
 from blocktune.models import BlockModel, LinearHead, build_model, data_config
-from blocktune.search import subsample
 from blocktune.train import TrainConfig, train_group
 
 LOSS_TOLERANCE = 2e-3  # fp16 storage of activations; fp32 storage is tighter (see below)

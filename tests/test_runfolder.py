@@ -13,7 +13,8 @@ from blocktune.errors import BlocktuneError
 from blocktune.io import read_csv
 from blocktune.report import build_report
 from blocktune.runfolder import RUN_FILES, RunFolder
-from blocktune.search import run, run_status
+from blocktune.search import run
+from blocktune.status import run_status
 
 from .conftest import make_image_folder
 from .test_search import STABLE

@@ -16,8 +16,9 @@ from blocktune.io import atomic_copy, atomic_write_csv, read_csv
 from blocktune.records import read_candidates
 from blocktune.report import build_report
 from blocktune.runfolder import RunLock
-from blocktune.search import BASELINE_I, BASELINE_II, run, run_status
+from blocktune.search import BASELINE_I, BASELINE_II, run
 from blocktune.select import choose
+from blocktune.status import run_status
 
 from .conftest import make_image_folder
 

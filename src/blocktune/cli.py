@@ -109,7 +109,8 @@ def cmd_run(args) -> int:
     from blocktune.display import ProgressDisplay
     from blocktune.report import assess, build_report
     from blocktune.runfolder import RunFolder
-    from blocktune.search import failures, run
+    from blocktune.search import run
+    from blocktune.status import failures
 
     config = _config(args, base=getattr(args, "defaults", None))
     if args.print_config:
@@ -137,7 +138,7 @@ def _print_assessment(assessment, summary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from blocktune.search import label
+    from blocktune.plan import label
 
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough for the intervals
@@ -194,7 +195,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from blocktune.search import run_status
+    from blocktune.status import run_status
 
     print("\n".join(run_status(args.run)))
     return 0

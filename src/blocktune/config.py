@@ -48,12 +48,6 @@ def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bo
     return field(default=default, metadata=metadata)
 
 
-def _executors() -> dict:
-    from blocktune.executors import EXECUTORS  # registered ones; imported late (no cycle)
-
-    return EXECUTORS
-
-
 @dataclass
 class RunConfig:
     model: str = opt("tf_efficientnet_lite0", "timm model name: arch, arch.tag, hf-hub:org/name, "
@@ -154,8 +148,8 @@ class RunConfig:
     strict: bool = opt(False, "refuse unreadable images (instead of skipping them) and exact "
                        "duplicates across the splits (instead of warning)")
     executor: str = opt("local", "local (one process) or ray (Ray Tune trials on a local or "
-                        "running cluster), or any registered executor",
-                        choices=lambda: tuple(_executors()))
+                        "running cluster), or any registered executor; the name is looked up "
+                        "when the run starts, as timm's create_model looks up a model")
     trial_resources: str = opt("cpu=1", "--executor ray: resources of one trial, e.g. "
                                "cpu=1,gpu=0.25")
     ray_address: str | None = opt(None, "--executor ray: address of a running cluster (auto, "

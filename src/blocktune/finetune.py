@@ -11,8 +11,11 @@ from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_write_csv, atomic_write_json
 from blocktune.layers import ModelWalk
+from blocktune.loading import environment, load_images
+from blocktune.publish import model_record
 from blocktune.runfolder import RunFolder, RunLock
-from blocktune.search import SeedRun, environment, load_images, model_record
+from blocktune.search import SeedRun
+from blocktune.tblog import loggers
 from blocktune.train import device_for
 
 
@@ -49,7 +52,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     model.safetensors into ``folder``.
     """
     folder = Path(folder)
-    events = CallbackList(callbacks)
+    events = CallbackList(callbacks).extended(*loggers(config.log, folder))
     config.check_environment()
     files = RunFolder(folder)
     with RunLock(folder, "finetune"):

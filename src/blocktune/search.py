@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import math
-import platform
 import shutil
 import time
 from collections import Counter
@@ -24,18 +23,15 @@ from pathlib import Path
 
 import torch
 
-from blocktune import __version__, faults
+from blocktune import faults
 from blocktune.callbacks import Callback, CallbackList
 from blocktune.config import RunConfig
 from blocktune.data import (
     DecodedImages,
     TestDomain,
-    decode_folder,
     duplicates_across_splits,
     load_or_make_split,
     load_test_domains,
-    open_data,
-    read_splits,
 )
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor, get_executor
@@ -44,10 +40,9 @@ from blocktune.io import (
     atomic_copy,
     atomic_save_safetensors,
     atomic_write_bytes,
-    atomic_write_json,
 )
-from blocktune.layers import ModelWalk
-from blocktune.models import BlockModel, check_model_name, data_config, packaged_source
+from blocktune.loading import environment, load_images
+from blocktune.models import BlockModel
 from blocktune.plan import (
     BASELINE_I,
     BASELINE_II,
@@ -67,6 +62,7 @@ from blocktune.plan import (
     strategy_candidates,
     trained_recipes,
 )
+from blocktune.publish import publish_model
 from blocktune.recommend import cv_folds_of, recommend
 from blocktune.records import (
     CandidateRow,
@@ -82,46 +78,11 @@ from blocktune.select import (
     record_choice,
     searched_strategies,
 )
-from blocktune.tblog import TensorBoardCallback
+from blocktune.tblog import loggers
 from blocktune.train import TrainResult, device_for
 from blocktune.workbench import Workbench, cv_fold_name, cv_folds
 
 log = logging.getLogger(__name__)
-
-def environment(config: RunConfig | None = None) -> dict:
-    import timm
-
-    device = {"device": device_for(config.device).type} if config is not None else {}
-    return {**device, "blocktune": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else False,
-            "threads": torch.get_num_threads()}
-
-
-def load_images(config: RunConfig) -> tuple[DecodedImages, object]:
-    """Decode the data once for all seeds; return (images, data config of the model)."""
-    check_model_name(config.model)
-    folder = open_data(config.data)
-    cfg = data_config(config.model, config.paper_settings,
-                      packaged_source(config.model, config.weights, config.pretrained))
-    images = decode_folder(folder, config.image_size, cfg.interpolation, strict=config.strict)
-    if config.max_images_per_class:
-        images = subsample(images, config.max_images_per_class, seed=0)
-    return images, cfg
-
-
-def subsample(images: DecodedImages, per_class: int, seed: int) -> DecodedImages:
-    generator = torch.Generator().manual_seed(seed)
-    keep = []
-    for label_id in sorted(set(images.labels.tolist())):
-        members = (images.labels == label_id).nonzero().flatten()
-        keep.extend(members[torch.randperm(len(members), generator=generator)[:per_class]].tolist())
-    keep.sort()
-    index = torch.tensor(keep)
-    return DecodedImages(images.pixels[index], [images.files[i] for i in keep],
-                         images.labels[index], images.classes, images.corrupt,
-                         [images.digests[i] for i in keep] if images.digests else [])
-
 
 def strategy_options(config: RunConfig, seed: int, body: torch.nn.Module) -> StrategyOptions:
     c = config
@@ -150,9 +111,6 @@ class SeedRun:
         self.data_cfg = data_cfg
         self.events = callbacks if isinstance(callbacks, CallbackList) \
             else CallbackList(callbacks)
-        if "tensorboard" in config.log:
-            self.events = self.events.extended(
-                TensorBoardCallback(RunFolder(folder.parent).tensorboard))
         self.events.on_seed_start(seed, folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(self.files.splits, images, config.fractions, seed,
@@ -610,6 +568,7 @@ def run(config: RunConfig, folder: str | Path,
     folder = Path(folder)
     files = RunFolder(folder)
     config.check_environment()
+    callbacks = CallbackList(callbacks).extended(*loggers(config.log, folder))
     with RunLock(folder, "run"):
         files.check_resume(config, device_for(config.device).type, force_new)
         check_executor(config)
@@ -635,7 +594,9 @@ def run(config: RunConfig, folder: str | Path,
                 seed_run.close()
             if done is not None and seed == config.seeds[0]:
                 finals, chosen = done
-                publish_model(folder, seed_run, finals, images, data_cfg, chosen["method"])
+                best = next(r for r in finals if r.method == chosen["method"])
+                publish_model(folder, config, seed, best, seed_run.files.weights(best.method),
+                              images, data_cfg, seed_run.weights_source)
         summary = summarize(folder, config.seeds)
     return summary
 
@@ -654,128 +615,3 @@ def _run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
     finals = seed_run.finals(rows, refits)
     chosen = seed_run.recommend(finals)
     return None if chosen is None else (finals, chosen)
-
-
-def failures(folder: str | Path, seeds: list[int]) -> str | None:
-    """One line on the search candidates and finals of a run that failed, or None."""
-    failed: list[tuple[int, str, str]] = []
-    for seed in seeds:
-        seed_files = RunFolder(folder).seed(seed)
-        failed += [(seed, f"{label(r.strategy)} #{r.index}", r.error)
-                   for r in seed_files.read_candidates() if r.status == "failed"]
-        failed += [(seed, f"the {label(r.method)} final", getattr(r, "error", ""))
-                   for r in seed_files.read_finals() if r.status != "ok"]
-    if not failed:
-        return None
-    seed, what, error = failed[0]
-    error = error or "no error recorded"
-    return (f"{len(failed)} trial(s) failed (first: seed {seed}, {what}: {error}); the rest "
-            "of the run is saved: see the status and error columns of "
-            f"{RunFolder(folder).seed(seed).root}'s CSVs, fix the cause (e.g. a lower --lr or "
-            "--batch-size) and start over with --force-new")
-
-
-def publish_model(folder: Path, seed_run: SeedRun, finals: list[FinalRow], images: DecodedImages,
-                  data_cfg, method: str) -> None:
-    """Copy the recommended method's final to ``model.safetensors`` + ``model.json``."""
-    best = next(r for r in finals if r.method == method)
-    files = RunFolder(folder)
-    source = seed_run.files.weights(best.method)
-    check_weights(source)  # a damaged final never replaces a published model
-    atomic_copy(source, files.weights)
-    atomic_write_json(files.model_json, model_record(
-        seed_run.config, images, data_cfg, seed_run.weights_source, best.method,
-        {"seed": seed_run.seed, "trained": best.group, "layer_indices": best.layer_indices,
-         "trained_params": best.trained_params, "val_acc": best.val_acc,
-         "test_acc": best.test_acc, "select": best.select,
-         "choose_by": seed_run.config.choose_by}))
-
-
-def check_weights(path: Path) -> None:
-    """One line when a final's weights file is missing or does not load (cut short,
-    overwritten): the model it would publish is not there."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        load_file(str(path))
-    except (OSError, SafetensorError, ValueError) as error:
-        raise BlocktuneError(f"{path} is damaged or missing ({type(error).__name__}): the "
-                             "published model was left as it was; delete that file and its "
-                             "row in finals.csv and resume to train the final again") from error
-
-
-def model_record(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,
-                 method: str, result: dict) -> dict:
-    """``model.json``: what ``predict`` and ``export`` need to rebuild the network around the
-    saved weights, and what it is (method, trained layers, accuracies, seed, versions)."""
-    packaged = packaged_source(config.model, config.weights, config.pretrained)
-    return {"model": config.model, "model_args": packaged.model_kwargs if packaged else {},
-            "head": config.head, "image_size": config.image_size,
-            "classes": images.classes, "mean": list(data_cfg.mean), "std": list(data_cfg.std),
-            "interpolation": data_cfg.interpolation, "weights_source": weights_source,
-            "weights_origin": packaged.origin if packaged else None,
-            "weights_licence": packaged.licence if packaged else None,
-            "method": method, **result, "data": config.data,
-            "versions": {k: v for k, v in environment().items()
-                         if k in ("blocktune", "torch", "timm")}}
-
-
-def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSettings,
-             strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
-    return strategy_candidates(model_walk, strategy, options, rows, settings)
-
-
-def run_status(folder: str | Path) -> list[str]:
-    """What a run folder has done and what is left, per seed, from its files (the model is
-    built with random weights only to list the planned candidates)."""
-
-    from blocktune.layers import walk
-    from blocktune.models import build_model
-
-    folder = Path(folder)
-    files = RunFolder(folder)
-    if not files.is_run():
-        raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
-                             "--out folder of a blocktune run")
-    saved = files.saved_config()
-    config = RunConfig.from_dict(saved)  # its data and weights need not exist here
-    lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
-             f"{', '.join(map(str, config.seeds))}"]
-    model = None
-    for seed in config.seeds:
-        seed_files = files.seed(seed)
-        if not seed_files.splits.exists():
-            lines.append(f"seed {seed}: not started")
-            continue
-        if model is None:
-            classes = read_splits(seed_files.splits)["classes"]
-            packaged = packaged_source(config.model)
-            model, _ = build_model(config.model, len(classes), config.head, config.image_size,
-                                   pretrained=False,
-                                   model_args=packaged.model_kwargs if packaged else None)
-            model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
-        rows = seed_files.read_candidates()
-        settings = search_settings(config, seed)
-        planned = functools.partial(_planned, model_walk, strategy_options(
-            config, seed, model.body), settings)
-        parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
-                 for method, done, total in progress(settings, rows, planned)]
-        finals = [r for r in seed_files.read_finals() if r.status == "ok"]
-        picks = list(dict.fromkeys(
-            m for strategy in config.strategies for m, _ in planned(strategy, rows)))
-        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks \
-            + trained_recipes(config.methods, bool(picks))
-        # a pick's final made under another rule (--select changed on resume) is redone or
-        # relabelled once the search is finished: not done yet
-        other_rule = {r.method: r.select for r in finals if r.select
-                      and r.select != config.select and r.method not in WHOLE_MODEL}
-        finals = [r for r in finals if r.method not in other_rule]
-        left = [label(m) + (f" (its final is `{other_rule[m]}`'s pick)" if m in other_rule
-                            else "")
-                for m in methods if m not in {r.method for r in finals}]
-        lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
-                     f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
-    lines.append(f"{files.weights.name}: "
-                 + ("saved" if files.weights.exists() else "not yet saved"))
-    return lines

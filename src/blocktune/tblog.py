@@ -111,3 +111,9 @@ class TensorBoardCallback(Callback):
 
     def on_final_end(self, row: FinalRow) -> None:
         self.log.record(row)
+
+
+def loggers(names: list[str], folder: Path) -> list[Callback]:
+    """The callbacks ``--log`` names, writing under the run folder ``folder`` (the caller adds
+    them to its own, as Lightning's Trainer takes its loggers from the caller)."""
+    return [TensorBoardCallback(Path(folder) / "tensorboard")] if "tensorboard" in names else []

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from blocktune.errors import BlocktuneError
-from blocktune.plan import FinalTrial, Trial
-from blocktune.train import TrainResult
-from blocktune.workbench import FinalOutcome
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a registry is a leaf: the types only, no import of what it lists
     from blocktune.config import RunConfig
-    from blocktune.workbench import Workbench
+    from blocktune.plan import FinalTrial, Trial
+    from blocktune.train import TrainResult
+    from blocktune.workbench import FinalOutcome, Workbench
 
 
 

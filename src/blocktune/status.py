@@ -1,0 +1,108 @@
+"""``blocktune status`` and the run's failure line: what a run folder has done and what is
+left, read from its files alone."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from blocktune.config import RunConfig
+from blocktune.data import read_splits
+from blocktune.errors import BlocktuneError
+from blocktune.groups import Candidate, StrategyOptions
+from blocktune.layers import ModelWalk
+from blocktune.models import packaged_source
+from blocktune.plan import (
+    BASELINE_I,
+    BASELINE_II,
+    WHOLE_MODEL,
+    SearchSettings,
+    label,
+    progress,
+    strategy_candidates,
+    trained_recipes,
+)
+from blocktune.records import CandidateRow
+from blocktune.runfolder import RunFolder
+from blocktune.search import search_settings, strategy_options
+
+
+def failures(folder: str | Path, seeds: list[int]) -> str | None:
+    """One line on the search candidates and finals of a run that failed, or None."""
+    failed: list[tuple[int, str, str]] = []
+    for seed in seeds:
+        seed_files = RunFolder(folder).seed(seed)
+        failed += [(seed, f"{label(r.strategy)} #{r.index}", r.error)
+                   for r in seed_files.read_candidates() if r.status == "failed"]
+        failed += [(seed, f"the {label(r.method)} final", getattr(r, "error", ""))
+                   for r in seed_files.read_finals() if r.status != "ok"]
+    if not failed:
+        return None
+    seed, what, error = failed[0]
+    error = error or "no error recorded"
+    return (f"{len(failed)} trial(s) failed (first: seed {seed}, {what}: {error}); the rest "
+            "of the run is saved: see the status and error columns of "
+            f"{RunFolder(folder).seed(seed).root}'s CSVs, fix the cause (e.g. a lower --lr or "
+            "--batch-size) and start over with --force-new")
+
+
+
+
+def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSettings,
+             strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
+    return strategy_candidates(model_walk, strategy, options, rows, settings)
+
+
+def run_status(folder: str | Path) -> list[str]:
+    """What a run folder has done and what is left, per seed, from its files (the model is
+    built with random weights only to list the planned candidates)."""
+
+    from blocktune.layers import walk
+    from blocktune.models import build_model
+
+    folder = Path(folder)
+    files = RunFolder(folder)
+    if not files.is_run():
+        raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
+                             "--out folder of a blocktune run")
+    saved = files.saved_config()
+    config = RunConfig.from_dict(saved)  # its data and weights need not exist here
+    lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
+             f"{', '.join(map(str, config.seeds))}"]
+    model = None
+    for seed in config.seeds:
+        seed_files = files.seed(seed)
+        if not seed_files.splits.exists():
+            lines.append(f"seed {seed}: not started")
+            continue
+        if model is None:
+            classes = read_splits(seed_files.splits)["classes"]
+            packaged = packaged_source(config.model)
+            model, _ = build_model(config.model, len(classes), config.head, config.image_size,
+                                   pretrained=False,
+                                   model_args=packaged.model_kwargs if packaged else None)
+            model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
+        rows = seed_files.read_candidates()
+        settings = search_settings(config, seed)
+        planned = functools.partial(_planned, model_walk, strategy_options(
+            config, seed, model.body), settings)
+        parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
+                 for method, done, total in progress(settings, rows, planned)]
+        finals = [r for r in seed_files.read_finals() if r.status == "ok"]
+        picks = list(dict.fromkeys(
+            m for strategy in config.strategies for m, _ in planned(strategy, rows)))
+        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks \
+            + trained_recipes(config.methods, bool(picks))
+        # a pick's final made under another rule (--select changed on resume) is redone or
+        # relabelled once the search is finished: not done yet
+        other_rule = {r.method: r.select for r in finals if r.select
+                      and r.select != config.select and r.method not in WHOLE_MODEL}
+        finals = [r for r in finals if r.method not in other_rule]
+        left = [label(m) + (f" (its final is `{other_rule[m]}`'s pick)" if m in other_rule
+                            else "")
+                for m in methods if m not in {r.method for r in finals}]
+        lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
+                     f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
+    lines.append(f"{files.weights.name}: "
+                 + ("saved" if files.weights.exists() else "not yet saved"))
+    return lines
