@@ -34,9 +34,9 @@ import statistics
 import time
 from pathlib import Path
 
+from blocktune.assess import assess
 from blocktune.config import RunConfig
 from blocktune.io import atomic_write_csv, atomic_write_text, read_csv
-from blocktune.report import assess
 from blocktune.runfolder import RunFolder
 from blocktune.search import BASELINE_I, BASELINE_II, run
 from blocktune.stats import compare_over_seeds, mean_interval

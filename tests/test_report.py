@@ -5,9 +5,10 @@ import subprocess
 
 import pytest
 
+from blocktune.assess import assess
 from blocktune.io import read_csv
 from blocktune.plan import label
-from blocktune.report import assess, build_report
+from blocktune.report import build_report
 from blocktune.search import BASELINE_I, run
 
 from .test_search import tiny_config

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from blocktune.assess import assess
 from blocktune.callbacks import Callback, LambdaCallback
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
@@ -22,7 +23,7 @@ from blocktune.finetune import finetune
 from blocktune.groups import STRATEGIES, StrategyOptions, candidates, register_strategy, table
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import build_body, create_timm
-from blocktune.report import assess, build_report, plot_layer_params
+from blocktune.report import build_report, plot_layer_params
 from blocktune.search import run
 from blocktune.select import RULES, register_rule
 

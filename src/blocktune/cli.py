@@ -106,8 +106,9 @@ def cmd_groups(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from blocktune.assess import assess
     from blocktune.display import ProgressDisplay
-    from blocktune.report import assess, build_report
+    from blocktune.report import build_report
     from blocktune.runfolder import RunFolder
     from blocktune.search import run
     from blocktune.status import failures

@@ -1,22 +1,22 @@
-"""Tables, plots and the run's report, rebuilt from the run folder's files alone."""
+"""Rendering: tables, plots, the run's report (markdown and a self-contained HTML page) and the
+model card, rebuilt from the run folder's files alone. What they say is computed in
+:mod:`blocktune.assess`."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from blocktune import faults  # noqa: E402
+from blocktune.assess import Assessment, assess  # noqa: E402
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.errors import BlocktuneError  # noqa: E402
 from blocktune.io import (  # noqa: E402
@@ -25,204 +25,15 @@ from blocktune.io import (  # noqa: E402
 )
 from blocktune.layers import ModelWalk  # noqa: E402
 from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, label  # noqa: E402
-from blocktune.records import (  # noqa: E402
-    FinalRow,
-    rank_key,
-)
 from blocktune.runfolder import (  # noqa: E402
     RunFolder,
-    SeedFolder,
     summarize,  # noqa: E402
 )
-from blocktune.select import RULES, choose, notices, searched_strategies  # noqa: E402
+from blocktune.select import RULES, choose, searched_strategies  # noqa: E402
 from blocktune.stats import (  # noqa: E402
-    Comparison,
     Interval,
     accuracy_interval,
-    adjust,
-    compare,
-    compare_over_seeds,
-    mean_interval,
-    with_minus,
 )
-
-
-# -- what a run found, and how sure it is ---------------------------------------------------
-@dataclass
-class MethodResult:
-    """One method's final on one seed, with 95% intervals."""
-
-    method: str
-    group: str
-    trained_params: int
-    val: Interval
-    test: Interval
-    test_correct: np.ndarray | None  # per test image, for paired comparisons
-    # --test-data: per folder, the accuracy with its interval and the per-image outcomes
-    domains: dict[str, Interval] = field(default_factory=dict)
-    domain_correct: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class Assessment:
-    """The answer a report and the CLI lead with, computed from the run folder's files."""
-
-    seeds: list[int]
-    per_seed: dict[int, dict[str, MethodResult]]
-    recommended: str | None  # the method saved as model.safetensors (best final val, 1st seed)
-    versus_baselines: list[Comparison]  # every method against each baseline
-    versus_recommended: list[Comparison]  # the recommendation against every other method
-    test_over_seeds: dict[str, Interval]  # mean test accuracy with its t interval
-    notices: list[str] = field(default_factory=list)
-    recommendation: dict | None = None  # choices.json's record of the choice (1st seed)
-    # --test-data: per folder, every method against each baseline (Holm within the folder)
-    domain_verdicts: dict[str, list[Comparison]] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        """The verdict in plain words, most important first."""
-        out = []
-        if self.recommended is not None:
-            first = self.per_seed[self.seeds[0]]
-            best = first[self.recommended]
-            others = sorted((r for m, r in first.items() if m != self.recommended),
-                            key=lambda r: -r.val.value)
-            gap = with_minus(f"{(best.val.value - best.test.value) * 100:+.1f}")
-            chosen = self.recommendation or {}
-            if chosen.get("rule", "val").startswith("cv"):
-                images = int(chosen["images"])
-                how = (f"the best pooled out-of-fold accuracy of {chosen['candidates']} methods, "
-                       f"each trained on {chosen['rule'][2:]}−1 folds of the {images} learning "
-                       f"images and scored on the held-out fold ({chosen['rule']}): "
-                       f"{accuracy_interval(round(chosen['score'] * images), images).fraction()}"
-                       f"; the cross-validation took {chosen['seconds']:.0f} s of training")
-            else:
-                against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
-                how = f"the best final val accuracy, {best.val.fraction()}" + (
-                    f", against {against}" if others else "")
-            out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
-                       + f". Its test accuracy: {best.test.fraction()}"
-                       + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
-                       + f"; its val − test {gap} points: val also steered the finals' early "
-                       "stopping and schedule, so a final's val accuracy is optimistic, and "
-                       "test is the figure to expect.")
-        said = set()
-        for comparison in [*self.versus_recommended, *self.versus_baselines]:
-            pair = frozenset((comparison.a, comparison.b))
-            if pair not in said:  # BW vs Baseline I, or Baseline I vs BW: one of them
-                said.add(pair)
-                out.append(comparison.sentence())
-        return out + self.notices
-
-
-def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
-    if row.test_pred is None or labels is None or len(row.test_pred) != len(labels):
-        return None
-    return np.asarray(row.test_pred) == labels
-
-
-def _method_results(seed_files: SeedFolder, domains: dict[str, dict] | None = None
-                    ) -> dict[str, MethodResult]:
-    finals = [r for r in seed_files.read_finals() if r.status == "ok"]
-    labels = split_labels(seed_files.splits) if seed_files.splits.exists() else {}
-    n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
-    domain_labels = {name: np.asarray(d["labels"]) for name, d in (domains or {}).items()}
-    out = {}
-    for row in finals:
-        val_acc, test_acc = row.val_acc, row.test_acc
-        result = MethodResult(
-            row.method, row.group, row.trained_params,
-            accuracy_interval(round(val_acc * n_val), n_val) if n_val else
-            Interval(val_acc, math.nan, math.nan),
-            accuracy_interval(round(test_acc * n_test), n_test) if n_test else
-            Interval(test_acc, math.nan, math.nan),
-            _correct(row, labels.get("test")))
-        for name, scored in row.domains.items():
-            truth = domain_labels.get(name)
-            pred = np.asarray(scored["pred"])
-            if truth is not None and len(truth) == len(pred):
-                result.domain_correct[name] = pred == truth
-                result.domains[name] = accuracy_interval(int(result.domain_correct[name].sum()),
-                                                         len(truth))
-            else:
-                result.domains[name] = Interval(float(scored["acc"]), math.nan, math.nan)
-        out[row.method] = result
-    return out
-
-
-def _paired(a: str, b: str, per_seed: dict[int, dict[str, MethodResult]], seeds: list[int],
-            domain: str | None = None) -> Comparison | None:
-    """A − B on the same test images (or the same images of a ``--test-data`` folder): paired
-    per image on one seed, over seeds as the mean of per-seed differences."""
-    def accuracy(r: MethodResult) -> Interval | None:
-        return r.test if domain is None else r.domains.get(domain)
-
-    def correct(r: MethodResult) -> np.ndarray | None:
-        return r.test_correct if domain is None else r.domain_correct.get(domain)
-
-    both = [s for s in seeds if a in per_seed[s] and b in per_seed[s]
-            and accuracy(per_seed[s][a]) is not None and accuracy(per_seed[s][b]) is not None]
-    if not both:
-        return None
-    if len(both) == 1:
-        ra, rb = per_seed[both[0]][a], per_seed[both[0]][b]
-        if correct(ra) is None or correct(rb) is None:  # a run before predictions
-            diff = accuracy(ra).value - accuracy(rb).value
-            return Comparison(label(a), label(b), Interval(diff, math.nan, math.nan), math.nan,
-                              0)
-        return compare(label(a), label(b), correct(ra), correct(rb), seed=both[0])
-    diffs = [accuracy(per_seed[s][a]).value - accuracy(per_seed[s][b]).value for s in both]
-    images = sum(len(correct(per_seed[s][a])) for s in both
-                 if correct(per_seed[s][a]) is not None)
-    return compare_over_seeds(label(a), label(b), diffs, images)
-
-
-def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
-    """The verdict block's comparisons (each pair once, as :meth:`Assessment.lines` prints
-    them) with their p-values Holm-adjusted together; every list gets the adjusted copies."""
-    unique: dict[frozenset, Comparison] = {}
-    for comparison in (c for group in lists for c in group):
-        unique.setdefault(frozenset((comparison.a, comparison.b)), comparison)
-    adjusted = dict(zip(unique, adjust(list(unique.values())), strict=True))
-    return [[dataclasses.replace(c, p_adjusted=(same := adjusted[frozenset((c.a, c.b))]
-                                                ).p_adjusted, family=same.family)
-             for c in group] for group in lists]
-
-
-def assess(folder: str | Path) -> Assessment:
-    """Recommendation, paired verdicts and intervals of a run, from its files alone."""
-    files = RunFolder(folder)
-    config = files.saved_config()
-    seeds = [int(s) for s in config["seeds"]]
-    domains = files.read_test_domains()
-    per_seed = {s: _method_results(files.seed(s), domains) for s in seeds}
-    methods = list(dict.fromkeys(m for s in seeds for m in per_seed[s]))
-    first = [r for r in files.seed(seeds[0]).read_finals() if r.status == "ok"]
-    # the model run() published: the recorded choice (by its procedure); a folder written
-    # before choices were recorded: the one ranking, on the final val accuracies
-    recommendation = files.seed(seeds[0]).read_recommendation() if first else None
-    if recommendation is not None and recommendation.get("method") not in {
-            r.method for r in first}:
-        recommendation = None  # its final is gone: not a choice among what is here
-    recommended = recommendation["method"] if recommendation else (
-        min(first, key=rank_key).method if first else None)
-    versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
-                        if (c := _paired(m, b, per_seed, seeds)) is not None]
-    if BASELINE_I in methods and BASELINE_II in methods:
-        versus_baselines.append(_paired(BASELINE_II, BASELINE_I, per_seed, seeds))
-    versus_recommended = [c for m in methods if recommended and m != recommended
-                          if (c := _paired(recommended, m, per_seed, seeds)) is not None]
-    versus_recommended, versus_baselines = _holm_block(versus_recommended, versus_baselines)
-    test_over_seeds = {}
-    for m in methods:
-        values = [per_seed[s][m].test for s in seeds if m in per_seed[s]]
-        test_over_seeds[m] = values[0] if len(values) == 1 else \
-            mean_interval([v.value for v in values])
-    found = [n for s in seeds for n in notices(s, files.seed(s).read_candidates())]
-    domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
-                                     if (c := _paired(m, b, per_seed, seeds, name)) is not None])
-                       for name in domains}
-    return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
-                      test_over_seeds, found, recommendation, domain_verdicts)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -557,72 +368,30 @@ def _methods(files: RunFolder, seeds: list[int]) -> list[str]:
 
 
 def _to_html(markdown: str, folder: Path) -> str:
-    """A self-contained page: the same content, images inlined as base64."""
-    body, table, items = [], [], []
+    """A self-contained page of the same markdown (CommonMark and tables, by markdown-it-py):
+    images inlined as base64, the verdict lists styled, each verdict's word coloured."""
+    from markdown_it import MarkdownIt
 
-    def flush_list():
-        if items:
-            body.append('<ul class="verdict">' + "".join(f"<li>{i}</li>" for i in items)
-                        + "</ul>")
-            items.clear()
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
-    def flush_table():
-        if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-                   + "</tr>"]
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                    for row in cells[1:]]
-            body.append("\n".join(out + ["</table>"]))
-            table.clear()
+    def image(renderer, tokens, index, options, env):
+        src = tokens[index].attrGet("src")
+        data = base64.b64encode((folder / src).read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(src)}">'
 
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("- "):
-            items.append(_verdict_html(line[2:]))
-            continue
-        flush_list()
-        if line.startswith("!["):
-            src = line[line.index("(") + 1:line.rindex(")")]
-            data = base64.b64encode((folder / src).read_bytes()).decode()
-            body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(src)}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    flush_table()
-    flush_list()
+    md.add_render_rule("image", image)
+    md.add_render_rule("bullet_list_open", lambda *args: '<ul class="verdict">\n')
+    body = md.render(markdown)
+    for word, css in (("better", "better"), ("worse", "worse"),
+                      ("no clear difference", "tie")):
+        body = body.replace(f", {word} (", f', <span class="{css}">{word}</span> (')
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:"
              "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
              "ul.verdict{background:#f5f7fa;border-left:4px solid #4a6fa5;padding:.6em 1em .6em 2em}"
              "ul.verdict li{margin:.25em 0}.better{color:#1a7f37;font-weight:bold}"
              ".worse{color:#b42318;font-weight:bold}.tie{color:#555;font-weight:bold}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>blocktune report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _verdict_html(text: str) -> str:
-    """A verdict line with its word coloured: better, worse, or no clear difference."""
-    escaped = _inline(text)
-    for word, css in ((", better (", "better"), (", worse (", "worse"),
-                      (", no clear difference (", "tie")):
-        shown = word[2:-2]
-        escaped = escaped.replace(word, f', <span class="{css}">{shown}</span> (', 1)
-    return escaped
-
-
-def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    while "**" in escaped:
-        escaped = escaped.replace("**", "<b>", 1).replace("**", "</b>", 1)
-    while escaped.count("`") >= 2:
-        escaped = escaped.replace("`", "<code>", 1).replace("`", "</code>", 1)
-    return escaped
+            f"<style>{style}</style></head><body>\n" + body + "\n</body></html>\n")
 
 
 def format_float(value: str | float) -> str:
