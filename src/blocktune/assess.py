@@ -72,9 +72,10 @@ class Assessment:
             chosen = self.recommendation or {}
             if chosen.get("rule", "val").startswith("cv"):
                 images = int(chosen["images"])
+                folds = int(chosen["rule"][2:])
                 how = (f"the best pooled out-of-fold accuracy of {chosen['candidates']} methods, "
-                       f"each trained on {chosen['rule'][2:]}−1 folds of the {images} learning "
-                       f"images and scored on the held-out fold ({chosen['rule']}): "
+                       f"each trained on {folds - 1} of {folds} folds of the {images} learning "
+                       f"images and scored on the held-out one ({chosen['rule']}): "
                        f"{accuracy_interval(round(chosen['score'] * images), images).fraction()}"
                        f"; the cross-validation took {chosen['seconds']:.0f} s of training")
             else:
