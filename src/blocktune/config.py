@@ -73,6 +73,9 @@ class RunConfig:
                                    "the fractions' proportions, stratified and seeded) and test "
                                    "on all the others: small-data runs with a large test split",
                                    resume=True, low=3, high=10**8)
+    split: str = opt("random", "random (stratified and seeded, in the fractions) or official "
+                     "(the dataset's own train/val/test, the search split drawn from its "
+                     "train: flowers102)", resume=True, choices=("random", "official"))
     test_data: list[str] = opt(factory=list, help="extra test folders with the data's class "
                                "names (another camera, site or style), scored once by every "
                                "final like test and never read by a choice", resume=True)
@@ -175,6 +178,9 @@ class RunConfig:
                                                                  - 1) > 1e-6:
             raise BlocktuneError(f"fractions = {self.fractions}: give search, val, train and "
                                  "test, summing to 1")
+        if self.split == "official" and self.learn_images is not None:
+            raise BlocktuneError("split = official and learn_images both fix the images learnt "
+                                 "from: give one of the two")
         if self.paper_settings:
             self._paper_settings()
         if not re.fullmatch(r"cpu=\d+(\.\d+)?(,gpu=\d+(\.\d+)?)?|gpu=\d+(\.\d+)?",

@@ -60,6 +60,8 @@ class ImageFolder:
     files: list[str]
     labels: list[int]
     skipped: list[str]
+    # the dataset's own split, where it has one (Flowers-102): split name -> its files
+    official: dict[str, list[str]] | None = None
 
     def counts(self) -> dict[str, int]:
         counter = Counter(self.labels)
@@ -123,6 +125,7 @@ def flowers102(download: bool = True) -> ImageFolder:
 
     root = _torchvision_root(TORCHVISION_FOLDERS["flowers102"])
     by_file: dict[str, int] = {}
+    official: dict[str, list[str]] = {}
     for split in ("train", "val", "test"):
         data = _open_torchvision(
             "flowers102", lambda download, split=split: Flowers102(root, split, download=download),
@@ -130,9 +133,10 @@ def flowers102(download: bool = True) -> ImageFolder:
         download = False  # one download brings all three splits
         by_file.update((path.name, label) for path, label in
                        zip(data._image_files, data._labels, strict=True))
+        official[split] = sorted(path.name for path in data._image_files)
     files = sorted(by_file)
     return ImageFolder(root / "flowers-102" / "jpg", list(Flowers102.classes), files,
-                       [by_file[f] for f in files], [])
+                       [by_file[f] for f in files], [], official)
 
 
 def eurosat(download: bool = True) -> ImageFolder:
@@ -335,6 +339,7 @@ class DecodedImages:
     classes: list[str]
     corrupt: list[str]
     digests: list[str] = field(default_factory=list)  # sha256 of each file's bytes (duplicates)
+    official: dict[str, list[str]] | None = None  # the dataset's own split (ImageFolder's)
 
 
 def _stat(path: Path) -> list[int]:
@@ -473,7 +478,8 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests:
         raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
                              "fine-tuning a classifier needs at least two classes")
     kept = [d for d, good in zip(digests, ok, strict=True) if good]
-    return DecodedImages(pixels, files, labels, folder.classes, unreadable, kept)
+    return DecodedImages(pixels, files, labels, folder.classes, unreadable, kept,
+                         folder.official)
 
 
 LEARNING_SPLITS = ("search", "val", "train")  # what the protocol learns and chooses from
@@ -524,6 +530,26 @@ def stratified_split(labels, fractions: dict[str, float] | None = None, seed: in
     return {name: sorted(indices) for name, indices in result.items()}
 
 
+def official_split(files: list[str], labels: list[int], official: dict[str, list[str]],
+                   fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """The dataset's own train/val/test as blocktune's train/val/test; the search split drawn
+    from its train set, stratified and seeded, in the fractions' proportion of search to
+    train (1 : 6 by default)."""
+    position = {f: i for i, f in enumerate(files)}
+    missing = [f for names in official.values() for f in names if f not in position]
+    if missing:
+        raise BlocktuneError(f"{len(missing)} file(s) of the official split are not in the data "
+                             f"(e.g. {missing[0]}): restore them, or use the random split")
+    indices = {name: [position[f] for f in names] for name, names in official.items()}
+    train = indices["train"]
+    share = fractions["search"] / (fractions["search"] + fractions["train"])
+    drawn = stratified_split([labels[i] for i in train], {"search": share, "train": 1 - share},
+                             seed)
+    return {"search": sorted(train[i] for i in drawn["search"]),
+            "val": sorted(indices["val"]), "train": sorted(train[i] for i in drawn["train"]),
+            "test": sorted(indices["test"])}
+
+
 def _learning_counts(members_of: dict[int, list[int]], learn_images: int,
                      fractions: dict[str, float], classes: list[str] | None) -> dict[int, int]:
     """Per class, how many of ``learn_images`` it gives the learning pool: in proportion to
@@ -569,7 +595,8 @@ def _allot(total: int, fractions: list[float]) -> list[int]:
 
 
 def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, float],
-                       seed: int, learn_images: int | None = None) -> dict[str, list[int]]:
+                       seed: int, learn_images: int | None = None, split: str = "random"
+                       ) -> dict[str, list[int]]:
     """Reuse ``splits.json`` when it exists and matches the files; else make and write it."""
     if path.exists():
         saved = read_splits(path)
@@ -590,10 +617,21 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
             raise BlocktuneError(f"{path} names {len(missing)} file(s) no longer in the data "
                                  f"(e.g. {missing[0]}): restore them or start a new run folder")
         return {name: sorted(position[f] for f in files) for name, files in saved["files"].items()}
-    split = stratified_split(decoded.labels.tolist(), fractions, seed, decoded.classes,
-                             learn_images)
+    kind = split
+    if kind == "official":
+        if decoded.official is None:
+            raise BlocktuneError("split = official: this data has no official split (flowers102 "
+                                 "has one); use the random split")
+        if learn_images is not None:
+            raise BlocktuneError("split = official and learn_images both fix what is learnt "
+                                 "from: give one of the two")
+        split = official_split(decoded.files, decoded.labels.tolist(), decoded.official,
+                               fractions, seed)
+    else:
+        split = stratified_split(decoded.labels.tolist(), fractions, seed, decoded.classes,
+                                 learn_images)
     atomic_write_json(path, {
-        "seed": seed, "fractions": fractions, "learn_images": learn_images,
+        "seed": seed, "fractions": fractions, "learn_images": learn_images, "split": kind,
         "classes": decoded.classes,
         "counts": {n: len(v) for n, v in split.items()},
         "files": {n: [decoded.files[i] for i in v] for n, v in split.items()},

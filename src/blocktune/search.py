@@ -114,7 +114,7 @@ class SeedRun:
         self.events.on_seed_start(seed, folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(self.files.splits, images, config.fractions, seed,
-                                        config.learn_images)
+                                        config.learn_images, config.split)
         self._check_duplicates()
         self.folds = cv_folds_of(config.choose_by)
         trained_on = self.split if self.folds is None else {
