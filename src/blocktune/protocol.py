@@ -44,6 +44,10 @@ class RunRecord:
     full: bool = False
 
     @property
+    def has_cv(self) -> bool:
+        return self.pick("cv5", METHODS) is not None
+
+    @property
     def test(self) -> dict[str, float]:
         return {r.method: r.test_acc for r in self.finals if r.status == "ok"}
 
@@ -162,11 +166,14 @@ class Scored:
 
 
 def score(runs: Sequence[RunRecord], config: Configuration) -> Scored:
+    """A configuration's regret and cost on every run (nan where its procedure has no pick:
+    cross-validation not run; such a configuration is not eligible)."""
     regrets, costs = [], []
     for run in runs:
         picked = run.pick(config.procedure, config.methods)
         regrets.append(run.regret(picked) if picked is not None else math.nan)
-        costs.append(run.cost_ratio(config.procedure, config.methods))
+        costs.append(run.cost_ratio(config.procedure, config.methods) if picked is not None
+                     else math.nan)
     return Scored(config, regrets, costs)
 
 
@@ -264,12 +271,9 @@ def read_run(folder: Path, dataset: str, seed: int, full: bool = False) -> RunRe
     record = RunRecord(dataset, seed, seed_files.read_finals(),
                        seed_files.read_cv() if seed_files.cv.exists() else [],
                        seed_files.read_candidates(), full)
-    methods = METHODS
-    if not record.complete(methods):
+    if not record.complete(METHODS):
         return None
-    if not full and record.pick("cv5", methods) is None:
-        return None  # its cross-validation is not finished
-    return record
+    return record  # its cross-validation may still be running: has_cv tells
 
 
 @dataclass
@@ -280,7 +284,7 @@ class Suite:
 
     @property
     def provisional(self) -> bool:
-        return len(self.runs) < self.planned
+        return len(self.runs) < self.planned or not all(r.has_cv for r in self.runs)
 
 
 def read_suite(out: Path, planned: Sequence[tuple[str, int, bool, Path]]) -> Suite:
@@ -296,8 +300,9 @@ def read_suite(out: Path, planned: Sequence[tuple[str, int, bool, Path]]) -> Sui
 def report(suite: Suite) -> str:
     """The protocol's tables and decisions, as markdown."""
     runs = suite.runs
-    lines = [f"# Small-data suite: {len(runs)} of {suite.planned} runs at 1,000 images, "
-             f"{len(suite.full)} at full size"]
+    with_cv = [r for r in runs if r.has_cv]
+    lines = [f"# Small-data suite: {len(runs)} of {suite.planned} runs at 1,000 images "
+             f"({len(with_cv)} with cv5), {len(suite.full)} at full size"]
     if suite.provisional:
         lines.append("\n**Provisional**: not every planned run is in; nothing is decided.")
     if not runs:
@@ -309,7 +314,8 @@ def report(suite: Suite) -> str:
     for dataset in datasets:
         mine = [r for r in runs if r.dataset == dataset]
         cells = [_mean_text([r.test[m] for r in mine]) for m in METHODS]
-        picks = [_mean_text([r.test[r.pick(p, METHODS)] for r in mine]) for p in PROCEDURES]
+        picks = [_mean_text([r.test[r.pick(p, METHODS)] for r in mine
+                             if p == "val" or r.has_cv]) for p in PROCEDURES]
         lines.append(f"| {dataset} | {len(mine)} | " + " | ".join(cells + picks) + " |")
     lines += ["", "## Regret (points below the best of the seven in hindsight), mean over all "
               "runs", "", "| recipe or procedure | mean regret [95% t] | per dataset |",
@@ -318,18 +324,22 @@ def report(suite: Suite) -> str:
         lines.append(_regret_line(f"always {label(method)}", runs, datasets,
                                   [r.regret(method) for r in runs]))
     for procedure in PROCEDURES:
-        lines.append(_regret_line(f"recommendation ({procedure}, all seven)", runs, datasets,
-                                  [r.regret(r.pick(procedure, METHODS)) for r in runs]))
+        have = [r for r in runs if procedure == "val" or r.has_cv]
+        if have:
+            lines.append(_regret_line(f"recommendation ({procedure}, all seven; {len(have)} "
+                                      "runs)", have, datasets,
+                                      [r.regret(r.pick(procedure, METHODS)) for r in have]))
     scored = [score(runs, c) for c in configurations()]
     chosen = choose_default(scored)
     lines += ["", f"## Configurations under the cost bar (≤ {COST_BAR}× Baseline II), best "
               "first", "", "| configuration | mean regret | mean cost × B-II |", "|---|---|---|"]
-    for s in sorted(scored, key=lambda s: (s.mean_regret, s.mean_cost))[:12]:
+    ranked = [s for s in scored if not math.isnan(s.mean_regret)]
+    for s in sorted(ranked, key=lambda s: (s.mean_regret, s.mean_cost))[:12]:
         mark = " (**chosen**)" if s is chosen else ""
         over = "" if s.mean_cost <= COST_BAR else " (over the bar)"
         lines.append(f"| {s.config.name()}{mark} | {s.mean_regret:.2f} | "
                      f"{s.mean_cost:.2f}{over} |")
-    every = [s for s in scored if s.config.methods == METHODS]
+    every = [s for s in scored if s.config.methods == METHODS and not math.isnan(s.mean_cost)]
     lines += ["", "Cost of running all seven: " + "; ".join(
         f"{s.config.procedure} {s.mean_cost:.2f}×" for s in every)]
     if chosen is None:
@@ -354,8 +364,8 @@ def report(suite: Suite) -> str:
                                            if f.status == "ok")]
             cells = [_mean_text([next(f.domains[domain]["acc"] for f in r.finals
                                       if f.method == m) for r in have]) for m in METHODS]
-            regrets = [_points_text([r.domain_regret(domain, r.pick(p, METHODS)) for r in have])
-                       for p in PROCEDURES]
+            regrets = [_points_text([r.domain_regret(domain, r.pick(p, METHODS)) for r in have
+                                     if p == "val" or r.has_cv]) for p in PROCEDURES]
             lines.append(f"| {domain} | " + " | ".join(cells + regrets) + " |")
     if suite.full:
         lines += ["", "## Full size (one seed each; val procedure)", "",
