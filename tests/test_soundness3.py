@@ -6,6 +6,7 @@ damaged final published over a good model, a seed left open on an early exit."""
 import dataclasses
 import shutil
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -187,3 +188,28 @@ def test_test_is_scored_through_the_path_val_took(image_folder, one_thread):
         assert outcome.test_pred == outcome.result.val_pred, group
         assert outcome.test_acc == outcome.result.best_val_acc, group
         assert outcome.test_loss == outcome.result.best_val_loss, group  # to the last bit
+
+
+TINY_RUN = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32",
+            "--epochs", "1", "--final-epochs", "1", "--batch-size", "8", "--max-candidates", "1",
+            "--methods", ""]
+
+
+@pytest.mark.parametrize("obstacle", [
+    "folder:summary.csv", "folder:report.md", "folder:README.md", "folder:seed_0/choices.json",
+    "file:plots", "file:seed_0", "out-under-a-file", "proc"])
+def test_paths_the_system_refuses_are_one_line(obstacle, image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    kind, _, name = obstacle.partition(":")
+    if kind == "folder":
+        (out / name).mkdir(parents=True)
+    elif kind == "file":
+        out.mkdir()
+        (out / name).write_text("mine")
+    elif kind == "out-under-a-file":
+        (tmp_path / "afile").write_text("mine")
+        out = tmp_path / "afile" / "sub"
+    else:
+        out = Path("/proc/blocktune-test-run")
+    err = one_line(capsys, ["run", "--data", str(image_folder), *TINY_RUN, "--out", str(out)])
+    assert "--out" in err or "move it away" in err, err

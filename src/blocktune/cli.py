@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import logging
 import sys
+from pathlib import Path
 
 from blocktune.errors import BlocktuneError
 
@@ -273,6 +274,27 @@ def cmd_demo(args) -> int:
     return cmd_run(run_args)
 
 
+def _os_advice(error: OSError) -> str | None:
+    """One line for what the system refused, by kind; None for an error that is no path's or
+    disk's (a bug: its traceback is wanted)."""
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        writing = f" writing {error.filename}" if error.filename else ""
+        return (f"{error.strerror}{writing}: free space or fix permissions, then run the same "
+                "command to resume (finished work is saved)")
+    if error.errno == errno.EISDIR:
+        return (f"{error.filename} is a folder where blocktune writes a file: move it away, or "
+                "choose another --out")
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return (f"a file stands where blocktune makes a folder ({error.filename}): move it "
+                "away, or choose another --out")
+    if error.errno == errno.ENOENT and error.filename and not Path(error.filename).exists():
+        return (f"{error.strerror}:{where}: the system can neither find nor make it there "
+                "(a folder that cannot hold one, or a file moved away mid-run); check the "
+                "path, or choose another --out")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -285,12 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     except BlocktuneError as error:
         print(f"blocktune: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # the disk, not blocktune: full, read-only, permissions
-        if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+    except OSError as error:  # the disk or the paths, not blocktune
+        advice = _os_advice(error)
+        if advice is None:
             raise
-        where = f" writing {error.filename}" if error.filename else ""
-        print(f"blocktune: error: {error.strerror}{where}: free space or fix permissions, then "
-              "run the same command to resume (finished work is saved)", file=sys.stderr)
+        print(f"blocktune: error: {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("blocktune: interrupted; finished work is saved, run the same command to resume",
