@@ -213,3 +213,38 @@ def test_paths_the_system_refuses_are_one_line(obstacle, image_folder, tmp_path,
         out = Path("/proc/blocktune-test-run")
     err = one_line(capsys, ["run", "--data", str(image_folder), *TINY_RUN, "--out", str(out)])
     assert "--out" in err or "move it away" in err, err
+
+
+def test_a_rule_whose_region_holds_no_candidate_has_its_fallback_planned():
+    # one block spans layers 1-3 of four: none lies in the last quarter (layer 3 on)
+    import torch.nn as nn
+
+    from blocktune.groups import StrategyOptions, candidates, last_quarter_start
+    from blocktune.layers import walk
+
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1),
+                         nn.Conv2d(4, 4, 1))
+    model_walk = walk(body, input_size=(3, 16, 16))
+    every = candidates(model_walk, "block", StrategyOptions())
+    assert [c.layers for c in every] == [(1, 2, 3), (0,)]
+    planned = candidates(model_walk, "block", StrategyOptions(picks_from=last_quarter_start))
+    assert [c.layers for c in planned] == [c.layers for c in every]
+
+
+@pytest.mark.parametrize("name", ["with\nnewline", "with\ttab"])
+def test_a_class_name_with_a_control_character_is_one_line(name, tmp_path):
+    from blocktune.data import scan_folder
+
+    data = make_image_folder(tmp_path / "images", classes=("red", name), per_class=3)
+    with pytest.raises(BlocktuneError, match="control character"):
+        scan_folder(data)
+
+
+def test_a_class_whose_every_file_is_unreadable_is_one_line(tmp_path):
+    from blocktune.data import decode_folder, scan_folder
+
+    data = make_image_folder(tmp_path / "images", classes=("red", "green", "blue"), per_class=3)
+    for path in (data / "blue").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(BlocktuneError, match="blue holds no readable image"):
+        decode_folder(scan_folder(data), 32)

@@ -270,8 +270,12 @@ def scan_folder(root: str | Path, min_classes: int = 2) -> ImageFolder:
     if not root.is_dir():
         raise BlocktuneError(f"data folder {root} does not exist: pass a folder with one "
                              "sub-folder of images per class, or --data tf_flowers, "
-                             "caltech101 or flowers102")
+                             "caltech101, flowers102 or eurosat")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unprintable = next((c for c in classes if not c.isprintable()), None)
+    if unprintable is not None:  # a newline or TAB breaks predict's TSV and the model card
+        raise BlocktuneError(f"class folder {unprintable!r} in {root} has a control character "
+                             "(newline, TAB…) in its name: rename it")
     files, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
@@ -474,6 +478,12 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests:
         log.warning("%s: skipped", message)
     files = [f for f, good in zip(folder.files, ok, strict=True) if good]
     labels = torch.tensor([lab for lab, good in zip(folder.labels, ok, strict=True) if good])
+    unread = [c for i, c in enumerate(folder.classes) if i in set(folder.labels)
+              and i not in set(labels.tolist())]
+    if unread and min_classes > 1:  # it would become a class never trained nor tested
+        raise BlocktuneError(f"class folder {folder.root / unread[0]} holds no readable image "
+                             f"({len(unread)} such): add readable images or move it out of the "
+                             "data folder")
     if len(set(labels.tolist())) < min_classes:
         raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
                              "fine-tuning a classifier needs at least two classes")

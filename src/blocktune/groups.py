@@ -199,7 +199,8 @@ def candidates(walk: ModelWalk, strategy: str, options: StrategyOptions | None =
         groups = [g for g in groups if in_last_quarter(g, len(walk.layers))]
     if options.picks_from is not None and strategy not in UNRESTRICTED:
         start = options.picks_from(len(walk.layers))
-        groups = [g for g in groups if min(g) >= start]
+        # none in the rule's region: the rule falls back to all of them, so all are planned
+        groups = [g for g in groups if min(g) >= start] or groups
     groups = sorted(dict.fromkeys(groups), key=lambda g: (-max(g), -min(g)))
     return [Candidate(strategy, i, g) for i, g in enumerate(groups)]
 

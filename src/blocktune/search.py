@@ -399,6 +399,10 @@ class SeedRun:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         self.files.write_choices(choices)
         picks = [item for item in out if item[0] not in BASELINES]
+        for recipe in sorted(set(self.config.methods) - set(trained_recipes(
+                self.config.methods, bool(picks)))):  # a dropped method is said, never silent
+            self.events.on_notice(f"seed {self.seed}: {label(recipe)} is not trained: it "
+                                  "trains a strategy's pick, and no strategy has one")
         for recipe in trained_recipes(self.config.methods, bool(picks)):
             # lp-bw: the head first, then the first strategy's pick
             out.append((recipe, None, math.nan) if recipe in WHOLE_MODEL
