@@ -244,3 +244,11 @@ def test_pooled_out_of_fold_accuracy_weighs_folds_by_their_images():
           cvrow("b", 1, 0.6, 99)]
     assert recommend(finals, "cv2", cv)["method"] == "b"  # a: 50.5/100, b: 60/100
     assert np.isclose(recommend(finals, "cv2", cv)["score"], 0.6)
+
+
+def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
+    from blocktune.status import run_status
+
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, choose_by="cv2", methods=[]), out)
+    assert "cv2 folds 6 of 6 done" in run_status(out)[1]  # 3 methods × 2 folds

@@ -22,6 +22,7 @@ from blocktune.plan import (
     strategy_candidates,
     trained_recipes,
 )
+from blocktune.recommend import cv_folds_of
 from blocktune.records import CandidateRow
 from blocktune.runfolder import RunFolder
 from blocktune.search import search_settings, strategy_options
@@ -101,8 +102,15 @@ def run_status(folder: str | Path) -> list[str]:
         left = [label(m) + (f" (its final is `{other_rule[m]}`'s pick)" if m in other_rule
                             else "")
                 for m in methods if m not in {r.method for r in finals}]
+        folds = cv_folds_of(config.choose_by)
+        cv = ""
+        if folds is not None:  # the cross-validated choice: one row per method and fold
+            done = {(r.method, r.fold) for r in seed_files.read_cv() if r.status == "ok"} \
+                if seed_files.cv.exists() else set()
+            cv = f"; {config.choose_by} folds {len(done)} of {len(methods) * folds} done"
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
-                     f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else ""))
+                     f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else "")
+                     + cv)
     lines.append(f"{files.weights.name}: "
                  + ("saved" if files.weights.exists() else "not yet saved"))
     return lines
