@@ -134,7 +134,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
 
 def _counting(monkeypatch):
     """Count the images actually decoded (the store's reuse is what is tested)."""
-    import blocktune.data as data_module
+    import blocktune.store as data_module
 
     calls = []
     real = data_module.decode_resized
