@@ -248,3 +248,21 @@ def test_a_class_whose_every_file_is_unreadable_is_one_line(tmp_path):
         path.write_bytes(b"not an image")
     with pytest.raises(BlocktuneError, match="blue holds no readable image"):
         decode_folder(scan_folder(data), 32)
+
+
+def test_imagenet_defaults_only_for_a_model_without_a_pretrained_config_and_said(
+        image_folder, tmp_path, caplog):
+    import json
+
+    import torch.nn as nn
+
+    from blocktune.models import data_config
+
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))  # no pretrained config: the one fallback
+    with caplog.at_level("WARNING"):
+        cfg = data_config(plain)
+    assert "no pretrained config" in cfg.source and "ImageNet" in caplog.text
+    assert data_config("test_efficientnet").source == "timm's pretrained config"
+    run(tiny_config(image_folder, max_candidates=1, epochs=1, final_epochs=1), tmp_path / "r")
+    environment = json.loads((tmp_path / "r" / "environment.json").read_text())
+    assert environment["preprocessing"] == "timm's pretrained config"

@@ -60,7 +60,7 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
         images, data_cfg = load_images(config)
         seed = config.seeds[0]
         seed_run = SeedRun(config, seed, folder, images, data_cfg, events)
-        files.write_config(config, environment(config))
+        files.write_config(config, {**environment(config), "preprocessing": data_cfg.source})
         group = parse_train_spec(train_spec, seed_run.walk)
         epochs: list[dict] = []
 

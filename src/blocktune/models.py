@@ -104,6 +104,9 @@ class DataConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
+    # where it came from: packaged weights, timm's pretrained config, or ImageNet's defaults
+    # for a model that has none (said in the run's log and environment.json)
+    source: str = "timm"
 
 
 def make_head(kind: str, body_output_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -252,25 +255,30 @@ def data_config(model: nn.Module | str, paper_scaling: bool = False,
     """
     import timm
 
-    try:
-        if packaged is not None and packaged.preprocessing is not None:
-            mean, std, interpolation = packaged.preprocessing
-            cfg = {"mean": mean, "std": std, "interpolation": interpolation}
-        elif isinstance(model, str) and timm.models.parse_model_name(model)[0]:
-            # hf-hub: / local-dir: carry their own pretrained config
-            cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
-        elif isinstance(model, str):
-            pretrained = timm.models.get_pretrained_cfg(model)
-            if pretrained is None:
-                raise LookupError(model)
-            cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict())
-        else:
-            cfg = timm.data.resolve_model_data_config(model)
-    except Exception:  # noqa: BLE001 - not a timm model: ImageNet defaults
-        cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
+    defaults = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
+    source = "timm's pretrained config"
+    if packaged is not None and packaged.preprocessing is not None:
+        mean, std, interpolation = packaged.preprocessing
+        cfg, source = {"mean": mean, "std": std, "interpolation": interpolation}, packaged.origin
+    elif isinstance(model, str) and timm.models.parse_model_name(model)[0]:
+        # hf-hub: / local-dir: carry their own pretrained config (errors are the hub's: raised)
+        cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
+    elif isinstance(model, str):
+        pretrained = timm.models.get_pretrained_cfg(model)
+        cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict()) \
+            if pretrained is not None else None
+    else:  # a user's module: timm's config when it carries one
+        cfg = timm.data.resolve_model_data_config(model) \
+            if getattr(model, "pretrained_cfg", None) else None
+    if cfg is None:  # the only fallback: a model with no pretrained config at all
+        cfg, source = defaults, "ImageNet's defaults (the model has no pretrained config)"
+        log.warning("%s: no pretrained config, so images are normalised with ImageNet's mean "
+                    "and std", model if isinstance(model, str) else type(model).__name__)
     if paper_scaling:
-        return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.get("interpolation", "bilinear"))
-    return DataConfig(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bilinear"))
+        return DataConfig((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.get("interpolation", "bilinear"),
+                          "the paper's [0, 1] scaling")
+    return DataConfig(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bilinear"),
+                      source)
 
 
 def build_body(model: nn.Module, head: str) -> nn.Module:

@@ -591,7 +591,8 @@ def run(config: RunConfig, folder: str | Path,
                 for note in domain_notes:
                     seed_run.events.on_notice(note)
             if seed == config.seeds[0]:
-                files.write_config(config, environment(config))
+                files.write_config(config, {**environment(config),
+                                            "preprocessing": data_cfg.source})
             try:  # the executor and the spilled cache go with the seed, however it ends
                 done = _run_seed(seed_run)
             finally:
