@@ -422,7 +422,7 @@ def field_help(f: dataclasses.Field) -> str:
     if choices:
         text += f" [{', '.join(map(str, choices))}]"
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if default is not None and not isinstance(default, bool):
+    if default not in (None, [], {}) and not isinstance(default, bool):
         shown = ",".join(map(str, default)) if isinstance(default, list) else (
             ",".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict)
             else default)
