@@ -266,3 +266,18 @@ def test_imagenet_defaults_only_for_a_model_without_a_pretrained_config_and_said
     run(tiny_config(image_folder, max_candidates=1, epochs=1, final_epochs=1), tmp_path / "r")
     environment = json.loads((tmp_path / "r" / "environment.json").read_text())
     assert environment["preprocessing"] == "timm's pretrained config"
+
+
+def test_status_and_report_on_a_finetune_folder(image_folder, tmp_path, capsys):
+    out = tmp_path / "ft"
+    argv = ["finetune", "--data", str(image_folder), "--model", "test_efficientnet",
+            "--no-pretrained", "--image-size", "32", "--final-epochs", "1", "--batch-size", "8",
+            "--train", "head", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "a finetune of test_efficientnet" in said and "trained head: val" in said
+    err = one_line(capsys, ["report", str(out)])
+    assert "is a finetune folder" in err
+    assert main(argv) == 0  # finetune still owns its folder: nothing foreign was written

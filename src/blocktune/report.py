@@ -27,6 +27,7 @@ from blocktune.layers import ModelWalk  # noqa: E402
 from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, label  # noqa: E402
 from blocktune.runfolder import (  # noqa: E402
     RunFolder,
+    owner,
     summarize,  # noqa: E402
 )
 from blocktune.select import RULES, choose, searched_strategies  # noqa: E402
@@ -206,6 +207,10 @@ def build_report(folder: str | Path) -> Path:
     if not files.is_run():
         raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
                              "--out folder of a blocktune run")
+    if owner(folder) == "finetune":  # its own files are its record; a report would be a stranger
+        raise BlocktuneError(f"{folder} is a finetune folder: its result is in "
+                             f"{files.result.name} and its model card in {files.card.name}; "
+                             "report reads the folder of a blocktune run")
     config = files.saved_config()
     seeds = [int(s) for s in config["seeds"]]
     summary = summarize(folder, seeds)

@@ -322,6 +322,11 @@ def _owner(folder: Path) -> str | None:
     return "run" if any(folder.glob(f"{SEED_PREFIX}*")) else "finetune"
 
 
+def owner(folder: str | Path) -> str | None:
+    """Which command made ``folder`` (``run`` or ``finetune``), or None."""
+    return _owner(Path(folder))
+
+
 def _is_atomic_temp(name: str) -> bool:
     """A temp file an atomic write was killed in (``.model.json.x1y2z3.tmp``)."""
     return name.startswith(".") and name.endswith(".tmp")

@@ -24,7 +24,7 @@ from blocktune.plan import (
 )
 from blocktune.recommend import cv_folds_of
 from blocktune.records import CandidateRow
-from blocktune.runfolder import RunFolder
+from blocktune.runfolder import RunFolder, owner
 from blocktune.search import search_settings, strategy_options
 
 
@@ -63,6 +63,8 @@ def run_status(folder: str | Path) -> list[str]:
 
     folder = Path(folder)
     files = RunFolder(folder)
+    if files.is_run() and owner(folder) == "finetune":
+        return _finetune_status(folder, files)
     if not files.is_run():
         raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
                              "--out folder of a blocktune run")
@@ -113,4 +115,22 @@ def run_status(folder: str | Path) -> list[str]:
                      + cv)
     lines.append(f"{files.weights.name}: "
                  + ("saved" if files.weights.exists() else "not yet saved"))
+    return lines
+
+
+def _finetune_status(folder: Path, files: RunFolder) -> list[str]:
+    """A ``finetune`` folder: what it trained and how far it got."""
+    from blocktune.io import read_csv, read_json
+
+    config = files.saved_config()
+    lines = [f"{folder}: a finetune of {config['model']}"]
+    if files.result.exists():
+        result = read_json(files.result)
+        lines.append(f"trained {result.get('train')}: val {float(result['val_acc']):.3f}, "
+                     f"test {float(result['test_acc']):.3f}, {result.get('epochs')} epochs")
+    else:
+        epochs = len(read_csv(files.metrics))
+        lines.append(f"not finished: {epochs} epoch(s) recorded; the same command resumes")
+    lines.append(f"{files.weights.name}: " + ("saved" if files.weights.exists()
+                                             else "not yet saved"))
     return lines
