@@ -281,3 +281,17 @@ def test_status_and_report_on_a_finetune_folder(image_folder, tmp_path, capsys):
     err = one_line(capsys, ["report", str(out)])
     assert "is a finetune folder" in err
     assert main(argv) == 0  # finetune still owns its folder: nothing foreign was written
+
+
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_rows_without_their_config_are_damage(command, image_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--data", str(image_folder), "--model", "test_efficientnet", "--no-pretrained",
+            "--image-size", "32", "--final-epochs", "1", "--batch-size", "8", "--out", str(out)]
+    argv = ["run", *base, "--epochs", "1", "--max-candidates", "1", "--methods", ""] \
+        if command == "run" else ["finetune", *base, "--train", "head"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (out / "config.yaml").unlink()
+    err = one_line(capsys, [*argv, "--final-epochs", "2"])  # other settings, same folder
+    assert "not the config.yaml they were made with" in err, err

@@ -238,7 +238,16 @@ class RunFolder:
     def check_resume(self, config: RunConfig, device: str, force_new: bool = False) -> None:
         """Refuse to resume a folder started with a config that changes results, or on
         another device type, naming the keys."""
-        if not self.config.exists() or force_new:
+        if force_new:
+            return
+        if not self.config.exists():
+            recorded = [p for p in (*self.root.glob(f"{SEED_PREFIX}*/*.csv"), self.metrics,
+                                    self.result) if p.exists()]
+            if recorded:  # rows whose settings nobody can check: damage, not a fresh start
+                raise BlocktuneError(
+                    f"run folder {self.root} holds results ({recorded[0].name}) but not the "
+                    f"{self.config.name} they were made with: their settings cannot be checked "
+                    "against this run's; restore it, use another --out folder, or --force-new")
             return
         keys = differing_keys(self.saved_config(), config)
         ran_on = self.ran_on()
