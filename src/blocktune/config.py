@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS
+from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS, check_test_folder
 from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
@@ -208,9 +208,7 @@ class RunConfig:
             raise BlocktuneError(f"weights file {self.weights} does not exist: pass the path of a "
                                  ".pth, .pt or .safetensors state dict")
         for folder in self.test_data:
-            if not Path(folder).expanduser().is_dir():
-                raise BlocktuneError(f"test data folder {folder} does not exist: pass folders "
-                                     "with one sub-folder of images per class, as --data has")
+            check_test_folder(folder)
         device_for(self.device)  # an absent device is refused before any work
 
     def _paper_settings(self) -> None:

@@ -35,6 +35,7 @@ from blocktune.splits import (
 from blocktune.store import (
     DecodedImages,
     TestDomain,
+    check_test_folder,
     decode_folder,
     decode_resized,
     domain_names,
@@ -49,5 +50,5 @@ __all__ = [
     "download_tf_flowers", "eurosat", "file_sha256", "flowers102", "open_data", "resolve_data",
     "scan_folder", "DEFAULT_FRACTIONS", "LEARNING_SPLITS", "SPLITS", "duplicates_across_splits",
     "load_or_make_split", "official_split", "read_splits", "split_labels", "stratified_split",
-    "DecodedImages", "TestDomain", "decode_folder", "decode_resized", "domain_names",
-    "load_rgb", "load_test_domains", "normalize"]
+    "DecodedImages", "TestDomain", "check_test_folder", "decode_folder", "decode_resized",
+    "domain_names", "load_rgb", "load_test_domains", "normalize"]

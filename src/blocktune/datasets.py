@@ -4,7 +4,6 @@ are, how they download (resumable, checked), and their labelled files."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tarfile
@@ -15,8 +14,6 @@ from pathlib import Path
 from PIL import ImageFile
 
 from blocktune.errors import BlocktuneError
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -399,11 +399,11 @@ class SeedRun:
                 out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         self.files.write_choices(choices)
         picks = [item for item in out if item[0] not in BASELINES]
-        for recipe in sorted(set(self.config.methods) - set(trained_recipes(
-                self.config.methods, bool(picks)))):  # a dropped method is said, never silent
+        recipes = trained_recipes(self.config.methods, bool(picks))
+        for recipe in (r for r in self.config.methods if r not in recipes):  # said, not silent
             self.events.on_notice(f"seed {self.seed}: {label(recipe)} is not trained: it "
                                   "trains a strategy's pick, and no strategy has one")
-        for recipe in trained_recipes(self.config.methods, bool(picks)):
+        for recipe in recipes:
             # lp-bw: the head first, then the first strategy's pick
             out.append((recipe, None, math.nan) if recipe in WHOLE_MODEL
                        else (recipe, picks[0][1], picks[0][2]))
@@ -501,25 +501,27 @@ class SeedRun:
         rows = [r for r in self.files.read_cv() if groups.get(r.method) == r.layer_indices]
         fold_images = {k: len(self.bench.split[cv_fold_name(k)]) for k in range(self.folds)}
 
-        def key(method: str) -> tuple[str, str | None]:
-            return groups[method], recipe_of(method)
+        def key(method: str, fold: int) -> tuple[str, str | None, int]:
+            return groups[method], recipe_of(method), fold  # one training per key
+
+        # the row that trained each key, whichever method it was recorded for
+        trained = {key(r.method, r.fold): r for r in rows if r.status == "ok" and not r.same_as}
 
         def record(row: CvRow) -> None:
             rows.append(row.recorded())
+            if row.status == "ok" and not row.same_as:
+                trained[key(row.method, row.fold)] = rows[-1]
             self.files.write_cv(rows)
             faults.point("cv")
 
         done = {(r.method, r.fold) for r in rows}
         todo = [(m, k) for m in groups for k in range(self.folds) if (m, k) not in done]
-        trained = lambda m, k: next((r for r in rows if r.fold == k and not r.same_as  # noqa: E731
-                                     and r.status == "ok" and key(r.method) == key(m)), None)
-        fresh = []
+        fresh: dict[tuple, tuple[str, int]] = {}  # each untrained key, by its first method
         for method, fold in todo:
-            if trained(method, fold) is None and not any(
-                    f == fold and key(m) == key(method) for m, f in fresh):
-                fresh.append((method, fold))
+            if key(method, fold) not in trained:
+                fresh.setdefault(key(method, fold), (method, fold))
         trials = [FinalTrial(m, final_group(next(r for r in finals if r.method == m)), math.nan,
-                             fold=k) for m, k in fresh]
+                             fold=k) for m, k in fresh.values()]
         if trials:
             self.events.on_phase(f"cross-validated choice: {len(trials)} fold trainings "
                                  f"({self.folds} folds)")
@@ -533,11 +535,10 @@ class SeedRun:
                     fold_acc=result.best_val_acc, fold_images=fold_images[trial.fold],
                     epochs=result.epochs, seconds=result.seconds, status=result.status,
                     fold_pred=list(result.val_pred)))
+        done = {(r.method, r.fold) for r in rows}
         for method, fold in todo:
-            if (method, fold) in {(r.method, r.fold) for r in rows}:
-                continue
-            source = trained(method, fold)
-            if source is not None:
+            source = trained.get(key(method, fold))
+            if (method, fold) not in done and source is not None:
                 record(dataclasses.replace(source, method=method, seconds=0.0,
                                            same_as=source.method))
         return rows

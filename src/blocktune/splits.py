@@ -4,7 +4,6 @@ across them."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,6 @@ import numpy as np
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_write_json, damaged, read_json
 from blocktune.store import DecodedImages
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("search", "val", "train", "test")
 DEFAULT_FRACTIONS = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}

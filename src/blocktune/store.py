@@ -240,6 +240,15 @@ def domain_names(folders: Sequence[str | Path]) -> list[str]:
             for p, n in zip(paths, names, strict=True)]
 
 
+def check_test_folder(folder: str | Path) -> Path:
+    """A ``--test-data`` folder that exists, or one line."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise BlocktuneError(f"test data folder {folder} does not exist: pass folders with "
+                             "one sub-folder of images per class, as --data has")
+    return path
+
+
 def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: int,
                       interpolation: str = "bilinear", strict: bool = False
                       ) -> tuple[list[TestDomain], list[str]]:
@@ -249,10 +258,7 @@ def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: i
     index = {name: i for i, name in enumerate(classes)}
     domains, notes = [], []
     for folder, name in zip(folders, domain_names(folders), strict=True):
-        path = Path(folder).expanduser()
-        if not path.is_dir():
-            raise BlocktuneError(f"test data folder {folder} does not exist: pass folders with "
-                                 "one sub-folder of images per class, as --data has")
+        path = check_test_folder(folder)
         unknown = sorted(p.name for p in path.iterdir() if p.is_dir()
                          and not p.name.startswith(".") and p.name not in index)
         if unknown:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
+from blocktune.cache import ActivationCache, CachedFeed, ImageFeed, to_model_layout
 from blocktune.config import RunConfig
-from blocktune.data import DecodedImages, TestDomain, normalize
+from blocktune.data import DecodedImages, TestDomain
 from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model
@@ -270,17 +270,14 @@ class Workbench:
         pixels (scored like test: after every choice, never read by one)."""
         if not self.domains:
             return {}
-        device = self.device
-        whole = torch.nn.Sequential(model.body, model.head)
-        mean, std = self.data_cfg.mean, self.data_cfg.std
+        pixels = self.image_feed.prepare(0, self.device)  # normalised as the data's images
 
         def prepare(batch: torch.Tensor) -> torch.Tensor:
-            return normalize(batch.to(device), mean, std).contiguous(
-                memory_format=torch.channels_last)
+            return to_model_layout(pixels(batch))
 
         out = {}
         for domain in self.domains:
-            accuracy, _, pred = evaluate(whole, domain.pixels, domain.labels, prepare,
-                                         device=device)
+            accuracy, _, pred = evaluate(model, domain.pixels, domain.labels, prepare,
+                                         device=self.device)
             out[domain.name] = {"acc": accuracy, "pred": pred.tolist()}
         return out
