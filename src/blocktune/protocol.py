@@ -72,12 +72,26 @@ class RunRecord:
         return None if chosen is None else chosen["method"]
 
     # -- cost ---------------------------------------------------------------------------
-    def _training_seconds(self, rows: Sequence, method: str) -> float:
-        """The seconds of the training behind ``method``'s row (a copy: its source's)."""
-        row = next(r for r in rows if r.method == method)
-        if row.same_as:
-            return self._training_seconds(rows, row.same_as)
-        return row.seconds
+    @staticmethod
+    def _distinct_seconds(rows: Sequence, methods: Sequence[str], key) -> float:
+        """Seconds of the distinct trainings behind the ``methods``' rows: one per ``key``
+        (the same group trained the same way is one training), a copied row (``same_as``)
+        counting its source's seconds."""
+        def source(row):
+            if not row.same_as:
+                return row
+            return source(next(r for r in rows if r.method == row.same_as
+                               and getattr(r, "fold", None) == getattr(row, "fold", None)))
+
+        seen, total = set(), 0.0
+        for row in rows:
+            if row.method in methods and (k := key(row)) not in seen:
+                seen.add(k)
+                total += source(row).seconds
+        return total
+
+    def _final_seconds(self, method: str) -> float:
+        return self._distinct_seconds(self.finals, (method,), lambda r: r.method)
 
     def search_seconds(self, methods: Sequence[str]) -> float:
         """Seconds of the distinct search trainings the methods' picks need (a copied row
@@ -91,41 +105,25 @@ class RunRecord:
     def finals_seconds(self, methods: Sequence[str]) -> float:
         """Seconds of the methods' final trainings: one training per (group, recipe); LP-FT's
         and LP-BW's first stage is Baseline I's final, counted once when both are run."""
-        seen, total = set(), 0.0
-        for method in methods:
-            row = next(r for r in self.finals if r.method == method)
-            # by the method's group (Baseline II's row is written with no indices)
-            key = (indices_text(final_group(row)), recipe_of(method))
-            if key in seen:
-                continue
-            seen.add(key)
-            total += self._training_seconds(self.finals, method)
+        # by the method's group (Baseline II's row is written with no indices)
+        total = self._distinct_seconds(self.finals, methods, lambda r: (
+            indices_text(final_group(r)), recipe_of(r.method)))
         if BASELINE_I in methods:
-            probe = self._training_seconds(self.finals, BASELINE_I)
+            probe = self._final_seconds(BASELINE_I)
             total -= probe * len({recipe_of(m) for m in methods if m in PROBED})
         return total
 
     def cv_seconds(self, methods: Sequence[str]) -> float:
         """Seconds of the fold trainings of the methods (a copied fold counts once)."""
-        total, seen = 0.0, set()
-        for row in self.cv:
-            if row.method not in methods:
-                continue
-            key = (row.fold, row.layer_indices, recipe_of(row.method))
-            if key in seen:
-                continue
-            seen.add(key)
-            source = row if not row.same_as else next(
-                r for r in self.cv if r.method == row.same_as and r.fold == row.fold)
-            total += source.seconds
-        return total
+        return self._distinct_seconds(self.cv, methods, lambda r: (
+            r.fold, r.layer_indices, recipe_of(r.method)))
 
     def cost_ratio(self, procedure: str, methods: Sequence[str]) -> float:
         """The configuration's seconds ÷ this run's Baseline II final's."""
         seconds = self.search_seconds(methods) + self.finals_seconds(methods)
         if procedure != "val":
             seconds += self.cv_seconds(methods)
-        return seconds / self._training_seconds(self.finals, BASELINE_II)
+        return seconds / self._final_seconds(BASELINE_II)
 
 
 @dataclass(frozen=True)
