@@ -14,7 +14,8 @@ import numpy as np
 
 from blocktune.data import split_labels
 from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, label
-from blocktune.records import FinalRow, rank_key
+from blocktune.recommend import recommend
+from blocktune.records import FinalRow
 from blocktune.runfolder import RunFolder, SeedFolder
 from blocktune.select import notices
 from blocktune.stats import (
@@ -186,8 +187,8 @@ def assess(folder: str | Path) -> Assessment:
     if recommendation is not None and recommendation.get("method") not in {
             r.method for r in first}:
         recommendation = None  # its final is gone: not a choice among what is here
-    recommended = recommendation["method"] if recommendation else (
-        min(first, key=rank_key).method if first else None)
+    fallback = recommend(first, "val") if recommendation is None else None
+    recommended = (recommendation or fallback or {}).get("method")
     versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
                         if (c := _paired(m, b, per_seed, seeds)) is not None]
     if BASELINE_I in methods and BASELINE_II in methods:
