@@ -8,10 +8,11 @@
 Per (seed, dataset), seed-major so that a partial suite is balanced: ``blocktune run`` as a
 user would call it — ``--learn-images 1000``, the protocol's seven methods as finals — with
 three corrupted copies of (up to 1,000 of) that run's own test images as ``--test-data``,
-written once before the run. When every run has its finals, the same folders are resumed with
-``--choose-by cv5`` (the cross-validated choice; ``val``'s is read from the same finals). Then
-each dataset once at full size (seed 20, ``val`` only). Every run is its own run folder and
-resumes from its files: the suite can be stopped at any point and started again.
+written once before the run. When every run has its finals, each dataset runs once at full
+size (seed 20, ``val`` only); then the 1,000-image folders are resumed with ``--choose-by
+cv5`` (the cross-validated choice; ``val``'s is read from the same finals). Every run is
+its own run folder and resumes from its files: the suite can be stopped at any point and
+started again.
 
 ``--decide`` prints the protocol's tables and decisions (computed by :mod:`blocktune.protocol`)
 from whatever run folders are finished; until every planned run is in, it says "provisional".
@@ -41,6 +42,7 @@ from blocktune.search import run
 
 DATASETS = ("tf_flowers", "caltech101", "blood_cells", "flowers102", "eurosat")
 SEEDS = (20, 21, 22, 23, 24)
+FULL_ORDER = ("caltech101", "flowers102", "tf_flowers", "blood_cells", "eurosat")  # by size
 LEARN_IMAGES = 1000
 IMAGE_SIZE = {"eurosat": 64}  # every other dataset: 96 px (PROTOCOL-small.md)
 DEFAULT_SIZE = 96
@@ -161,20 +163,25 @@ class Log(Callback):
 
 
 def plan(datasets: list[str], seeds: list[int], full: bool) -> list[tuple[str, int, bool]]:
-    """Seed-major: every dataset gains a seed before any gains the next; full size last."""
+    """Seed-major: every dataset gains a seed before any gains the next; full size last, the
+    largest datasets first (PROTOCOL-small.md's second amendment: two shards share them
+    evenly)."""
     runs = [(d, s, False) for s in seeds for d in datasets]
-    return runs + ([(d, seeds[0], True) for d in datasets] if full else [])
+    larger_first = sorted(datasets, key=lambda d: (FULL_ORDER.index(d) if d in FULL_ORDER
+                                                   else len(FULL_ORDER)))
+    return runs + ([(d, seeds[0], True) for d in larger_first] if full else [])
 
 
 def passes(runs: list[tuple[str, int, bool]], shard: int, shards: int
            ) -> list[tuple[str, int, bool, str]]:
-    """This shard's work in order: the finals of every 1,000-image run (``val``), then their
-    cross-validation (``cv5``, the same folders resumed), then the full-size runs. A run
-    belongs to one shard in every pass, so two shards never share a folder."""
+    """This shard's work in order: the finals of every 1,000-image run (``val``), then the
+    full-size runs, then the 1,000-image runs' cross-validation (``cv5``, the same folders
+    resumed; PROTOCOL-small.md's second amendment put it last). A run belongs to one shard in
+    every pass, so two shards never share a folder."""
     mine = [r for i, r in enumerate(runs) if i % shards == shard]
     small = [r for r in mine if not r[2]]
-    return ([(*r, "val") for r in small] + [(*r, "cv5") for r in small]
-            + [(*r, "val") for r in mine if r[2]])
+    return ([(*r, "val") for r in small] + [(*r, "val") for r in mine if r[2]]
+            + [(*r, "cv5") for r in small])
 
 
 def main() -> None:
