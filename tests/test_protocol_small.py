@@ -163,3 +163,32 @@ def test_clearly_worse_than_baseline_II_on_one_dataset_blocks_the_claim():
     verdict = claim(runs, chosen)
     assert verdict.per_dataset["b"].difference.high < 0
     assert not verdict.pays
+
+
+def test_a_cross_validation_still_running_gives_no_cv_pick():
+    # every method's folds but LP-BW's: the run has no cv5 pick yet, among any methods
+    partial = record(TESTS, cv={m: 0.5 for m in METHODS if m != "lp-bw"})
+    assert not partial.has_cv
+    assert partial.pick("cv5", ("baseline-I", "baseline-II")) is None
+    full = record(TESTS, cv={m: 0.5 + 0.01 * i for i, m in enumerate(METHODS)})
+    assert full.has_cv and full.pick("cv5", METHODS) == "lp-bw"
+
+
+def test_criterion_1_chooses_among_val_and_a_cheap_cv5_configuration_reopens_it():
+    from blocktune.protocol import cv_under_the_bar
+
+    runs = runs_where(val_best="quarter", test_best="quarter")
+    scored = [score(runs, c) for c in configurations()]
+    # no run has cv5: only val configurations are eligible, and nothing reopens
+    assert choose_default(scored).config.procedure == "val"
+    assert cv_under_the_bar(runs) == []
+    # folds of 2 s against a 100 s Baseline II: cv5 with the baselines costs 1.21×, under
+    for run in runs:
+        run.cv = record(TESTS, cv={m: 0.5 for m in METHODS}).cv
+    cheap = cv_under_the_bar(runs)
+    assert Configuration("cv5", ("baseline-I", "baseline-II")) in [s.config for s in cheap]
+    # with folds as long as the finals (as measured), none is under the bar
+    for run in runs:
+        run.cv = [CvRow(r.method, r.fold, r.layer_indices, r.trained_params, r.fold_acc,
+                        r.fold_images, r.epochs, SECONDS[r.method], "ok") for r in run.cv]
+    assert cv_under_the_bar(runs) == []
