@@ -31,7 +31,8 @@ def tiny_config(data, **overrides) -> RunConfig:
                   strategies=["block"], epochs=2, final_epochs=2, batch_size=8, lr=0.01,
                   fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2},
                   select="max-val",  # the mechanics tests compare with choose(): max-val
-                  methods=[])  # and count finals without the default recipe (test_recipes.py)
+                  methods=[],  # and count finals without the default recipe (test_recipes.py)
+                  pick_finals=True)  # every strategy's pick a final, whatever the data's size
     values.update(overrides)
     return RunConfig(**values)
 

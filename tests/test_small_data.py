@@ -252,3 +252,69 @@ def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
     out = tmp_path / "run"
     run(tiny_config(image_folder, choose_by="cv2", methods=[]), out)
     assert "cv2 folds 6 of 6 done" in run_status(out)[1]  # 3 methods × 2 folds
+
+
+# -- the small-data default (PROTOCOL-small.md's criterion 1) ----------------------------------
+def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
+    from blocktune.config import SMALL_DATA_IMAGES, RunConfig
+
+    auto = RunConfig(data=str(image_folder))
+    assert auto.methods is None and auto.pick_finals is None
+    small, large = auto.for_data(SMALL_DATA_IMAGES), auto.for_data(SMALL_DATA_IMAGES + 1)
+    assert (small.methods, small.pick_finals) == (["lp-bw"], False)
+    assert (large.methods, large.pick_finals) == (["lp-ft", "lp-bw"], True)
+    # what the user gave is kept, on either side of the threshold
+    given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True)
+    assert given.for_data(10) == given.for_data(10**6) == given
+    # "auto" is the unset value, from a flag or a file
+    assert RunConfig(data=str(image_folder), methods="auto", pick_finals="auto") == auto
+    assert RunConfig(data=str(image_folder), methods="").methods == []
+
+
+def test_a_small_run_fine_tunes_the_baselines_and_lp_bw_and_says_so(image_folder, tmp_path):
+    from blocktune.callbacks import LambdaCallback
+    from blocktune.status import run_status
+
+    out, notices = tmp_path / "run", []
+    config = tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1)
+    run(config, out, LambdaCallback(on_notice=notices.append))
+    finals = RunFolder(out).seed(0).read_finals()
+    assert [r.method for r in finals] == ["baseline-I", "baseline-II", "lp-bw"]
+    # LP-BW trained the block strategy's pick, which has no final of its own
+    choices = json.loads((out / "seed_0" / "choices.json").read_text())
+    lp_bw = next(r for r in finals if r.method == "lp-bw")
+    assert lp_bw.layer_indices == choices["block"]["layer_indices"]
+    [said] = [n for n in notices if "images are learnt from" in n]
+    assert "48 images are learnt from (at most 1,000)" in said
+    assert "Baseline I, Baseline II, LP-BW" in said and "--methods and --pick-finals" in said
+    # the folder keeps what was asked (auto), and a resume of the same command trains nothing
+    assert "methods: null" in (out / "config.yaml").read_text()
+    assert any("finals 3 of 3 done" in line for line in run_status(out))
+    run(config, out)
+    assert RunFolder(out).seed(0).read_finals() == finals
+
+
+def test_above_the_threshold_the_first_protocols_finals_are_kept(image_folder, tmp_path,
+                                                                 monkeypatch):
+    import blocktune.config
+
+    monkeypatch.setattr(blocktune.config, "SMALL_DATA_IMAGES", 20)  # 48 images: "large"
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1), out)
+    assert [r.method for r in RunFolder(out).seed(0).read_finals()] == [
+        "baseline-I", "baseline-II", "block", "lp-ft", "lp-bw"]
+
+
+def test_a_folder_written_before_pick_finals_keeps_every_pick_a_final(image_folder, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, epochs=1, final_epochs=1), out)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["pick_finals"] is True
+    del saved["pick_finals"]  # as an older blocktune wrote it (no digest recorded then)
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    environment = json.loads((out / "environment.json").read_text())
+    environment.pop("config_sha256", None)
+    (out / "environment.json").write_text(json.dumps(environment))
+    assert RunFolder(out).saved_config()["pick_finals"] is True

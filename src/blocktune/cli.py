@@ -42,7 +42,7 @@ def _add_fields(parser: argparse.ArgumentParser, names=None, defaults: dict | No
         help_text = field_help(f)
         if defaults and f.name in defaults:
             help_text += f" (here {defaults[f.name]})"
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool", "bool | None"):
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:

@@ -27,22 +27,30 @@ from blocktune.errors import BlocktuneError
 from blocktune.groups import STRATEGIES
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
-from blocktune.plan import RECIPES
+from blocktune.plan import RECIPES, label
 from blocktune.recommend import cv_folds_of
 from blocktune.select import RULES
 from blocktune.tblog import LOGGERS
 from blocktune.train import PAPER, TrainConfig, device_for, parse_device
 
+# The small-data protocol's answer (benchmarks/PROTOCOL-small.md, docs/results.md): a run that
+# learns from at most this many images (search + val + train) fine-tunes the baselines and
+# LP-BW only; a larger one keeps the first protocol's finals.
+SMALL_DATA_IMAGES = 1000
+SMALL_DATA_METHODS = ("lp-bw",)
+LARGER_DATA_METHODS = ("lp-ft", "lp-bw")
+
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
         choices=None, low: float | None = None, above: float | None = None,
-        high: float | None = None):
+        high: float | None = None, auto: bool = False):
     """A config field: ``help`` for the flag, ``choices`` (a tuple, or a callable returning
     one: registries fill up on import), ``low``/``above`` the smallest value allowed
     (inclusive/exclusive), ``high`` the largest (every number gets one the code can honour),
-    ``resume`` when a change makes earlier results meaningless."""
+    ``resume`` when a change makes earlier results meaningless, ``auto`` when unset (None,
+    given as ``auto``) means "decided by the data" (:meth:`RunConfig.for_data`)."""
     metadata = {"help": help, "resume": resume, "choices": choices, "low": low, "above": above,
-                "high": high}
+                "high": high, "auto": auto}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -120,13 +128,21 @@ class RunConfig:
                         "(its kept weights also scored on the train split, which the search "
                         "never trains on: forward only, several times the images)",
                         resume=True, choices=("val", "val+train"))
-    methods: list[str] = opt(factory=lambda: ["lp-ft", "lp-bw"], help="recipes fine-tuned as "
-                             "finals beside the baselines and each strategy's pick: lp-ft (head "
-                             "first, then all layers), llrd (all layers, layer-wise learning-rate "
-                             "decay), lp-bw (head first, then the first strategy's pick), norms "
-                             "(norm layers' scale and shift and every bias); the default is what "
-                             "the pre-registered protocol kept; '' for none",
-                             resume=True, choices=lambda: RECIPES)
+    methods: list[str] | None = opt(None, help="recipes fine-tuned as finals beside the "
+                                    "baselines and each strategy's pick: lp-ft (head first, "
+                                    "then all layers), llrd (all layers, layer-wise "
+                                    "learning-rate decay), lp-bw (head first, then the first "
+                                    "strategy's pick), norms (norm layers' scale and shift and "
+                                    "every bias); '' for none; auto (the default): lp-bw when "
+                                    f"at most {SMALL_DATA_IMAGES:,} images are learnt from, else "
+                                    "lp-ft,lp-bw — what the pre-registered protocols kept "
+                                    "(docs/results.md)", resume=True, choices=lambda: RECIPES,
+                                    auto=True)
+    pick_finals: bool | None = opt(None, "fine-tune each strategy's pick as a final of its own "
+                                   "(auto, the default: yes, except when at most "
+                                   f"{SMALL_DATA_IMAGES:,} images are learnt from, where the "
+                                   "small-data protocol kept the baselines and LP-BW only; the "
+                                   "pick then trains in LP-BW)", resume=True, auto=True)
     choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
                          "final val accuracy) or cvK, e.g. cv5 (each final's recipe trained on "
                          "K-1 folds of the learning images and scored on the held-out fold; "
@@ -193,6 +209,16 @@ class RunConfig:
                                  "ray://HOST:PORT")
         parse_device(self.device)  # a name torch does not know; its presence: below
         cv_folds_of(self.choose_by)  # val or cvK
+
+    def for_data(self, learning_images: int) -> RunConfig:
+        """This config with its ``auto`` keys decided for a run that learns from
+        ``learning_images`` images (search + val + train): the small-data protocol's finals at
+        most :data:`SMALL_DATA_IMAGES`, the first protocol's above."""
+        small = learning_images <= SMALL_DATA_IMAGES
+        methods = self.methods if self.methods is not None else list(
+            SMALL_DATA_METHODS if small else LARGER_DATA_METHODS)
+        pick_finals = self.pick_finals if self.pick_finals is not None else not small
+        return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals)
 
     def check_environment(self) -> None:
         """What must exist where the work runs — the model name, the data folder, the weights
@@ -363,7 +389,8 @@ def convert(f: dataclasses.Field, hint, value):
         return BlocktuneError(f"{f.name} = {value!r} is not allowed: {allowed}")
 
     if _is_optional(hint):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        unset = ("none", "null", "auto") if f.metadata.get("auto") else ("none", "null")
+        if value is None or (isinstance(value, str) and value.lower() in unset):
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     origin = typing.get_origin(hint)
@@ -426,3 +453,16 @@ def field_help(f: dataclasses.Field) -> str:
             else default)
         text += f" (default {shown})"
     return text
+
+
+def auto_notice(given: RunConfig, decided: RunConfig, images: int) -> str:
+    """What the ``auto`` keys became, and why: said once per run."""
+    finals = ["Baseline I", "Baseline II"] if decided.baselines else []
+    finals += ["each strategy's pick"] if decided.pick_finals else []
+    finals += [label(m) for m in decided.methods]
+    size = "at most" if images <= SMALL_DATA_IMAGES else "more than"
+    keys = [f"--{k.replace('_', '-')}" for k in ("methods", "pick_finals")
+            if getattr(given, k) is None]
+    return (f"{images:,} images are learnt from ({size} {SMALL_DATA_IMAGES:,}): the finals are "
+            f"{', '.join(finals)}, as the pre-registered protocols chose (docs/results.md); "
+            f"{' and '.join(keys)} override")

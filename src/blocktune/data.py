@@ -26,6 +26,7 @@ from blocktune.splits import (
     LEARNING_SPLITS,
     SPLITS,
     duplicates_across_splits,
+    learning_images,
     load_or_make_split,
     official_split,
     read_splits,
@@ -49,6 +50,7 @@ __all__ = [
     "TORCHVISION_FOLDERS", "ImageFolder", "cache_dir", "caltech101", "download",
     "download_tf_flowers", "eurosat", "file_sha256", "flowers102", "open_data", "resolve_data",
     "scan_folder", "DEFAULT_FRACTIONS", "LEARNING_SPLITS", "SPLITS", "duplicates_across_splits",
-    "load_or_make_split", "official_split", "read_splits", "split_labels", "stratified_split",
+    "learning_images", "load_or_make_split", "official_split", "read_splits", "split_labels",
+    "stratified_split",
     "DecodedImages", "TestDomain", "check_test_folder", "decode_folder", "decode_resized",
     "domain_names", "load_rgb", "load_test_domains", "normalize"]

@@ -153,7 +153,7 @@ class SeedFolder:
 
 
 # what a config written before a key existed meant by its absence
-PAST_DEFAULTS = {"methods": []}
+PAST_DEFAULTS = {"methods": [], "pick_finals": True}
 
 
 class RunFolder:

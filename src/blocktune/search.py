@@ -25,11 +25,12 @@ import torch
 
 from blocktune import faults
 from blocktune.callbacks import Callback, CallbackList
-from blocktune.config import RunConfig
+from blocktune.config import RunConfig, auto_notice
 from blocktune.data import (
     DecodedImages,
     TestDomain,
     duplicates_across_splits,
+    learning_images,
     load_or_make_split,
     load_test_domains,
 )
@@ -115,6 +116,11 @@ class SeedRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(self.files.splits, images, config.fractions, seed,
                                         config.learn_images, config.split)
+        # the auto keys (--methods, --pick-finals) decided by how many images are learnt from
+        self.config = config.for_data(learning_images(self.split))
+        if seed == config.seeds[0] and self.config != config:
+            self.events.on_notice(auto_notice(config, self.config, learning_images(self.split)))
+        config = self.config
         self._check_duplicates()
         self.folds = cv_folds_of(config.choose_by)
         trained_on = self.split if self.folds is None else {
@@ -391,14 +397,15 @@ class SeedRun:
                 searched = next((r for r in rows if r.strategy == method and r.status == "ok"),
                                 None)
                 out.append((method, group, searched.val_acc if searched else math.nan))
-        choices = {}
+        choices, picks = {}, []
         for method in searched_strategies(rows):
             chosen, choices[method] = record_choice(self.config.select,
                                                     self.view(rows, method, refits))
             if chosen is not None:
-                out.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
+                picks.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
         self.files.write_choices(choices)
-        picks = [item for item in out if item[0] not in BASELINES]
+        if self.config.pick_finals:
+            out += picks
         recipes = trained_recipes(self.config.methods, bool(picks))
         for recipe in (r for r in self.config.methods if r not in recipes):  # said, not silent
             self.events.on_notice(f"seed {self.seed}: {label(recipe)} is not trained: it "

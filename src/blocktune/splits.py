@@ -18,6 +18,11 @@ DEFAULT_FRACTIONS = {"search": 0.1, "val": 0.1, "train": 0.6, "test": 0.2}
 LEARNING_SPLITS = ("search", "val", "train")  # what the protocol learns and chooses from
 
 
+def learning_images(split: dict[str, list[int]]) -> int:
+    """How many images a split learns from (search + val + train): what ``auto`` decides by."""
+    return sum(len(split[name]) for name in LEARNING_SPLITS)
+
+
 def stratified_split(labels, fractions: dict[str, float] | None = None, seed: int = 0,
                      classes: list[str] | None = None, learn_images: int | None = None
                      ) -> dict[str, list[int]]:

@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from blocktune.config import RunConfig
-from blocktune.data import read_splits
+from blocktune.data import LEARNING_SPLITS, read_splits
 from blocktune.errors import BlocktuneError
 from blocktune.groups import Candidate, StrategyOptions
 from blocktune.layers import ModelWalk
@@ -78,8 +78,11 @@ def run_status(folder: str | Path) -> list[str]:
         if not seed_files.splits.exists():
             lines.append(f"seed {seed}: not started")
             continue
+        saved_split = read_splits(seed_files.splits)
+        # the auto keys as the run decided them, from the same split
+        config = config.for_data(sum(len(saved_split["files"][n]) for n in LEARNING_SPLITS))
         if model is None:
-            classes = read_splits(seed_files.splits)["classes"]
+            classes = saved_split["classes"]
             packaged = packaged_source(config.model)
             model, _ = build_model(config.model, len(classes), config.head, config.image_size,
                                    pretrained=False,
@@ -94,8 +97,8 @@ def run_status(folder: str | Path) -> list[str]:
         finals = [r for r in seed_files.read_finals() if r.status == "ok"]
         picks = list(dict.fromkeys(
             m for strategy in config.strategies for m, _ in planned(strategy, rows)))
-        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) + picks \
-            + trained_recipes(config.methods, bool(picks))
+        methods = ([BASELINE_I, BASELINE_II] if config.baselines else []) \
+            + (picks if config.pick_finals else []) + trained_recipes(config.methods, bool(picks))
         # a pick's final made under another rule (--select changed on resume) is redone or
         # relabelled once the search is finished: not done yet
         other_rule = {r.method: r.select for r in finals if r.select
