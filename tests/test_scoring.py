@@ -71,3 +71,84 @@ def test_rows_written_before_scores_were_recorded_rank_by_val(tmp_path):
     old = {k: v for k, v in row.to_csv().items() if not k.startswith("score")}
     read = CandidateRow.from_csv(old)
     assert torch.isnan(torch.tensor(read.score)) and rank_key(read)[0] == -0.5
+
+
+def _pooled_rows():
+    """Candidates whose pooled score orders them otherwise than their val accuracy."""
+    import random
+
+    from blocktune.records import CandidateRow
+
+    rng = random.Random(7)
+    rows = []
+    for i in range(12):
+        first = 2 * i
+        rows.append(CandidateRow(
+            strategy="block", rung=2, index=i, layers=f"L{first}", layer_indices=f"{first},{first + 1}",
+            first=first, last=first + 1, trained_params=100 + i, val_acc=rng.choice([0.5, 0.6, 0.7]),
+            val_loss=1.0 + rng.random(), epochs=2, best_epoch=2, seconds=1.0, status="ok",
+            score=rng.choice([0.55, 0.65, 0.75, 0.8]), score_images=200))
+    return rows
+
+
+def _as_val_only(row):
+    """The same candidate in a val-only run whose val accuracy is the pooled score."""
+    import dataclasses
+    import math
+
+    return dataclasses.replace(row, val_acc=row.score, score=math.nan, score_images=0)
+
+
+def _rules_reading_one_score():
+    from blocktune.select import RULES
+
+    return [name for name, rule in RULES.items() if not rule.reads_loss]
+
+
+@pytest.mark.parametrize("rule", _rules_reading_one_score())
+def test_every_rule_reads_the_pooled_score_as_it_reads_val(rule):
+    from blocktune.select import SearchView, get_rule
+
+    rows = _pooled_rows()
+    refits = {r.layer_indices: r for r in _pooled_rows()[::-1]}  # any refits, same both ways
+    refits = {k: _as_val_only(v) for k, v in refits.items()}
+    pooled = SearchView(rows, num_layers=24, refits=refits)
+    plain = SearchView([_as_val_only(r) for r in rows], num_layers=24, refits=refits)
+    assert get_rule(rule).pick(pooled).layer_indices == get_rule(rule).pick(plain).layer_indices
+    assert get_rule(rule).refits(pooled) == get_rule(rule).refits(plain)
+
+
+@pytest.mark.parametrize("rule", ["val-loss", "one-se"])
+def test_a_rule_reading_the_val_loss_refuses_a_pooled_score(rule, data):
+    from blocktune.config import RunConfig
+    from blocktune.errors import BlocktuneError
+    from blocktune.select import RULES
+
+    assert RULES[rule].reads_loss
+    with pytest.raises(BlocktuneError, match=f"select = {rule} reads the val loss"):
+        RunConfig(data=str(data), select=rule, score_on="val+train")
+    RunConfig(data=str(data), select=rule)  # val alone: fine
+
+
+def test_ranked_layers_are_ranked_by_the_pooled_score():
+    from blocktune.groups import StrategyOptions
+    from blocktune.layers import walk
+    from blocktune.models import build_model
+    from blocktune.plan import SearchSettings, strategy_candidates
+    from blocktune.records import CandidateRow
+
+    model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)
+    model_walk = walk(model.body, input_size=(3, 32, 32))
+    layers = []
+    for i in range(len(model_walk.layers)):  # val accuracy falls with i; the pooled score rises
+        layers.append(CandidateRow(
+            strategy="layer", rung=2, index=i, layers=f"L{i}", layer_indices=str(i), first=i,
+            last=i, trained_params=10, val_acc=0.9 - 0.01 * i, val_loss=1.0, epochs=2,
+            best_epoch=2, seconds=1.0, status="ok", score=0.1 + 0.01 * i, score_images=50))
+    settings = SearchSettings(strategies=("layer", "ranked"), epochs=2, ranked_k=(3,))
+    pooled = strategy_candidates(model_walk, "ranked", StrategyOptions(), layers, settings)
+    plain = strategy_candidates(model_walk, "ranked", StrategyOptions(),
+                                [_as_val_only(r) for r in layers], settings)
+    assert [c.layers for _, c in pooled] == [c.layers for _, c in plain]
+    top = set(range(len(model_walk.layers) - 3, len(model_walk.layers)))
+    assert set(pooled[0][1].layers) == top  # the three best pooled scores: the last three

@@ -209,6 +209,10 @@ class RunConfig:
                                  "ray://HOST:PORT")
         parse_device(self.device)  # a name torch does not know; its presence: below
         cv_folds_of(self.choose_by)  # val or cvK
+        if self.score_on != "val" and RULES[self.select].reads_loss:
+            raise BlocktuneError(f"select = {self.select} reads the val loss, which score_on = "
+                                 f"{self.score_on} does not pool (every rule reads one score): "
+                                 "choose another rule, e.g. max-val or smooth, or score on val")
 
     def for_data(self, learning_images: int) -> RunConfig:
         """This config with its ``auto`` keys decided for a run that learns from

@@ -131,7 +131,7 @@ def strategy_candidates(walk: ModelWalk, strategy: str, options: StrategyOptions
     if strategy != "ranked":
         planned = [(strategy, c) for c in candidates(walk, strategy, options)]
     else:
-        scores = {int(r.layer_indices): r.val_acc for r in rows
+        scores = {int(r.layer_indices): r.ranking_score for r in rows
                   if r.strategy == "layer" and r.status == "ok"}
         planned = []
         for k in settings.ranked_k:

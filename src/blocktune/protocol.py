@@ -372,7 +372,11 @@ def report(suite: Suite) -> str:
         lines.append("\nNo configuration is under the cost bar.")
     else:
         verdict = claim(runs, chosen)
-        lines += ["", "## The claim (criteria 2-3)", "", verdict.sentence(), ""]
+        cost = mean_interval(chosen.costs)
+        lines += ["", "## The claim (criteria 2-3)", "", verdict.sentence(), "",
+                  f"- the recommendation's regret {_points_text(chosen.regrets)} points over "
+                  f"{len(runs)} runs; its cost {cost.value:.2f}× [{cost.low:.2f}, "
+                  f"{cost.high:.2f}] Baseline II"]
         lines += [f"- regret − always {c.b}'s: {with_minus(c.difference.points())}, "
                   f"{_regret_word(c)} (t-test p {c.p_value:.3g}, Holm {c.p_decisive:.3g})"
                   for c in verdict.versus]
@@ -418,11 +422,13 @@ def _cv_premise_line(runs: Sequence[RunRecord]) -> str:
 
 
 def _mean_text(values: Sequence[float]) -> str:
-    return mean_interval(values).fraction()
+    return mean_interval(values).fraction() if values else "—"
 
 
 def _points_text(values: Sequence[float]) -> str:
     """Values already in points: mean [t interval]."""
+    if not values:
+        return "—"
     interval = mean_interval(values)
     if math.isnan(interval.low):
         return with_minus(f"{interval.value:+.2f}")

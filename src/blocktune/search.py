@@ -118,9 +118,7 @@ class SeedRun:
                                         config.learn_images, config.split)
         # the auto keys (--methods, --pick-finals) decided by how many images are learnt from
         self.config = config.for_data(learning_images(self.split))
-        if seed == config.seeds[0] and self.config != config:
-            self.events.on_notice(auto_notice(config, self.config, learning_images(self.split)))
-        config = self.config
+        given, config = config, self.config
         self._check_duplicates()
         self.folds = cv_folds_of(config.choose_by)
         trained_on = self.split if self.folds is None else {
@@ -130,6 +128,8 @@ class SeedRun:
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
         self._executor = executor
+        if seed == config.seeds[0] and config != given:  # said once the inputs are all good
+            self.events.on_notice(auto_notice(given, config, learning_images(self.split)))
 
     def _check_duplicates(self) -> None:
         found = duplicates_across_splits(self.images, self.split)

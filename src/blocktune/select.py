@@ -58,15 +58,18 @@ class Rule:
     refits: Callable[[SearchView], list[str]] = lambda view: []
     # for a rule that picks from part of the model only: layers → the first layer of that part
     picks_from: Callable[[int], int] | None = None
+    # the rule reads the val loss, which --score-on val+train does not pool: it refuses it
+    reads_loss: bool = False
 
 
 RULES: dict[str, Rule] = {}
 
 
 def register_rule(name: str, help: str, refits: Callable[[SearchView], list[str]] | None = None,
-                  picks_from: Callable[[int], int] | None = None):
+                  picks_from: Callable[[int], int] | None = None, reads_loss: bool = False):
     def wrap(pick: Callable[[SearchView], CandidateRow | None]):
-        RULES[name] = Rule(name, help, pick, refits or (lambda view: []), picks_from)
+        RULES[name] = Rule(name, help, pick, refits or (lambda view: []), picks_from,
+                           reads_loss)
         return pick
     return wrap
 
@@ -86,7 +89,8 @@ def max_val(view: SearchView) -> CandidateRow | None:
     return min(view.rows, key=rank_key, default=None)
 
 
-@register_rule("val-loss", "lowest val cross-entropy at the kept epoch (ties: higher val accuracy)")
+@register_rule("val-loss", "lowest val cross-entropy at the kept epoch (ties: higher val accuracy)",
+               reads_loss=True)
 def val_loss(view: SearchView) -> CandidateRow | None:
     return min(view.rows, key=lambda r: (r.val_loss, *rank_key(r)), default=None)
 
@@ -105,7 +109,8 @@ def within_one_se(view: SearchView) -> list[CandidateRow]:
     Paired where per-image val predictions are saved: the standard error of the mean
     per-image difference against the best candidate on the same val images (two candidates
     that miss the same images differ less than their separate errors suggest); otherwise the
-    binomial standard error of the best's accuracy."""
+    binomial standard error of the best's accuracy. (Val only: ``one-se`` reads the val loss,
+    so a pooled score is refused with it.)"""
     best = max_val(view)
     if best is None:
         return []
@@ -127,7 +132,7 @@ def within_one_se(view: SearchView) -> list[CandidateRow]:
 
 
 @register_rule("one-se", "noise-aware: of the candidates within one paired standard error of "
-               "the best val accuracy, the one with the lowest val loss")
+               "the best val accuracy, the one with the lowest val loss", reads_loss=True)
 def one_se(view: SearchView) -> CandidateRow | None:
     return val_loss(SearchView(within_one_se(view)))
 
@@ -171,7 +176,7 @@ def two_fold(view: SearchView) -> CandidateRow | None:
         refit = view.refits.get(indices)
         if refit is None or refit.status != "ok":
             continue
-        scored.append((-(row.val_acc + refit.val_acc) / 2, *rank_key(row), row))
+        scored.append((-(row.ranking_score + refit.ranking_score) / 2, *rank_key(row), row))
     if not scored:
         return max_val(view)
     return min(scored, key=lambda item: item[:-1])[-1]
