@@ -61,7 +61,7 @@ from blocktune.io import (  # noqa: E402
 )
 from blocktune.loading import load_images  # noqa: E402
 from blocktune.plan import parse_indices  # noqa: E402
-from blocktune.records import CandidateRow  # noqa: E402
+from blocktune.records import CandidateRow, rank_key  # noqa: E402
 from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
 from blocktune.search import BASELINES, SeedRun, run  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
@@ -131,13 +131,20 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
 
     out: dict = {"baseline_test": {m: float(base[m]["test_acc"]) for m in BASELINES},
                  "baseline_val": {m: float(base[m]["val_acc"]) for m in BASELINES}}
+    # regret is measured against the oracle's best block (PROTOCOL.md, docs), for every
+    # strategy: a `top` pick is not excused by the best of the `top` candidates
+    blocks = [r for r in rows if r.strategy == "block" and r.status == "ok"
+              and r.layer_indices in by_group]
+    oracle_best = max(blocks, key=lambda r: float(by_group[r.layer_indices]["test_acc"]),
+                      default=None)
     for strategy in STRATEGIES:
         cands = [r for r in rows if r.strategy == strategy and r.status == "ok"
                  and r.layer_indices in by_group]
         if not cands:
             continue
         tests = {r.layer_indices: float(by_group[r.layer_indices]["test_acc"]) for r in cands}
-        best = max(cands, key=lambda r: tests[r.layer_indices])
+        best = max(cands, key=lambda r: tests[r.layer_indices])  # the strategy's own best
+        reference = by_group[(oracle_best or best).layer_indices]
         # how well the val split and the test split can rank these candidates at all
         oracle_rel = split_half_reliability(np.stack([correct(by_group[r.layer_indices])
                                                       for r in cands]).astype(float))
@@ -151,6 +158,7 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
             entry = {"spearman": spearman([r.ranking_score for r in ranked],
                                           [tests[r.layer_indices] for r in ranked]),
                      "candidates": len(cands), "best_test": tests[best.layer_indices],
+                     "oracle_best_test": float(reference["test_acc"]),
                      "oracle_reliability": oracle_rel, "val_reliability": val_rel,
                      "train_seconds": train_seconds, "rules": {}}
             view = SearchView(ranked, num_layers=num_layers, val_labels=val_labels,
@@ -174,7 +182,7 @@ def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: 
                 vs_best = mcnemar_exact(correct(final), correct(by_group[best.layer_indices]))
                 entry["rules"][name] = {
                     "pick": chosen.layer_indices, "layers": chosen.layers, "test": test,
-                    "regret": tests[best.layer_indices] - test,
+                    "regret": float(reference["test_acc"]) - test,
                     "final_val": float(final["val_acc"]),
                     "hit": chosen.layer_indices == best.layer_indices,
                     "hit_within_noise": vs_best >= 0.05,
@@ -222,16 +230,36 @@ def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dic
     return done
 
 
+# Fewer trained parameters rank first among equal val accuracies, as the product ranks its
+# finals (blocktune.records.rank_key): the head < a group of layers < every layer. Within a
+# tier the earlier final in the product's order wins (dicts here are built in that order).
+PARAMETER_TIER = {"baseline-I": 0, "pick": 1, "block": 1, "top": 1, "lp-bw": 1,
+                  "baseline-II": 2, "lp-ft": 2, "llrd": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Final:
+    method: str
+    val_acc: float
+    trained_params: int
+
+
+def recommended(finals: dict[str, dict]) -> str:
+    """The method the product would hand over: best final val, ties as ``rank_key`` ranks."""
+    rows = [_Final(m, float(v["val"] if "val" in v else v["val_acc"]), PARAMETER_TIER[m])
+            for m, v in finals.items()]
+    return min(rows, key=rank_key).method
+
+
 def answer(oracle_rows: list[dict], recipe_rows: list[dict], pick_indices: str) -> dict:
     """Per method the final val and test; the recommendation (best final val, ties to fewer
     trained parameters as the product does) and the better baseline's test."""
     finals = {r["method"]: r for r in oracle_rows if r["method"] in BASELINES}
     finals["block"] = next(r for r in oracle_rows if r["layer_indices"] == pick_indices)
     finals.update({r["method"]: r for r in recipe_rows if r["status"] == "ok"})
-    recommended = max(finals, key=lambda m: float(finals[m]["val_acc"]))
     return {"test": {m: float(r["test_acc"]) for m, r in finals.items()},
             "val": {m: float(r["val_acc"]) for m, r in finals.items()},
-            "recommended": recommended}
+            "recommended": recommended(finals)}
 
 
 ALPHA = 0.05
@@ -303,11 +331,16 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
                   and f"{s}|{pl}" in results[p]
                   and not results[p][f"{s}|{pl}"]["rules"][name]["same_pick_from_own_set"]]
     own = [results[p][f"block|{pool}"]["rules"]["last-quarter"] for p in pairs]
+    # "and the cost is lower": training the rule's own candidates costs less than all of them
+    dearer = [p for p, r in zip(pairs, own, strict=True) if not r["cost"] < 1]
+    decision["candidate_set"] = not restricted and not dearer
     lines.append(
         "2. **Candidate set: each rule trains only what it can pick** — " + (
             "the pick equals the pick from every candidate on every pair, strategy, pool and "
             "rule" if not restricted else f"DIFFERENT PICKS on {restricted[:3]}: a bug to fix "
-            "before anything else") + f"; last-quarter trains "
+            "before anything else") + ("" if not dearer else f"; NOT CHEAPER on {dearer[:3]}: "
+                                       "the restriction is not kept there")
+        + f"; last-quarter trains "
         f"{statistics.mean(r['trained_candidates'] for r in own):.1f} of "
         f"{statistics.mean(results[p][f'block|{pool}']['candidates'] for p in pairs):.0f} block "
         f"candidates, cost {statistics.mean(r['cost'] for r in own):.2f}× of training all.")
@@ -354,7 +387,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
     # 5. methods, with 1-4 fixed
     per_pair = {p: m for p in results if (m := method_results(results[p], *chosen, pool))}
     runs = len(per_pair)
-    recommended = {p: max(m, key=lambda k: m[k]["val"]) for p, m in per_pair.items()}
+    picked = {p: recommended(m) for p, m in per_pair.items()}
     family = []
     for dataset in datasets:
         mine = {p: m for p, m in per_pair.items() if p[0] == dataset}
@@ -369,7 +402,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
     with_holm(family)
     kept = []
     for recipe in ("lp-ft", "llrd", "lp-bw"):
-        times = sum(r == recipe for r in recommended.values())
+        times = sum(r == recipe for r in picked.values())
         wins = [t for t in family if t["recipe"] == recipe and t["mean"] > 0
                 and t["p_holm"] < ALPHA]
         verdict = "kept in the default" if times >= 3 or wins else "an option only"
@@ -388,7 +421,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
         regrets, bias = [], {}
         for m in per_pair.values():
             keep = {k: v for k, v in m.items() if k in methods}
-            rec = max(keep, key=lambda k: keep[k]["val"])
+            rec = recommended(keep)
             regrets.append((max(v["test"] for v in keep.values()) - keep[rec]["test"]) * 100)
             for k, v in keep.items():
                 bias.setdefault(k, []).append((v["val"] - v["test"]) * 100)
@@ -411,7 +444,7 @@ def decide(results: dict, pairs: list, datasets: list[str], runs_planned: int
             gaps, recs = [], []
             for m in mine:
                 keep = {k: v for k, v in m.items() if k in methods}
-                rec = max(keep, key=lambda k: keep[k]["val"])
+                rec = recommended(keep)
                 recs.append(keep[rec]["test"])
                 gaps.append((keep[rec]["test"] - m[better_base]["test"]) * 100)
             tests = {k: interval_text([m[k]["test"] for m in mine if k in m], 3)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import answer  # noqa: E402 - benchmarks/answer.py, the protocol's benchmark
@@ -112,3 +113,51 @@ def test_the_claim_words_follow_the_protocol():
     answers = decide(results)["answers"]
     assert answers["tf_flowers"]["claim"] == "better"
     assert answers["blood_cells"]["claim"] == "at least as good"
+
+
+def test_ties_in_final_val_rank_as_the_product_ranks_them():
+    # issue 38 item 20: equal val accuracies went to the first key in dict order
+    same = {"val": 0.9}
+    finals = {"baseline-II": same, "lp-ft": same, "pick": same, "lp-bw": same}
+    assert answer.recommended(finals) == "pick"  # a group of layers before every layer
+    assert answer.recommended({"baseline-I": same, **finals}) == "baseline-I"  # the head first
+    assert answer.recommended({"baseline-II": same, "lp-ft": same}) == "baseline-II"
+    assert answer.recommended({"lp-ft": same, "lp-bw": {"val": 0.91}}) == "lp-bw"
+
+
+def test_a_top_pick_is_measured_against_the_oracles_best_block():
+    from blocktune.records import CandidateRow
+
+    labels = np.array([0, 1] * 10)
+
+    def candidate(strategy, index, indices, val):
+        first, last = int(indices.split(",")[0]), int(indices.split(",")[-1])
+        return CandidateRow(strategy=strategy, rung=2, index=index, layers=indices,
+                            layer_indices=indices, first=first, last=last, trained_params=10,
+                            val_acc=val, val_loss=1.0, epochs=2, best_epoch=2, seconds=1.0,
+                            status="ok", val_pred=labels.tolist())
+
+    def oracle(method, indices, test):
+        right = int(round(test * len(labels)))
+        pred = [int(y) if i < right else 1 - int(y) for i, y in enumerate(labels)]
+        return {"method": method, "layer_indices": indices, "status": "ok",
+                "val_acc": "0.5", "test_acc": str(test),
+                "test_pred": " ".join(map(str, pred))}
+
+    rows = [candidate("block", 0, "6,7", 0.6), candidate("block", 1, "4,5", 0.5),
+            candidate("top", 0, "7", 0.7), candidate("top", 1, "5,6,7", 0.4)]
+    oracle_rows = [oracle("baseline-I", "", 0.5), oracle("baseline-II", "all", 0.6),
+                   oracle("block", "6,7", 0.9), oracle("block", "4,5", 0.8),
+                   oracle("top", "7", 0.7), oracle("top", "5,6,7", 0.75)]
+    out = answer.evaluate(rows, [], oracle_rows, labels, labels, num_layers=8)
+    top = out["top|val"]["rules"]["max-val"]
+    assert top["pick"] == "7"
+    assert top["regret"] == pytest.approx(0.9 - 0.7)  # not 0.75 − 0.7: the best block's test
+    assert out["block|val"]["rules"]["max-val"]["regret"] == pytest.approx(0.0)
+
+
+def test_a_candidate_set_that_is_not_cheaper_is_said_and_not_kept():
+    rng = np.random.default_rng(5)
+    assert decide(ten(rng))["candidate_set"]
+    dear = decide(ten(rng, cost={("block", "last-quarter"): 1.2}))
+    assert not dear["candidate_set"]
