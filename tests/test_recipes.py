@@ -94,17 +94,21 @@ def test_a_run_fine_tunes_every_recipe_beside_the_baselines(data, tmp_path):
     assert "LP-FT vs Baseline I" in report or "Baseline I vs LP-FT" in report
 
 
-@pytest.mark.parametrize(("methods", "recipes"), [(None, {"lp-ft", "lp-bw"}), ("", set())])
-def test_lp_ft_and_lp_bw_are_default_finals_and_methods_empty_trains_none(data, tmp_path,
-                                                                          methods, recipes):
-    """The pre-registered protocol kept LP-FT and LP-BW in the default finals
-    (benchmarks/PROTOCOL.md, criterion 5); ``--methods ""`` leaves the baselines and the pick."""
+@pytest.mark.parametrize(("flags", "finals"), [
+    ([], {"baseline-I", "baseline-II", "lp-bw"}),  # small data: the small-data protocol's
+    (["--methods", ""], {"baseline-I", "baseline-II", "block"}),  # nothing trains the pick
+    (["--methods", "lp-ft,lp-bw", "--pick-finals"],  # the first protocol's, given
+     {"baseline-I", "baseline-II", "block", "lp-ft", "lp-bw"}),
+], ids=["auto", "methods-none", "given"])
+def test_the_default_finals_and_what_the_flags_give(data, tmp_path, flags, finals):
+    """With at most 1,000 images learnt from, the default finals are the baselines and LP-BW
+    (benchmarks/PROTOCOL-small.md, criterion 1); ``--methods ""`` leaves the baselines and the
+    pick, a final of its own since nothing else trains it; the flags give any other set."""
     from blocktune.cli import main
 
     from .test_cli import TINY
 
     out = tmp_path / "run"
     argv = ["run", *TINY, "--data", str(data), "--max-candidates", "1", "--out", str(out)]
-    assert main(argv + ([] if methods is None else ["--methods", methods])) == 0
-    finals = {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")}
-    assert finals - {"baseline-I", "baseline-II", "block"} == recipes
+    assert main(argv + flags) == 0
+    assert {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")} == finals

@@ -140,9 +140,9 @@ class RunConfig:
                                     auto=True)
     pick_finals: bool | None = opt(None, "fine-tune each strategy's pick as a final of its own "
                                    "(auto, the default: yes, except when at most "
-                                   f"{SMALL_DATA_IMAGES:,} images are learnt from, where the "
-                                   "small-data protocol kept the baselines and LP-BW only; the "
-                                   "pick then trains in LP-BW)", resume=True, auto=True)
+                                   f"{SMALL_DATA_IMAGES:,} images are learnt from and LP-BW is "
+                                   "a method: the small-data protocol kept the baselines and "
+                                   "LP-BW only, which trains the pick)", resume=True, auto=True)
     choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
                          "final val accuracy) or cvK, e.g. cv5 (each final's recipe trained on "
                          "K-1 folds of the learning images and scored on the held-out fold; "
@@ -221,7 +221,9 @@ class RunConfig:
         small = learning_images <= SMALL_DATA_IMAGES
         methods = self.methods if self.methods is not None else list(
             SMALL_DATA_METHODS if small else LARGER_DATA_METHODS)
-        pick_finals = self.pick_finals if self.pick_finals is not None else not small
+        # the pick is a final of its own unless LP-BW trains it (small data)
+        pick_finals = self.pick_finals if self.pick_finals is not None \
+            else not small or "lp-bw" not in methods
         return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals)
 
     def check_environment(self) -> None:

@@ -135,6 +135,7 @@ class FinalRow:
     epochs: int
     seconds: float
     status: str
+    error: str = ""  # why a final failed (non-finite loss, out of memory, a Ray trial…)
     same_as: str = ""  # the method whose fine-tune of the same group it copies
     select: str = ""  # the selection rule that chose the group (none for the baselines)
     val_pred: list[int] | None = None
@@ -168,7 +169,7 @@ class FinalRow:
             trained_params=int(row["trained_params"]),
             search_val_acc=_float(row.get("search_val_acc", "")), val_acc=_float(row["val_acc"]),
             test_acc=_float(row["test_acc"]), epochs=int(row["epochs"]),
-            seconds=_float(row["seconds"]), status=row["status"],
+            seconds=_float(row["seconds"]), status=row["status"], error=row.get("error") or "",
             same_as=row.get("same_as") or "", select=row.get("select") or "",
             val_pred=_predictions(row.get("val_pred")),
             test_pred=_predictions(row.get("test_pred")), **_curves(row),

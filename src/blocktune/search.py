@@ -118,7 +118,7 @@ class SeedRun:
                                         config.learn_images, config.split)
         # the auto keys (--methods, --pick-finals) decided by how many images are learnt from
         self.config = config.for_data(learning_images(self.split))
-        given, config = config, self.config
+        self.given, config = config, self.config
         self._check_duplicates()
         self.folds = cv_folds_of(config.choose_by)
         trained_on = self.split if self.folds is None else {
@@ -128,8 +128,6 @@ class SeedRun:
         self.model, self.walk, self.fold = self.bench.model, self.bench.walk, self.bench.fold
         self.weights_source, self.device = self.bench.weights_source, self.bench.device
         self._executor = executor
-        if seed == config.seeds[0] and config != given:  # said once the inputs are all good
-            self.events.on_notice(auto_notice(given, config, learning_images(self.split)))
 
     def _check_duplicates(self) -> None:
         found = duplicates_across_splits(self.images, self.split)
@@ -231,7 +229,9 @@ class SeedRun:
         best = max((r.val_acc for r in rows if r.strategy not in BASELINES and r.status == "ok"),
                    default=0.0)
 
-        def keep_going() -> bool:
+        def keep_going() -> bool:  # asked before each trial starts, by every executor
+            if faults.spent():
+                return False
             return budget is None or time.perf_counter() - started <= budget
 
         def record(row: CandidateRow) -> None:
@@ -471,7 +471,8 @@ class SeedRun:
                         trained_params=result.trainable_params,
                         search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
                         test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
-                        status=result.status, select=self._rule_of(trial.method),
+                        status=result.status, error=result.error,
+                        select=self._rule_of(trial.method),
                         val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
                         val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
                         val_loss_curve=list(result.val_loss_curve),
@@ -617,6 +618,10 @@ def run(config: RunConfig, folder: str | Path,
 def _run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
     """Search, refits, finals and the recommendation of one seed: (finals, recommendation), or
     None when the search is left for a resume or nothing could be recommended."""
+    if seed_run.seed == seed_run.config.seeds[0] and seed_run.config != seed_run.given:
+        # what the auto keys became, said once per run (finetune decides none of them)
+        seed_run.events.on_notice(auto_notice(seed_run.given, seed_run.config,
+                                              learning_images(seed_run.split)))
     rows, complete = seed_run.search()
     if not complete:
         log.warning("seed %d: search not finished, final fine-tunes wait for a resume",

@@ -35,7 +35,7 @@ def failures(folder: str | Path, seeds: list[int]) -> str | None:
         seed_files = RunFolder(folder).seed(seed)
         failed += [(seed, f"{label(r.strategy)} #{r.index}", r.error)
                    for r in seed_files.read_candidates() if r.status == "failed"]
-        failed += [(seed, f"the {label(r.method)} final", getattr(r, "error", ""))
+        failed += [(seed, f"the {label(r.method)} final", r.error)
                    for r in seed_files.read_finals() if r.status != "ok"]
     if not failed:
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import queue
 import signal
@@ -136,6 +137,11 @@ def _from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 _RELAYS: dict[str, queue.Queue] = {}  # driver side: Tune's callbacks → the driver's generator
 _STOPS: dict[str, threading.Event] = {}  # driver side: set when the driver stops a Tune run
+# driver side: whether a trial may still start (--time-budget, asked as each trial starts, as
+# the local executor asks before each), and the trials that started too late: stopped at
+# their first report, never relayed, left for a resume
+_GATES: dict[str, Callable[[], bool]] = {}
+_LATE: dict[str, set] = {}
 _BENCHES: dict[str, Workbench] = {}  # per worker process: the seed's model, built once
 
 
@@ -308,7 +314,8 @@ class RayExecutor:
         space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
                  "train_split": train_split, "val_split": val_split}
         position = 0
-        for kind, config, result, checkpoint in self._fit(trainable, space, "search"):
+        for kind, config, result, checkpoint in self._fit(trainable, space, "search",
+                                                          keep_going):
             trial = by_key[_trial_of(config).key]
             if kind == "start":
                 on_start(trial, position, len(trials))
@@ -316,6 +323,9 @@ class RayExecutor:
                 continue
             if kind == "epoch":
                 _relay_epoch(on_epoch, result)
+                continue
+            if kind == "failed":
+                yield trial, TrainResult(status="failed", error=result)
                 continue
             outcome = TrainResult(**json.loads(result["blocktune_result"]))
             if checkpoint is not None:
@@ -345,20 +355,27 @@ class RayExecutor:
             if kind == "epoch":
                 _relay_epoch(on_epoch, result)
                 continue
+            if kind == "failed":
+                yield trial, FinalOutcome(TrainResult(status="failed", error=result), math.nan,
+                                          [], None)
+                continue
             state = load_file(str(checkpoint / CHECKPOINT_WEIGHTS)) \
                 if checkpoint is not None else None
             yield trial, FinalOutcome(TrainResult(**json.loads(result["blocktune_result"])),
                                       float(result["test_acc"]), json.loads(result["test_pred"]),
                                       state, json.loads(result.get("domains") or "{}"))
 
-    def _fit(self, trainable, space: dict, kind: str):
-        """Run a Tuner in a thread; yield ("start"|"done", config, result, checkpoint) events
-        as Tune reports them, so the driver records each result the moment it exists."""
+    def _fit(self, trainable, space: dict, kind: str,
+             keep_going: Callable[[], bool] = lambda: True):
+        """Run a Tuner in a thread; yield ("start"|"epoch"|"done", config, result, checkpoint)
+        events as Tune reports them, so the driver records each result the moment it exists,
+        then ("failed", config, why, None) for each trial that failed for good."""
         _, tune = require_ray()
         events: queue.Queue = queue.Queue()
         token = f"{id(self)}-{self._experiments}"
         _RELAYS[token] = events
         _STOPS[token] = threading.Event()
+        _GATES[token], _LATE[token] = keep_going, set()
 
         class Stop(tune.Stopper):
             # asked by Tune's loop in this process: the driver has stopped listening
@@ -366,7 +383,9 @@ class RayExecutor:
                 self.token = token
 
             def __call__(self, trial_id, result) -> bool:
-                return False
+                from blocktune.executors.ray import _LATE
+
+                return trial_id in _LATE[self.token]
 
             def stop_all(self) -> bool:
                 from blocktune.executors.ray import _STOPS
@@ -379,13 +398,18 @@ class RayExecutor:
                 self.token = token
 
             def on_trial_start(self, iteration, trials, trial, **info):
-                from blocktune.executors.ray import _RELAYS  # by name: never pickled
+                from blocktune.executors.ray import _GATES, _LATE, _RELAYS  # by name
 
+                if not _GATES[self.token]():
+                    _LATE[self.token].add(trial.trial_id)
+                    return
                 _RELAYS[self.token].put(("start", trial.config, None, None))
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                from blocktune.executors.ray import _RELAYS
+                from blocktune.executors.ray import _LATE, _RELAYS
 
+                if trial.trial_id in _LATE[self.token]:
+                    return
                 if "blocktune_result" in result:
                     # the checkpoint reported with the result, in the trial's folder
                     name = result.get("checkpoint_dir_name")
@@ -426,23 +450,21 @@ class RayExecutor:
             thread.join()
             _RELAYS.pop(token, None)
             _STOPS.pop(token, None)
+            _GATES.pop(token, None)
+            _LATE.pop(token, None)
         if failure:
             raise BlocktuneError(f"the Ray Tune run failed ({type(failure[0]).__name__}: "
                                  f"{failure[0]}): finished trials are saved, run the same "
                                  "command to resume") from failure[0]
         # Tune does not raise for trials that failed for good (after max_failures retries):
-        # it lists them in the ResultGrid, which must be read or they vanish
-        failed = [r for r in grids[0] if r.error is not None] if grids else []
-        if failed:
-            first = failed[0]
-            name = _trial_name(first.config)
-            cause = str(first.error).strip().splitlines()
-            raise BlocktuneError(
-                f"{len(failed)} Ray trial(s) of the {kind} failed after "
-                f"{self.max_failures + 1} attempts (first: {name}: "
-                f"{cause[-1] if cause else type(first.error).__name__}): finished trials are "
-                f"saved; Tune's logs are under {self.folder / 'ray'}; fix the cause and run "
-                "the same command to resume")
+        # it lists them in the ResultGrid, which must be read or they vanish. Each is handed
+        # back as a failed result, as the local executor hands back a trial that fails: the
+        # driver records it, finishes the rest, and the command exits 1.
+        for grid_result in (r for r in (grids[0] if grids else []) if r.error is not None):
+            cause = str(grid_result.error).strip().splitlines()
+            text = (f"failed on Ray after {self.max_failures + 1} attempts: "
+                    f"{cause[-1] if cause else type(grid_result.error).__name__}")
+            yield "failed", grid_result.config, text[:200], None
 
     def close(self) -> None:
         pass
