@@ -8,7 +8,9 @@ import shutil
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from blocktune.cli import main
@@ -295,3 +297,41 @@ def test_rows_without_their_config_are_damage(command, image_folder, tmp_path, c
     (out / "config.yaml").unlink()
     err = one_line(capsys, [*argv, "--final-epochs", "2"])  # other settings, same folder
     assert "not the config.yaml they were made with" in err, err
+
+
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_a_photo_replaced_in_place_under_a_run_is_refused_on_resume(command, tmp_path, capsys):
+    # item 17: its rows were scored on the old photo; the store noticed the new bytes, the
+    # split did not
+    from PIL import Image
+
+    data = make_image_folder(tmp_path / "images", per_class=12)
+    out = tmp_path / "out"
+    base = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
+            "--out", str(out)]
+    argv = ["run", *base, "--max-candidates", "1"] if command == "run" else \
+        ["finetune", *base, "--train", "head"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    photo = data / "red" / "003.jpg"
+    Image.new("RGB", (40, 40), (0, 0, 255)).save(photo)  # same name, other content
+    err = one_line(capsys, argv)
+    assert "changed content since the run started" in err and "003.jpg" in err, err
+
+
+def test_a_decoded_image_store_cut_short_is_decoded_again(image_folder, tmp_path, monkeypatch):
+    # item 19: the memory-mapped pixels file cut short was a traceback on the next run
+    from blocktune.data import decode_folder, scan_folder
+
+    monkeypatch.setenv("BLOCKTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = scan_folder(image_folder)
+    first = decode_folder(folder, 32)
+    [pixels] = list((tmp_path / "cache").rglob("pixels-*.npy"))
+    pixels.write_bytes(pixels.read_bytes()[: pixels.stat().st_size // 2])
+    again = decode_folder(folder, 32)
+    assert torch.equal(again.pixels, first.pixels) and again.files == first.files
+    # an array of another shape where the pixels should be: decoded again too
+    [pixels] = list((tmp_path / "cache").rglob("pixels-*.npy"))
+    np.save(pixels, np.zeros((2, 3, 8, 8), dtype=np.uint8))
+    assert torch.equal(decode_folder(folder, 32).pixels, first.pixels)

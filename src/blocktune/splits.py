@@ -154,6 +154,16 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
         if missing:
             raise BlocktuneError(f"{path} names {len(missing)} file(s) no longer in the data "
                                  f"(e.g. {missing[0]}): restore them or start a new run folder")
+        # a photo replaced in place: its rows were scored on the old one (older splits.json
+        # files have no digests)
+        digest = dict(zip(decoded.files, decoded.digests, strict=False))
+        changed = [f for name, files in saved["files"].items()
+                   for f, was in zip(files, saved.get("sha256", {}).get(name, []), strict=False)
+                   if f in digest and digest[f] != was]
+        if changed:
+            raise BlocktuneError(f"{path}: {len(changed)} file(s) changed content since the run "
+                                 f"started (e.g. {changed[0]}): its rows were scored on the old "
+                                 "images; restore them or start a new run folder")
         return {name: sorted(position[f] for f in files) for name, files in saved["files"].items()}
     kind = split
     if kind == "official":
@@ -174,6 +184,9 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
         "counts": {n: len(v) for n, v in split.items()},
         "files": {n: [decoded.files[i] for i in v] for n, v in split.items()},
         "labels": {n: [int(decoded.labels[i]) for i in v] for n, v in split.items()},
+        # each file's content, checked on resume (a photo replaced in place)
+        "sha256": {n: [decoded.digests[i] for i in v] for n, v in split.items()}
+        if decoded.digests else {},
     })
     return split
 
@@ -209,6 +222,11 @@ def read_splits(path: str | Path) -> dict:
             isinstance(labels.get(k), list) and len(labels[k]) == len(v)
             for k, v in files.items())):
         raise damaged(path, "'labels' does not match 'files'")
+    digests = saved.get("sha256")
+    if digests and not (isinstance(digests, dict) and all(
+            isinstance(digests.get(k), list) and len(digests[k]) == len(v)
+            for k, v in files.items())):
+        raise damaged(path, "'sha256' does not match 'files'")
     return saved
 
 

@@ -103,6 +103,9 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
     with FileLock(store / "store.lock"):
         stats = [_stat(folder.root / f) for f in folder.files]
         old = _read_store(store)
+        previous = _open_pixels(store, old, size) if old is not None else None
+        if previous is None:  # no store, or its pixels cut short or not what meta.json says
+            old = None
         # a row is reused when its file has the same name, size and modification time
         known = {(e["file"], *e["stat"]): i for i, e in enumerate(old["entries"])} if old else {}
         reuse = {i: known[(f, *st)] for i, (f, st) in enumerate(zip(folder.files, stats,
@@ -110,8 +113,7 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
                  if (f, *st) in known}
         if old is not None and len(old["entries"]) == len(folder.files) \
                 and all(reuse.get(i) == i for i in range(len(folder.files))):
-            pixels = np.load(store / old["pixels"], mmap_mode="c")
-            return _decoded(folder, torch.from_numpy(pixels), [e["ok"] for e in old["entries"]],
+            return _decoded(folder, torch.from_numpy(previous), [e["ok"] for e in old["entries"]],
                             [e["sha256"] for e in old["entries"]], strict, min_classes)
         todo = [i for i in range(len(folder.files)) if i not in reuse]
         size_bytes = len(folder.files) * 3 * size * size
@@ -121,7 +123,6 @@ def decode_folder(folder: ImageFolder, size: int, interpolation: str = "bilinear
         if old is not None:
             log.info("decoded-image store: %d of %d files changed, decoding them",
                      len(todo), len(folder.files))
-        previous = np.load(store / old["pixels"], mmap_mode="r") if old else None
         pixels, ok, digests = _decode(folder, todo, size, interpolation, workers, previous,
                                       {i: old["entries"][j] for i, j in reuse.items()}
                                       if old else {})
@@ -176,6 +177,19 @@ def _read_store(store: Path) -> dict | None:
         entry["row"] = row
         row += bool(entry["ok"])
     return saved
+
+
+def _open_pixels(store: Path, saved: dict, size: int) -> np.ndarray | None:
+    """The store's pixels, memory-mapped copy-on-write; None when the file is cut short or is
+    not the array ``meta.json`` describes (the images are then decoded again)."""
+    try:
+        pixels = np.load(store / saved["pixels"], mmap_mode="c")
+    except (OSError, ValueError, EOFError):
+        return None
+    rows = sum(bool(e["ok"]) for e in saved["entries"])
+    if pixels.dtype != np.uint8 or pixels.shape != (rows, 3, size, size):
+        return None
+    return pixels
 
 
 def _write_store(store: Path, pixels: np.ndarray, entries: list[dict]) -> None:
