@@ -335,3 +335,20 @@ def test_a_decoded_image_store_cut_short_is_decoded_again(image_folder, tmp_path
     [pixels] = list((tmp_path / "cache").rglob("pixels-*.npy"))
     np.save(pixels, np.zeros((2, 3, 8, 8), dtype=np.uint8))
     assert torch.equal(decode_folder(folder, 32).pixels, first.pixels)
+
+
+def test_an_hf_hub_model_out_of_reach_is_one_line(image_folder, tmp_path):
+    # item 19: offline with an empty cache, timm's config read was a traceback
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-m", "blocktune.cli", "run", "--model",
+                           "hf-hub:nobody/nothing", "--data", str(image_folder), "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("blocktune: ")]
+    assert len(lines) == 1 and "hf-hub:nobody/nothing" in lines[0], done.stderr[-2000:]
+    assert "Hugging Face Hub did not give it" in lines[0] and "Traceback" not in done.stderr

