@@ -48,7 +48,33 @@ def wrong_type(data: bytes, path: Path) -> bytes:
 # what a run publishes from its own records: a resume publishes it again, whole
 REPUBLISHED = {"model.json", "model.safetensors", "seed_0/choices.json"}
 
-DAMAGES = {"cut-short": cut_short, "garbage": garbage, "wrong-type": wrong_type}
+def wrong_values(data: bytes, path: Path) -> bytes:
+    """Well-formed and of the right kind, with values blocktune never writes: an accuracy of
+    7.5, a class id past the classes, a negative image size (issue 38, item 15)."""
+    import csv
+    import io
+    import json
+
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(data.decode())))
+        field = "val_acc" if "val_acc" in rows[0] else next(iter(rows[0]))
+        rows[-1][field] = "7.5"
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().encode()
+    if path.name == "splits.json":
+        saved = json.loads(data)
+        saved["labels"]["test"][0] = len(saved["classes"]) + 5
+        return json.dumps(saved).encode()
+    if path.name == "model.json":
+        return json.dumps({**json.loads(data), "image_size": -5}).encode()
+    return wrong_type(data, path)
+
+
+DAMAGES = {"cut-short": cut_short, "garbage": garbage, "wrong-type": wrong_type,
+           "wrong-values": wrong_values}
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +118,43 @@ def test_a_damaged_file_gives_one_line_and_is_never_written_over(finished, tmp_p
             broken = path.read_bytes()  # published anew from the seed's own files
             continue
         assert path.read_bytes() == broken, f"{command} wrote over the damaged {name}"
+
+
+def _edit_last_row(path: Path, field: str, change) -> None:
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    rows[-1][field] = change(rows[-1][field])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(out.getvalue())
+
+
+@pytest.mark.parametrize("name, field, change, words", [
+    ("finals.csv", "test_pred", lambda t: " ".join(t.split()[:-1]), "predictions for the"),
+    ("candidates.csv", "val_pred", lambda t: " ".join(["99", *t.split()[1:]]), "names class 99"),
+    ("finals.csv", "status", lambda t: "great", "status 'great'"),
+    ("candidates.csv", "seconds", lambda t: "-1", "seconds = -1.0"),
+    ("finals.csv", "test_acc", lambda t: "nan", None),  # a failed final's: allowed
+    ("candidates.csv", "val_acc", lambda t: "nan", "has no accuracy"),
+], ids=["test_pred-short", "class-id", "status", "seconds", "nan-test", "nan-val"])
+def test_records_that_parse_but_disagree_with_the_run_are_damage(finished, tmp_path, capsys,
+                                                                 name, field, change, words):
+    data, original = finished
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    path = run / "seed_0" / name
+    _edit_last_row(path, field, change)
+    if name == "finals.csv" and words is None:
+        _edit_last_row(path, "status", lambda t: "failed")
+    capsys.readouterr()
+    code = main(["status", str(run)])
+    err = capsys.readouterr().err.strip()
+    if words is None:
+        assert code == 0, err
+        return
+    assert code == 2 and err.startswith("blocktune: error: ") and name in err, err
+    assert words in err, err

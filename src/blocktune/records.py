@@ -234,10 +234,47 @@ class CvRow:
 CV_FIELDS = [f.name for f in dataclasses.fields(CvRow)]
 
 
+ACCURACIES = ("val_acc", "test_acc", "search_val_acc", "score", "fold_acc")
+COUNTS = ("trained_params", "epochs", "best_epoch", "fold_images", "score_images", "rung",
+          "index", "fold")
+STATUSES = ("ok", "rung", "failed")
+
+
+def check_values(row: CandidateRow | FinalRow | CvRow) -> None:
+    """A row's values within what blocktune writes, or ValueError naming the first that is not:
+    accuracies in [0, 1] (or empty), counts and seconds not negative, a known status, class ids
+    not negative, a finished row with its val accuracy."""
+    for name in ACCURACIES:
+        value = getattr(row, name, math.nan)
+        if not math.isnan(value) and not 0 <= value <= 1:
+            raise ValueError(f"{name} = {value} is no accuracy (0 to 1)")
+    for name in COUNTS:
+        value = getattr(row, name, 0)
+        if value is not None and value < 0:
+            raise ValueError(f"{name} = {value} is negative")
+    if not row.seconds >= 0:  # NaN too
+        raise ValueError(f"seconds = {row.seconds} is not a duration")
+    if row.status not in STATUSES:
+        raise ValueError(f"status {row.status!r} is not one of {', '.join(STATUSES)}")
+    accuracy = getattr(row, "fold_acc", None) if isinstance(row, CvRow) else row.val_acc
+    if row.status == "ok" and math.isnan(accuracy):
+        raise ValueError(f"a finished {row.method if hasattr(row, 'method') else row.strategy} "
+                         "row has no accuracy")
+    for name in ("val_pred", "test_pred", "fold_pred"):
+        if any(p < 0 for p in getattr(row, name, None) or ()):
+            raise ValueError(f"{name} holds a negative class id")
+
+
+def _checked(rows: list) -> list:
+    for row in rows:
+        check_values(row)
+    return rows
+
+
 def read_cv(path: str | Path) -> list[CvRow]:
     rows = read_csv(path, _required(CvRow))
     with parsing(path):
-        return [CvRow.from_csv(r) for r in rows]
+        return _checked([CvRow.from_csv(r) for r in rows])
 
 
 def write_cv(path: str | Path, rows: list[CvRow]) -> None:
@@ -266,7 +303,7 @@ def _required(row_type) -> list[str]:
 def read_candidates(path: str | Path) -> list[CandidateRow]:
     rows = read_csv(path, _required(CandidateRow))
     with parsing(path):
-        return [CandidateRow.from_csv(r) for r in rows]
+        return _checked([CandidateRow.from_csv(r) for r in rows])
 
 
 def write_candidates(path: str | Path, rows: list[CandidateRow]) -> None:
@@ -277,7 +314,7 @@ def write_candidates(path: str | Path, rows: list[CandidateRow]) -> None:
 def read_finals(path: str | Path) -> list[FinalRow]:
     rows = read_csv(path, _required(FinalRow))
     with parsing(path):
-        return [FinalRow.from_csv(r) for r in rows]
+        return _checked([FinalRow.from_csv(r) for r in rows])
 
 
 def write_finals(path: str | Path, rows: list[FinalRow]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -102,8 +103,33 @@ class SeedFolder:
     def rung_state(self, name: str) -> Path:
         return self.rungs / f"{name}.pt"
 
+    def _agree_with_split(self, rows: list, path: Path, lengths: dict[str, str]) -> list:
+        """Rows whose predictions fit this seed's ``splits.json``: one per image of the split
+        they score (``lengths``: prediction field → split name) and class ids below the class
+        count; otherwise the file is damage."""
+        if not rows or not self.splits.exists():
+            return rows
+        from blocktune.splits import read_splits
+
+        saved = read_splits(self.splits)
+        classes = len(saved["classes"])
+        for row in rows:
+            for name, split in lengths.items():
+                pred = getattr(row, name, None)
+                if pred is None or not pred:
+                    continue
+                if split is not None and len(pred) != len(saved["files"].get(split, [])):
+                    raise damaged(path, f"a row's {name} has {len(pred)} predictions for the "
+                                  f"{len(saved['files'].get(split, []))} {split} images of "
+                                  f"{self.splits.name}")
+                if max(pred) >= classes:
+                    raise damaged(path, f"a row's {name} names class {max(pred)}; "
+                                  f"{self.splits.name} has {classes} classes")
+        return rows
+
     def read_candidates(self) -> list[CandidateRow]:
-        return read_candidates(self.candidates)
+        return self._agree_with_split(read_candidates(self.candidates), self.candidates,
+                                      {"val_pred": "val"})
 
     def write_candidates(self, rows: list[CandidateRow]) -> None:
         write_candidates(self.candidates, rows)
@@ -115,13 +141,14 @@ class SeedFolder:
         write_candidates(self.refits, rows)
 
     def read_finals(self) -> list[FinalRow]:
-        return read_finals(self.finals)
+        return self._agree_with_split(read_finals(self.finals), self.finals,
+                                      {"val_pred": "val", "test_pred": "test"})
 
     def write_finals(self, rows: list[FinalRow]) -> None:
         write_finals(self.finals, rows)
 
     def read_cv(self) -> list[CvRow]:
-        return read_cv(self.cv)
+        return self._agree_with_split(read_cv(self.cv), self.cv, {"fold_pred": None})
 
     def write_cv(self, rows: list[CvRow]) -> None:
         write_cv(self.cv, rows)
@@ -288,6 +315,18 @@ class RunFolder:
         if wrong:
             raise damaged(self.model_json,
                           f"{wrong[0]!r} is missing or not a {CARD_KEYS[wrong[0]].__name__}")
+        # values a network can be rebuilt with (a config's own bounds for the image size)
+        numbers = [*card["mean"], *card["std"]]
+        problem = (
+            "'image_size' is out of range (16 to 4096)" if not 16 <= card["image_size"] <= 4096
+            else "'classes' is empty or not all names" if not card["classes"] or not all(
+                isinstance(c, str) for c in card["classes"])
+            else "'mean' and 'std' are not three numbers each, std positive"
+            if len(card["mean"]) != 3 or len(card["std"]) != 3
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
+            or min(card["std"]) <= 0 else None)
+        if problem:
+            raise damaged(self.model_json, problem)
         return card
 
     def has_model(self) -> bool:

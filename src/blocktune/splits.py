@@ -222,6 +222,9 @@ def read_splits(path: str | Path) -> dict:
             isinstance(labels.get(k), list) and len(labels[k]) == len(v)
             for k, v in files.items())):
         raise damaged(path, "'labels' does not match 'files'")
+    if labels is not None and not all(isinstance(y, int) and 0 <= y < len(classes)
+                                      for v in labels.values() for y in v):
+        raise damaged(path, f"'labels' holds a class id outside 0–{len(classes) - 1}")
     digests = saved.get("sha256")
     if digests and not (isinstance(digests, dict) and all(
             isinstance(digests.get(k), list) and len(digests[k]) == len(v)
