@@ -60,10 +60,13 @@ from blocktune.io import (  # noqa: E402
     read_csv,
 )
 from blocktune.loading import load_images  # noqa: E402
-from blocktune.plan import parse_indices  # noqa: E402
+from blocktune.plan import (
+    BASELINES,  # noqa: E402
+    parse_indices,  # noqa: E402
+)
 from blocktune.records import CandidateRow, rank_key  # noqa: E402
 from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
-from blocktune.search import BASELINES, SeedRun, run  # noqa: E402
+from blocktune.search import SeedRun, run  # noqa: E402
 from blocktune.select import RULES, SearchView  # noqa: E402
 from blocktune.stats import (  # noqa: E402
     compare_over_seeds,

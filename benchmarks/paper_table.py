@@ -37,8 +37,9 @@ from pathlib import Path
 from blocktune.assess import assess
 from blocktune.config import RunConfig
 from blocktune.io import atomic_write_csv, atomic_write_text, read_csv
+from blocktune.plan import BASELINE_I, BASELINE_II
 from blocktune.runfolder import RunFolder
-from blocktune.search import BASELINE_I, BASELINE_II, run
+from blocktune.search import run
 from blocktune.stats import compare_over_seeds, mean_interval
 
 # the table's three methods: its label → blocktune's method name

@@ -48,10 +48,10 @@ from blocktune.io import (
     read_csv,
 )
 from blocktune.loading import load_images
-from blocktune.plan import parse_indices
+from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, parse_indices
 from blocktune.records import CandidateRow
 from blocktune.runfolder import SeedFolder
-from blocktune.search import BASELINE_I, BASELINE_II, BASELINES, SeedRun
+from blocktune.search import SeedRun
 from blocktune.select import RULES, SearchView
 from blocktune.stats import compare, mean_interval, spearman
 

@@ -7,9 +7,9 @@ import pytest
 
 from blocktune.assess import assess
 from blocktune.io import read_csv
-from blocktune.plan import label
+from blocktune.plan import BASELINE_I, label
 from blocktune.report import build_report
-from blocktune.search import BASELINE_I, run
+from blocktune.search import run
 
 from .test_search import tiny_config
 

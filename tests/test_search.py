@@ -13,10 +13,11 @@ import pytest
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_copy, atomic_write_csv, read_csv
+from blocktune.plan import BASELINE_I, BASELINE_II
 from blocktune.records import read_candidates
 from blocktune.report import build_report
 from blocktune.runfolder import RunLock
-from blocktune.search import BASELINE_I, BASELINE_II, run
+from blocktune.search import run
 from blocktune.select import choose
 from blocktune.status import run_status
 

@@ -24,12 +24,12 @@ import yaml
 
 from blocktune.data import DEFAULT_FRACTIONS, NAMED_DATASETS, check_test_folder
 from blocktune.errors import BlocktuneError
-from blocktune.groups import STRATEGIES
+from blocktune.groups import STRATEGIES, StrategyOptions
 from blocktune.layers import DELIMITER_KINDS
 from blocktune.models import HEADS, check_model_name
-from blocktune.plan import RECIPES, label
+from blocktune.plan import RECIPES, SearchSettings, label
 from blocktune.recommend import cv_folds_of
-from blocktune.select import RULES
+from blocktune.select import RULES, get_rule
 from blocktune.tblog import LOGGERS
 from blocktune.train import PAPER, TrainConfig, device_for, parse_device
 
@@ -225,6 +225,21 @@ class RunConfig:
         pick_finals = self.pick_finals if self.pick_finals is not None \
             else not small or "lp-bw" not in methods
         return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals)
+
+    def strategy_options(self, seed: int, body) -> StrategyOptions:
+        """What the grouping strategies read of this config, for one seed and model body."""
+        return StrategyOptions(delimiters=tuple(self.delimiters), window=self.window,
+                               stride=self.stride, k=self.random_k, seed=seed,
+                               native=self.native, quarter=self.quarter, model=body,
+                               picks_from=None if self.search_all
+                               else get_rule(self.select).picks_from)
+
+    def search_settings(self, seed: int) -> SearchSettings:
+        """What the search plan reads of this config, for one seed."""
+        return SearchSettings(tuple(self.strategies), self.search_training(seed).epochs,
+                              baselines=self.baselines, prune=self.prune,
+                              prune_grace=self.prune_grace, max_candidates=self.max_candidates,
+                              ranked_k=tuple(self.ranked_k))
 
     def check_environment(self) -> None:
         """What must exist where the work runs — the model name, the data folder, the weights

@@ -28,7 +28,9 @@ ask a :class:`RunFolder` or a :class:`SeedFolder`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +42,7 @@ import yaml
 from blocktune.config import RunConfig, differing_keys
 from blocktune.errors import BlocktuneError
 from blocktune.io import (
+    atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -100,8 +103,35 @@ class SeedFolder:
         """A final's fine-tuned weights."""
         return self.root / f"{method}.safetensors"
 
-    def rung_state(self, name: str) -> Path:
-        return self.rungs / f"{name}.pt"
+    def rung_state(self, method: str, group: tuple[int, ...] | None) -> Path:
+        """Where a pruned candidate's training state waits for its next rung."""
+        indices = "all" if group is None else ",".join(map(str, group))
+        digest = hashlib.sha1(indices.encode()).hexdigest()[:12]
+        first = group[0] if group else "head"
+        return self.rungs / f"{method}-{first}-{digest}.pt"
+
+    def save_rung_state(self, method: str, group: tuple[int, ...] | None, state: dict) -> None:
+        path = self.rung_state(method, group)
+        path.parent.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def take_rung_state(self, method: str, group: tuple[int, ...] | None,
+                        device: torch.device) -> dict | None:
+        """The state a candidate paused with at its last rung, removed from disk (the next
+        rung's row replaces it); None when lost or damaged (it is trained again)."""
+        path = self.rung_state(method, group)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - damaged: recomputed, like a lost one
+            log.warning("%s is damaged (%s): the candidate is trained again from the start",
+                        path, type(error).__name__)
+            state = None
+        path.unlink()
+        return state
 
     def _agree_with_split(self, rows: list, path: Path, lengths: dict[str, str]) -> list:
         """Rows whose predictions fit this seed's ``splits.json``: one per image of the split
@@ -180,6 +210,8 @@ class SeedFolder:
 
 
 # what a config written before a key existed meant by its absence
+log = logging.getLogger(__name__)
+
 PAST_DEFAULTS = {"methods": [], "pick_finals": True}
 
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import io
 import logging
-import math
 import shutil
 import time
 from collections import Counter
@@ -26,6 +23,7 @@ import torch
 from blocktune import faults
 from blocktune.callbacks import Callback, CallbackList
 from blocktune.config import RunConfig, auto_notice
+from blocktune.crossval import cross_validate
 from blocktune.data import (
     DecodedImages,
     TestDomain,
@@ -36,68 +34,32 @@ from blocktune.data import (
 )
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor, get_executor
+from blocktune.finals import run_finals
 from blocktune.groups import UNRESTRICTED, Candidate, StrategyOptions, candidates, describe
-from blocktune.io import (
-    atomic_copy,
-    atomic_save_safetensors,
-    atomic_write_bytes,
-)
+from blocktune.io import atomic_save_safetensors
 from blocktune.loading import environment, load_images
 from blocktune.models import BlockModel
 from blocktune.plan import (
-    BASELINE_I,
-    BASELINE_II,
     BASELINES,
-    WHOLE_MODEL,
-    FinalTrial,
     SearchSettings,
     Trial,
-    final_group,
-    finals_plan,
     indices_text,
     label,
     parse_indices,
     progress,
-    recipe_of,
     search_wave,
     strategy_candidates,
-    trained_recipes,
 )
 from blocktune.publish import publish_model
 from blocktune.recommend import cv_folds_of, recommend
-from blocktune.records import (
-    CandidateRow,
-    CvRow,
-    FinalRow,
-)
+from blocktune.records import CandidateRow, FinalRow
 from blocktune.runfolder import RunFolder, RunLock, SeedFolder, summarize
-from blocktune.select import (
-    SearchView,
-    get_rule,
-    notices,
-    pick,
-    record_choice,
-    searched_strategies,
-)
+from blocktune.select import SearchView, get_rule, notices, pick, searched_strategies
 from blocktune.tblog import loggers
 from blocktune.train import TrainResult, device_for
-from blocktune.workbench import Workbench, cv_fold_name, cv_folds
+from blocktune.workbench import Workbench, cv_folds
 
 log = logging.getLogger(__name__)
-
-def strategy_options(config: RunConfig, seed: int, body: torch.nn.Module) -> StrategyOptions:
-    c = config
-    return StrategyOptions(delimiters=tuple(c.delimiters), window=c.window, stride=c.stride,
-                           k=c.random_k, seed=seed, native=c.native, quarter=c.quarter,
-                           model=body,
-                           picks_from=None if c.search_all else get_rule(c.select).picks_from)
-
-
-def search_settings(config: RunConfig, seed: int) -> SearchSettings:
-    c = config
-    return SearchSettings(tuple(c.strategies), c.search_training(seed).epochs,
-                          baselines=c.baselines, prune=c.prune, prune_grace=c.prune_grace,
-                          max_candidates=c.max_candidates, ranked_k=tuple(c.ranked_k))
 
 
 class SeedRun:
@@ -165,10 +127,10 @@ class SeedRun:
 
     # -- the plan's inputs ---------------------------------------------------------------
     def options(self) -> StrategyOptions:
-        return strategy_options(self.config, self.seed, self.model.body)
+        return self.config.strategy_options(self.seed, self.model.body)
 
     def settings(self) -> SearchSettings:
-        return search_settings(self.config, self.seed)
+        return self.config.search_settings(self.seed)
 
     def planned(self, strategy: str, rows: list[CandidateRow]) -> list[tuple[str, Candidate]]:
         """(method name, candidate) pairs of a strategy; ``ranked`` expands to one per k."""
@@ -255,8 +217,8 @@ class SeedRun:
             trainable = [t for t in wave if t.copy_of is None]
             if trainable and self.config.cache:
                 self.events.on_phase(f"caching activations at {len(trainable)} cuts")
-            checkpoints = {t.key: state for t in trainable if t.resume_rung
-                           and (state := self._rung_state(t)) is not None}
+            checkpoints = {t.key: state for t in trainable if t.resume_rung and (
+                state := self.files.take_rung_state(t.method, t.group, self.device)) is not None}
             started_in_wave = functools.partial(self._start, len(copies), len(wave))
             finished = 0
             # closed the moment the driver stops listening (an error, Ctrl-C): Ray then ends
@@ -265,7 +227,8 @@ class SeedRun:
                                               started_in_wave, self.events.on_epoch)) as done:
                 for trial, result in done:
                     if result.checkpoint is not None and not trial.final:
-                        self._save_rung_state(trial, result.checkpoint)
+                        self.files.save_rung_state(trial.method, trial.group,
+                                                   result.checkpoint)
                     status = result.status if trial.final or result.status != "ok" else "rung"
                     record(self._row(trial.method, trial.index, trial.group, result,
                                      trial.epochs, status))
@@ -280,32 +243,6 @@ class SeedRun:
     def _start(self, offset: int, total: int, trial: Trial, position: int, count: int) -> None:
         """A trial of a wave starts: its place counts the wave's copies before it."""
         self.events.on_candidate_start(trial.method, offset + position, total)
-
-    def _rung_path(self, trial: Trial) -> Path:
-        digest = hashlib.sha1(trial.indices.encode()).hexdigest()[:12]
-        first = trial.group[0] if trial.group else "head"
-        return self.files.rung_state(f"{trial.method}-{first}-{digest}")
-
-    def _save_rung_state(self, trial: Trial, state: dict) -> None:
-        path = self._rung_path(trial)
-        path.parent.mkdir(exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-
-    def _rung_state(self, trial: Trial) -> dict | None:
-        """The training state a candidate paused with at the last rung, taken from disk."""
-        path = self._rung_path(trial)
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as error:  # noqa: BLE001 - damaged: recomputed, like a lost one
-            log.warning("%s is damaged (%s): the candidate is trained again from the start",
-                        path, type(error).__name__)
-            state = None
-        path.unlink()  # the row of the next rung replaces it
-        return state
 
     def _row(self, method: str, index: int, group: tuple[int, ...] | None, result: TrainResult,
              rung: int, status: str) -> CandidateRow:
@@ -386,36 +323,7 @@ class SeedRun:
         """The row the selection rule picks for ``method``."""
         return pick(rule or self.config.select, self.view(rows, method, refits))
 
-    # -- selection and final fine-tunes -------------------------------------------------
-    def methods(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
-                ) -> list[tuple[str, tuple[int, ...] | None, float]]:
-        """(method, group, search val acc): baselines, each strategy's chosen group, then the
-        recipes of ``--methods`` (LP-BW on the first strategy's pick)."""
-        out: list[tuple[str, tuple[int, ...] | None, float]] = []
-        if self.config.baselines:
-            for method, group in ((BASELINE_I, ()), (BASELINE_II, None)):
-                searched = next((r for r in rows if r.strategy == method and r.status == "ok"),
-                                None)
-                out.append((method, group, searched.val_acc if searched else math.nan))
-        choices, picks = {}, []
-        for method in searched_strategies(rows):
-            chosen, choices[method] = record_choice(self.config.select,
-                                                    self.view(rows, method, refits))
-            if chosen is not None:
-                picks.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
-        self.files.write_choices(choices)
-        if self.config.pick_finals:
-            out += picks
-        recipes = trained_recipes(self.config.methods, bool(picks))
-        for recipe in (r for r in self.config.methods if r not in recipes):  # said, not silent
-            self.events.on_notice(f"seed {self.seed}: {label(recipe)} is not trained: it "
-                                  "trains a strategy's pick, and no strategy has one")
-        for recipe in recipes:
-            # lp-bw: the head first, then the first strategy's pick
-            out.append((recipe, None, math.nan) if recipe in WHOLE_MODEL
-                       else (recipe, picks[0][1], picks[0][2]))
-        return out
-
+    # -- final fine-tunes ---------------------------------------------------------------
     def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
                   ) -> tuple[TrainResult, float, list[int]]:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
@@ -429,131 +337,13 @@ class SeedRun:
             atomic_save_safetensors(weights_path, outcome.state, {"model": self.config.model})
         return outcome.result, outcome.test_acc, outcome.test_pred
 
-    def finals(self, rows: list[CandidateRow], refits: list[CandidateRow] | None = None
-               ) -> list[FinalRow]:
-        methods = self.methods(rows, refits)
-        # A resume with a larger budget (--max-candidates, --time-budget) or another --select
-        # can change a strategy's choice: its earlier final no longer belongs to the table.
-        chosen = {method: group for method, group, _ in methods}
-        finished = [r for r in self.files.read_finals()
-                    if r.method not in chosen or final_group(r) == chosen[r.method]]
-        # a final the current rule also chose is kept, and recorded as this rule's choice
-        relabelled = [dataclasses.replace(r, select=self._rule_of(r.method))
-                      if r.method in chosen else r for r in finished]
-        if relabelled != finished:
-            finished = relabelled
-            self.files.write_finals(finished)
-        plan = finals_plan(methods, finished)
-        if finished:
-            self.events.on_recorded(finished)
-
-        weights = self.files.weights
-
-        def record(row: FinalRow) -> None:
-            finished.append(row)
-            self.files.write_finals(finished)
-            faults.point("final")
-            self.events.on_final_end(row)
-
-        def train(trials: list[FinalTrial]) -> None:
-            with closing(self.executor.finals(
-                    trials, lambda t: self.events.on_phase(f"final fine-tune: {label(t.method)}"),
-                    self.events.on_epoch)) as done:
-                for trial, outcome in done:
-                    if outcome.state is not None:
-                        atomic_save_safetensors(weights(trial.method), outcome.state,
-                                                {"model": self.config.model})
-                    result = outcome.result
-                    record(FinalRow(
-                        method=trial.method, group=self.group_text(trial.group),
-                        # Baseline II's row has always been written with no indices
-                        layer_indices="" if trial.group is None else indices_text(trial.group),
-                        trained_params=result.trainable_params,
-                        search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
-                        test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
-                        status=result.status, error=result.error,
-                        select=self._rule_of(trial.method),
-                        val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
-                        val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
-                        val_loss_curve=list(result.val_loss_curve),
-                        domains=outcome.domains).recorded())
-
-        train([t for t in plan if t.copy_of is None])
-        for trial in (t for t in plan if t.copy_of is not None):
-            # another method chose the same group: the same fine-tune, copied
-            source = next((r for r in finished if r.method == trial.copy_of
-                           and r.status == "ok"), None)
-            if source is None or not weights(trial.copy_of).exists():
-                train([FinalTrial(trial.method, trial.group, trial.search_val_acc)])
-                continue
-            atomic_copy(weights(trial.copy_of), weights(trial.method))
-            record(dataclasses.replace(source, method=trial.method, seconds=0.0,
-                                       same_as=trial.copy_of,
-                                       search_val_acc=trial.search_val_acc,
-                                       select=self._rule_of(trial.method)))
-        return finished
-
-    def _rule_of(self, method: str) -> str:
+    def rule_of(self, method: str) -> str:
         return "" if method in BASELINES else self.config.select
 
     # -- the recommendation ------------------------------------------------------------
-    def cross_validate(self, finals: list[FinalRow]) -> list[CvRow]:
-        """``--choose-by cvK``: every final's method (its group and recipe) trained on K−1
-        folds of the learning images and scored on the held-out one, once per fold; rows go to
-        ``cv.csv`` as they finish. A method that trains the same group the same way as another
-        copies its rows. Returns every row of the current finals' groups."""
-        if self.folds is None:
-            return []
-        groups = {r.method: indices_text(final_group(r)) for r in finals if r.status == "ok"}
-        # a row of a group the method no longer has (its choice changed on a resume) is dropped
-        rows = [r for r in self.files.read_cv() if groups.get(r.method) == r.layer_indices]
-        fold_images = {k: len(self.bench.split[cv_fold_name(k)]) for k in range(self.folds)}
-
-        def key(method: str, fold: int) -> tuple[str, str | None, int]:
-            return groups[method], recipe_of(method), fold  # one training per key
-
-        # the row that trained each key, whichever method it was recorded for
-        trained = {key(r.method, r.fold): r for r in rows if r.status == "ok" and not r.same_as}
-
-        def record(row: CvRow) -> None:
-            rows.append(row.recorded())
-            if row.status == "ok" and not row.same_as:
-                trained[key(row.method, row.fold)] = rows[-1]
-            self.files.write_cv(rows)
-            faults.point("cv")
-
-        done = {(r.method, r.fold) for r in rows}
-        todo = [(m, k) for m in groups for k in range(self.folds) if (m, k) not in done]
-        fresh: dict[tuple, tuple[str, int]] = {}  # each untrained key, by its first method
-        for method, fold in todo:
-            if key(method, fold) not in trained:
-                fresh.setdefault(key(method, fold), (method, fold))
-        trials = [FinalTrial(m, final_group(next(r for r in finals if r.method == m)), math.nan,
-                             fold=k) for m, k in fresh.values()]
-        if trials:
-            self.events.on_phase(f"cross-validated choice: {len(trials)} fold trainings "
-                                 f"({self.folds} folds)")
-        with closing(self.executor.finals(
-                trials, lambda t: self.events.on_phase(f"{label(t.method)}: fold {t.fold}"),
-                self.events.on_epoch)) as results:
-            for trial, outcome in results:
-                result = outcome.result
-                record(CvRow(method=trial.method, fold=trial.fold, layer_indices=groups[
-                    trial.method], trained_params=result.trainable_params,
-                    fold_acc=result.best_val_acc, fold_images=fold_images[trial.fold],
-                    epochs=result.epochs, seconds=result.seconds, status=result.status,
-                    fold_pred=list(result.val_pred)))
-        done = {(r.method, r.fold) for r in rows}
-        for method, fold in todo:
-            source = trained.get(key(method, fold))
-            if (method, fold) not in done and source is not None:
-                record(dataclasses.replace(source, method=method, seconds=0.0,
-                                           same_as=source.method))
-        return rows
-
     def recommend(self, finals: list[FinalRow]) -> dict | None:
         """The recommendation by ``--choose-by``, recorded in ``choices.json``."""
-        cv = self.cross_validate(finals)
+        cv = cross_validate(self, finals)
         chosen = recommend(finals, self.config.choose_by, cv)
         if chosen is not None:
             self.files.write_recommendation(chosen)
@@ -630,6 +420,6 @@ def _run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
     for notice in notices(seed_run.seed, rows):
         seed_run.events.on_notice(notice)
     refits = seed_run.refit(rows)
-    finals = seed_run.finals(rows, refits)
+    finals = run_finals(seed_run, rows, refits)
     chosen = seed_run.recommend(finals)
     return None if chosen is None else (finals, chosen)

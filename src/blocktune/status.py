@@ -25,7 +25,6 @@ from blocktune.plan import (
 from blocktune.recommend import cv_folds_of
 from blocktune.records import CandidateRow
 from blocktune.runfolder import RunFolder, owner
-from blocktune.search import search_settings, strategy_options
 
 
 def failures(folder: str | Path, seeds: list[int]) -> str | None:
@@ -89,9 +88,9 @@ def run_status(folder: str | Path) -> list[str]:
                                    model_args=packaged.model_kwargs if packaged else None)
             model_walk = walk(model.body, input_size=(3, config.image_size, config.image_size))
         rows = seed_files.read_candidates()
-        settings = search_settings(config, seed)
-        planned = functools.partial(_planned, model_walk, strategy_options(
-            config, seed, model.body), settings)
+        settings = config.search_settings(seed)
+        planned = functools.partial(_planned, model_walk, config.strategy_options(
+            seed, model.body), settings)
         parts = [f"{done} of {total} {method if method == 'baselines' else label(method)}"
                  for method, done, total in progress(settings, rows, planned)]
         finals = [r for r in seed_files.read_finals() if r.status == "ok"]

@@ -1,0 +1,128 @@
+"""The final fine-tunes: which methods a seed fine-tunes (the baselines, each strategy's pick,
+the recipes of ``--methods``), and their training on search + train, each recorded in
+``finals.csv`` the moment it finishes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import closing
+from typing import TYPE_CHECKING
+
+from blocktune import faults
+from blocktune.io import atomic_copy, atomic_save_safetensors
+from blocktune.plan import (
+    BASELINE_I,
+    BASELINE_II,
+    WHOLE_MODEL,
+    FinalTrial,
+    final_group,
+    finals_plan,
+    indices_text,
+    label,
+    parse_indices,
+    trained_recipes,
+)
+from blocktune.records import CandidateRow, FinalRow
+from blocktune.select import record_choice, searched_strategies
+
+if TYPE_CHECKING:
+    from blocktune.search import SeedRun
+
+
+def final_methods(seed_run: SeedRun, rows: list[CandidateRow],
+                  refits: list[CandidateRow] | None = None
+                  ) -> list[tuple[str, tuple[int, ...] | None, float]]:
+    """(method, group, search val acc): baselines, each strategy's chosen group, then the
+    recipes of ``--methods`` (LP-BW on the first strategy's pick)."""
+    out: list[tuple[str, tuple[int, ...] | None, float]] = []
+    if seed_run.config.baselines:
+        for method, group in ((BASELINE_I, ()), (BASELINE_II, None)):
+            searched = next((r for r in rows if r.strategy == method and r.status == "ok"),
+                            None)
+            out.append((method, group, searched.val_acc if searched else math.nan))
+    choices, picks = {}, []
+    for method in searched_strategies(rows):
+        chosen, choices[method] = record_choice(seed_run.config.select,
+                                                seed_run.view(rows, method, refits))
+        if chosen is not None:
+            picks.append((method, parse_indices(chosen.layer_indices), chosen.val_acc))
+    seed_run.files.write_choices(choices)
+    if seed_run.config.pick_finals:
+        out += picks
+    recipes = trained_recipes(seed_run.config.methods, bool(picks))
+    for recipe in (r for r in seed_run.config.methods if r not in recipes):  # said, not silent
+        seed_run.events.on_notice(f"seed {seed_run.seed}: {label(recipe)} is not trained: "
+                                  "it trains a strategy's pick, and no strategy has one")
+    for recipe in recipes:
+        # lp-bw: the head first, then the first strategy's pick
+        out.append((recipe, None, math.nan) if recipe in WHOLE_MODEL
+                   else (recipe, picks[0][1], picks[0][2]))
+    return out
+
+
+def run_finals(seed_run: SeedRun, rows: list[CandidateRow],
+               refits: list[CandidateRow] | None = None) -> list[FinalRow]:
+    """Each method's final fine-tune, recorded in ``finals.csv`` as it finishes (resumable;
+    the same group trained the same way is copied)."""
+    methods = final_methods(seed_run, rows, refits)
+    # A resume with a larger budget (--max-candidates, --time-budget) or another --select
+    # can change a strategy's choice: its earlier final no longer belongs to the table.
+    chosen = {method: group for method, group, _ in methods}
+    finished = [r for r in seed_run.files.read_finals()
+                if r.method not in chosen or final_group(r) == chosen[r.method]]
+    # a final the current rule also chose is kept, and recorded as this rule's choice
+    relabelled = [dataclasses.replace(r, select=seed_run.rule_of(r.method))
+                  if r.method in chosen else r for r in finished]
+    if relabelled != finished:
+        finished = relabelled
+        seed_run.files.write_finals(finished)
+    plan = finals_plan(methods, finished)
+    if finished:
+        seed_run.events.on_recorded(finished)
+
+    weights = seed_run.files.weights
+
+    def record(row: FinalRow) -> None:
+        finished.append(row)
+        seed_run.files.write_finals(finished)
+        faults.point("final")
+        seed_run.events.on_final_end(row)
+
+    def train(trials: list[FinalTrial]) -> None:
+        with closing(seed_run.executor.finals(
+                trials, lambda t: seed_run.events.on_phase(f"final fine-tune: {label(t.method)}"),
+                seed_run.events.on_epoch)) as done:
+            for trial, outcome in done:
+                if outcome.state is not None:
+                    atomic_save_safetensors(weights(trial.method), outcome.state,
+                                            {"model": seed_run.config.model})
+                result = outcome.result
+                record(FinalRow(
+                    method=trial.method, group=seed_run.group_text(trial.group),
+                    # Baseline II's row has always been written with no indices
+                    layer_indices="" if trial.group is None else indices_text(trial.group),
+                    trained_params=result.trainable_params,
+                    search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
+                    test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
+                    status=result.status, error=result.error,
+                    select=seed_run.rule_of(trial.method),
+                    val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
+                    val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
+                    val_loss_curve=list(result.val_loss_curve),
+                    domains=outcome.domains).recorded())
+
+    train([t for t in plan if t.copy_of is None])
+    for trial in (t for t in plan if t.copy_of is not None):
+        # another method chose the same group: the same fine-tune, copied
+        source = next((r for r in finished if r.method == trial.copy_of
+                       and r.status == "ok"), None)
+        if source is None or not weights(trial.copy_of).exists():
+            train([FinalTrial(trial.method, trial.group, trial.search_val_acc)])
+            continue
+        atomic_copy(weights(trial.copy_of), weights(trial.method))
+        record(dataclasses.replace(source, method=trial.method, seconds=0.0,
+                                   same_as=trial.copy_of,
+                                   search_val_acc=trial.search_val_acc,
+                                   select=seed_run.rule_of(trial.method)))
+    return finished
