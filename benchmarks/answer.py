@@ -45,13 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+# a sibling script: `python benchmarks/answer.py` puts benchmarks/ on the path
+from selection import events, log, oracle
 
-from selection import events, log, oracle  # noqa: E402
-
-from blocktune.config import RunConfig  # noqa: E402
-from blocktune.data import split_labels  # noqa: E402
-from blocktune.io import (  # noqa: E402
+from blocktune.config import RunConfig
+from blocktune.data import split_labels
+from blocktune.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -59,16 +58,13 @@ from blocktune.io import (  # noqa: E402
     predictions_text,
     read_csv,
 )
-from blocktune.loading import load_images  # noqa: E402
-from blocktune.plan import (
-    BASELINES,  # noqa: E402
-    parse_indices,  # noqa: E402
-)
-from blocktune.records import CandidateRow, rank_key  # noqa: E402
-from blocktune.runfolder import RunFolder, SeedFolder  # noqa: E402
-from blocktune.search import SeedRun, run  # noqa: E402
-from blocktune.select import RULES, SearchView  # noqa: E402
-from blocktune.stats import (  # noqa: E402
+from blocktune.loading import load_images
+from blocktune.plan import BASELINES, parse_indices
+from blocktune.records import CandidateRow, rank_key
+from blocktune.runfolder import RunFolder, SeedFolder
+from blocktune.search import SeedRun, run
+from blocktune.select import RULES, SearchView
+from blocktune.stats import (
     compare_over_seeds,
     holm,
     mcnemar_exact,
@@ -220,15 +216,14 @@ def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dic
                           ("lp-bw", tuple(int(i) for i in pick.layer_indices.split(",")))):
         if method in have:
             continue
-        outcome = seed_run.bench.fit_final(group, None, method)
-        result = outcome.result
+        result, test_acc, test_pred = seed_run.fit_final(group, None, None, recipe=method)
         done.append({"method": method, "layer_indices": "" if group is None
                      else pick.layer_indices, "val_acc": f"{result.best_val_acc:.6f}",
-                     "test_acc": f"{outcome.test_acc:.6f}", "epochs": result.epochs,
+                     "test_acc": f"{test_acc:.6f}", "epochs": result.epochs,
                      "seconds": f"{result.seconds:.2f}", "status": result.status,
-                     "test_pred": predictions_text(outcome.test_pred)})
+                     "test_pred": predictions_text(test_pred)})
         atomic_write_csv(path, done, RECIPE_FIELDS)
-        log(f"  recipe {method}: val {result.best_val_acc:.3f} test {outcome.test_acc:.3f} "
+        log(f"  recipe {method}: val {result.best_val_acc:.3f} test {test_acc:.3f} "
             f"({result.seconds:.0f} s)")
     return done
 

@@ -23,10 +23,12 @@ val images per search image (METHOD.md's split: 10% search, 10% val: 1).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+
+# a sibling script (on the path when run as `python benchmarks/exact_flops.py`): the same
+# candidate sample as the timed benchmark
+from search_speed import evenly
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -34,9 +36,6 @@ from blocktune.groups import StrategyOptions, candidates
 from blocktune.layers import SpineRunner, walk
 from blocktune.models import build_model
 from blocktune.train import freeze
-
-sys.path.insert(0, str(Path(__file__).parent))
-from search_speed import evenly  # noqa: E402  (same candidate sample as the timed benchmark)
 
 
 def flops(fn) -> int:

@@ -324,15 +324,16 @@ class SeedRun:
         return pick(rule or self.config.select, self.view(rows, method, refits))
 
     # -- final fine-tunes ---------------------------------------------------------------
-    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch
-                  ) -> tuple[TrainResult, float, list[int]]:
+    def fit_final(self, group: tuple[int, ...] | None, weights_path: Path | None, on_epoch,
+                  recipe: str | None = None) -> tuple[TrainResult, float, list[int]]:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
-        early stopping and the kept weights), then score it once on test and save it.
+        early stopping and the kept weights), by ``recipe`` (``lp-ft``, ``norms``… or plain),
+        then score it once on test and save it.
 
         Returns:
             (result, test accuracy, per-image test predictions in ``splits.json`` order).
         """
-        outcome = self.bench.fit_final(group, on_epoch)
+        outcome = self.bench.fit_final(group, on_epoch, recipe)
         if outcome.state is not None and weights_path is not None:
             atomic_save_safetensors(weights_path, outcome.state, {"model": self.config.model})
         return outcome.result, outcome.test_acc, outcome.test_pred
