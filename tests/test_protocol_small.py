@@ -192,3 +192,27 @@ def test_criterion_1_chooses_among_val_and_a_cheap_cv5_configuration_reopens_it(
         run.cv = [CvRow(r.method, r.fold, r.layer_indices, r.trained_params, r.fold_acc,
                         r.fold_images, r.epochs, SECONDS[r.method], "ok") for r in run.cv]
     assert cv_under_the_bar(runs) == []
+
+
+def test_the_advice_names_the_most_images_per_class_where_the_choice_beat_baseline_II():
+    from blocktune.protocol import advice
+
+    good = runs_where(val_best="quarter", test_best="quarter", datasets=("a", "b"))
+    for run in good:
+        run.per_class = {"a": 200.0, "b": 10.0}[run.dataset]
+    tied = []
+    for i in range(5):  # dataset c: the pick equals Baseline II's test
+        tests = {m: 0.70 for m in METHODS}
+        tests["baseline-II"] = tests["quarter"] = 0.80 + 0.001 * i
+        vals = {m: 0.5 for m in METHODS}
+        vals["quarter"] = 0.9
+        tied.append(record(tests, vals, dataset="c", seed=i))
+        tied[-1].per_class = 500.0
+    runs = good + tied
+    chosen = score(runs, Configuration("val", ("baseline-I", "baseline-II", "quarter")))
+    text = advice(runs, chosen, claim(runs, chosen))
+    assert text.startswith("With about 200 labelled images per class or fewer")
+    assert "not shown to differ on c (500 per class)" in text
+    # nowhere clearly better: the advice is to fine-tune every layer
+    chosen = score(tied, Configuration("val", ("baseline-I", "baseline-II", "quarter")))
+    assert "fine-tune every layer" in advice(tied, chosen, claim(tied, chosen))

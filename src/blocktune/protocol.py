@@ -46,6 +46,7 @@ class RunRecord:
     cv: list[CvRow] = field(default_factory=list)
     search: list[CandidateRow] = field(default_factory=list)
     full: bool = False
+    per_class: float = math.nan  # images learnt from (search + val + train) per class
 
     @property
     def has_cv(self) -> bool:
@@ -277,6 +278,38 @@ def claim(runs: Sequence[RunRecord], chosen: Scored) -> Claim:
     return Claim(chosen, versus, per_dataset, pays, beats_all, worse_than, advice)
 
 
+def advice(runs: Sequence[RunRecord], chosen: Scored, verdict: Claim,
+           full: Sequence[RunRecord] = ()) -> str:
+    """Criterion 4's sentence: N is the most images per class among the datasets where the
+    chosen configuration's pick is clearly above Baseline II (its paired interval over the
+    seeds above 0); the full-size runs (one seed each) are described, not tested."""
+    per_class = {r.dataset: r.per_class for r in runs}
+    gains = {d: c for d, c in verdict.per_dataset.items() if c.difference.low > 0}
+    if not gains:
+        return ("The choice beat fine-tuning every layer clearly on no dataset at 1,000 images: "
+                "fine-tune every layer.")
+    n = max(per_class[d] for d in gains)
+    points = [c.difference.value * 100 for c in gains.values()]
+    rest = [d for d in verdict.per_dataset if d not in gains]
+    text = (f"With about {n:.0f} labelled images per class or fewer, let blocktune choose "
+            f"({chosen.config.name()}): at 1,000 images it beat fine-tuning every layer by "
+            f"{min(points):.1f}–{max(points):.1f} points on "
+            + ", ".join(f"{d} ({per_class[d]:.0f} per class)" for d in gains)
+            + (" and was not shown to differ on " + ", ".join(
+                f"{d} ({per_class[d]:.0f} per class)" for d in rest) if rest else "")
+            + f" ({len(runs) // max(1, len(per_class))} seeds each).")
+    if full:
+        described = []
+        for r in full:
+            picked = r.pick("val", chosen.config.methods)
+            gap = 100 * (r.test[picked] - r.test[BASELINE_II])
+            described.append(f"{r.dataset} ({r.per_class:.0f} per class: {label(picked)}, "
+                             f"{with_minus(f'{gap:+.1f}')} points against Baseline II)")
+        text += (" With all the images (one seed each, descriptive): " + "; ".join(described)
+                 + ".")
+    return text
+
+
 # -- reading run folders, and the tables --------------------------------------------------------
 def read_run(folder: Path, dataset: str, seed: int, full: bool = False) -> RunRecord | None:
     """A finished run folder's record, or None while its finals are not all in."""
@@ -288,9 +321,13 @@ def read_run(folder: Path, dataset: str, seed: int, full: bool = False) -> RunRe
     seed_files = files.seed(seed)
     if not seed_files.finals.exists():
         return None
+    from blocktune.splits import LEARNING_SPLITS, read_splits
+
+    split = read_splits(seed_files.splits)
+    learning = sum(len(split["files"][name]) for name in LEARNING_SPLITS)
     record = RunRecord(dataset, seed, seed_files.read_finals(),
                        seed_files.read_cv() if seed_files.cv.exists() else [],
-                       seed_files.read_candidates(), full)
+                       seed_files.read_candidates(), full, learning / len(split["classes"]))
     if not record.complete(METHODS):
         return None
     return record  # its cross-validation may still be running: has_cv tells
@@ -382,6 +419,8 @@ def report(suite: Suite) -> str:
                   for c in verdict.versus]
         lines += [f"- {d}: the pick's test − Baseline II's {with_minus(c.difference.points())} "
                   f"over {c.seeds} seeds" for d, c in verdict.per_dataset.items()]
+        lines += ["", "## The advice (criterion 4)", "",
+                  advice(runs, chosen, verdict, suite.full)]
         if suite.provisional:
             lines.append("\n(provisional: the claim is not made until every run is in)")
     domains = sorted({d for r in runs for f in r.finals for d in f.domains})
