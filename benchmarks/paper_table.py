@@ -169,6 +169,7 @@ def tables(results: dict, rule: str, seeds: list[int], args) -> tuple[str, list[
                   "quarter generally does best; the claims above test exactly that."]
     lines += ["", f"Settings: {args.image_size} px, {args.epochs} search epochs, "
               f"{args.final_epochs} final epochs, block strategy, "
+              + ("the dataset's official split, " if args.split == "official" else "")
               + (f"at most {args.max_images_per_class} images per class of {args.data}."
                  if args.max_images_per_class else f"all {args.data} images.")]
     return "\n".join(lines) + "\n", rows
@@ -259,7 +260,7 @@ def reused(source: Path, folder: Path, config: RunConfig) -> RunConfig:
     settings differ is not used: the table then trains its own."""
     saved = RunFolder(source).saved_config() if RunFolder(source).is_run() else None
     same = ("model", "data", "head", "image_size", "epochs", "final_epochs", "pretrained",
-            "max_images_per_class")
+            "max_images_per_class", "split")
     mine = config.to_dict()
     if saved is None or saved.get("strategies") != ["block"] or any(
             saved.get(k) != mine.get(k) for k in same):
@@ -278,6 +279,9 @@ def main() -> None:
                         "tf_efficientnet_lite2,mobilenetv1_100,mobilenetv2_100")
     parser.add_argument("--data", default="tf_flowers")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--split", default="random", choices=("random", "official"),
+                        help="official: the dataset's own train/val/test (flowers102)")
+    parser.add_argument("--threads", type=int, help="torch threads (default torch's)")
     parser.add_argument("--heads", default="linear")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4)
@@ -298,6 +302,10 @@ def main() -> None:
                         "finals with these settings (the protocol's caltech101 product runs): "
                         "copied as the first rule's folder instead of training it again")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
@@ -320,6 +328,7 @@ def main() -> None:
                                        epochs=args.epochs, final_epochs=args.final_epochs,
                                        select=rule, pretrained=args.pretrained,
                                        max_images_per_class=args.max_images_per_class,
+                                       split=args.split,
                                        methods=[])  # the paper's three methods, no recipes
                     if model in reuse and head == "linear":
                         config = reused(Path(reuse[model]), folder, config)
