@@ -158,3 +158,26 @@ def test_records_that_parse_but_disagree_with_the_run_are_damage(finished, tmp_p
         return
     assert code == 2 and err.startswith("blocktune: error: ") and name in err, err
     assert words in err, err
+
+
+@pytest.mark.parametrize("name", ["seed_0/candidates.csv", "seed_0/finals.csv", "seed_0"])
+def test_an_empty_file_or_a_file_for_a_folder_is_damage_not_nothing_done(finished, tmp_path,
+                                                                         capsys, name):
+    # item 15: a 0-byte CSV read as "nothing done" beside "model saved"; seed_0 replaced by a
+    # file read as "not started"
+    data, original = finished
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    path = run / name
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.write_bytes(b"")
+    capsys.readouterr()
+    for command, argv in commands(data, run, tmp_path).items():
+        if command in ("predict", "export"):
+            continue  # they read the published model, not these files
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("blocktune: error: "), (command, err)
+        assert Path(name).name in err.splitlines()[-1], (command, err)
+        assert path.read_bytes() == b"", f"{command} wrote over the damaged {name}"

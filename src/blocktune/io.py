@@ -145,6 +145,8 @@ def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, s
         reader = csv.DictReader(io.StringIO(text))
         rows = list(reader)
         header = reader.fieldnames or []
+    if not text:  # blocktune writes a header even with no rows: empty is not "nothing done"
+        raise damaged(path, "it is empty (blocktune writes its header row even with no rows)")
     missing = [c for c in required if c not in header]
     if missing and text:
         raise damaged(path, f"no {missing[0]!r} column")

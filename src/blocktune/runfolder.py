@@ -157,6 +157,13 @@ class SeedFolder:
                                   f"{self.splits.name} has {classes} classes")
         return rows
 
+    def check_records(self) -> None:
+        """Read every record this seed holds, so a damaged one is one line before any work."""
+        self.read_candidates()
+        self.read_refits()
+        self.read_finals()
+        self.read_cv()
+
     def read_candidates(self) -> list[CandidateRow]:
         return self._agree_with_split(read_candidates(self.candidates), self.candidates,
                                       {"val_pred": "val"})
@@ -256,7 +263,10 @@ class RunFolder:
     cache = property(lambda self: self.root / "cache")
 
     def seed(self, seed: int) -> SeedFolder:
-        return SeedFolder(self.root / f"{SEED_PREFIX}{seed}")
+        root = self.root / f"{SEED_PREFIX}{seed}"
+        if root.exists() and not root.is_dir():  # else read as "not started"
+            raise damaged(root, "a file stands where the seed's folder belongs")
+        return SeedFolder(root)
 
     def seed_splits(self) -> list[Path]:
         """Every split this folder holds: a run's per seed, a finetune's one."""

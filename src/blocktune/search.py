@@ -78,6 +78,7 @@ class SeedRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.split = load_or_make_split(self.files.splits, images, config.fractions, seed,
                                         config.learn_images, config.split)
+        self.files.check_records()  # a damaged record: one line, before any work
         # the auto keys (--methods, --pick-finals) decided by how many images are learnt from
         self.config = config.for_data(learning_images(self.split))
         self.given, config = config, self.config
