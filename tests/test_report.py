@@ -141,3 +141,15 @@ def test_a_cv_choice_and_the_test_domains_are_reported(tmp_path):
     assert all(c.images == 15 for c in verdicts)  # paired on the folder's 15 images
     text = (out / "report.md").read_text()
     assert "## Test domains" in text and "| method | test | shifted |" in text
+
+
+def test_a_pick_without_a_final_of_its_own_is_said_to_train_as_lp_bw(image_folder, tmp_path):
+    # the small-data default: the strategy's pick is LP-BW's second stage, not a missing final
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1,
+                    max_candidates=2), out)
+    assert "block" not in {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")}
+    build_report(out)
+    text = (out / "report.md").read_text()
+    assert "It has no final of its own" in text and "LP-BW's second stage" in text
+    assert "did not finish" not in text

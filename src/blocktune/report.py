@@ -131,7 +131,7 @@ def _rule_region(rule: str, rows: list) -> tuple[int, int] | None:
 
 
 def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
-               final) -> tuple[object, tuple[int, int] | None, str]:
+               final, lp_bw=None) -> tuple[object, tuple[int, int] | None, str]:
     """The candidate the run's rule chose for ``method`` (its recorded choice; for older run
     folders, the group its final trained), the region the rule picks from, and the sentence
     that says so — including what the rule could not do and a final that is missing."""
@@ -170,7 +170,11 @@ def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
             ": the rule can pick no other (`--search-all` trains all).")
     if fallback:
         sentence += f" Here {fallback}."
-    if final is None:
+    if final is None and lp_bw is not None and lp_bw.layer_indices == chosen.layer_indices:
+        sentence += (" It has no final of its own (`--pick-finals` off, the default when at "
+                     "most 1,000 images are learnt from): it is fine-tuned as LP-BW's second "
+                     "stage, after the head.")
+    elif final is None:
         sentence += (" Its final fine-tune did not finish (failed, or the run stopped before "
                      "it): no test accuracy for it.")
     return chosen, region, sentence
@@ -282,7 +286,7 @@ def build_report(folder: str | Path) -> Path:
                       + (f", {finished} trained to the end (successive halving)" if pruned
                          else "") + (f", {failed} failed" if failed else ""), ""]
             chosen, region, sentence = _choice_of(method, mine, config, choices.get(method),
-                                                  final_of.get(method))
+                                                  final_of.get(method), final_of.get("lp-bw"))
             parts.append(sentence)
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
