@@ -216,3 +216,12 @@ def test_the_advice_names_the_most_images_per_class_where_the_choice_beat_baseli
     # nowhere clearly better: the advice is to fine-tune every layer
     chosen = score(tied, Configuration("val", ("baseline-I", "baseline-II", "quarter")))
     assert "fine-tune every layer" in advice(tied, chosen, claim(tied, chosen))
+
+
+def test_the_cost_as_the_product_runs_it_counts_what_the_protocol_leaves_out():
+    run = record(TESTS)
+    methods = ("baseline-I", "baseline-II", "lp-bw")
+    # the protocol: quarter's search (4 s), the finals with LP-BW's probe once (1 + 100 + 10)
+    assert run.cost_ratio("val", methods) == pytest.approx((4 + 1 + 100 + 10) / 100)
+    # the product today: also both baselines' search rows (1 + 9 s) and the probe again (+1)
+    assert run.cost_as_run(methods) == pytest.approx((4 + 10 + 1 + 100 + 11) / 100)
