@@ -7,7 +7,7 @@ and rule give an answer worth its compute, on fresh seeds of three datasets.
 
 Per (dataset, seed), seed-major so that every dataset gains seeds at the same pace:
 
-1. the search, with blocktune's own protocol code (:class:`blocktune.search.SeedRun`): every
+1. the search, with blocktune's own protocol code (:class:`blocktune.seedrun.SeedRun`): every
    ``block`` and ``top`` candidate and both baselines trained on the search split, each scored
    on val and on val+train (``--score-on val+train`` records both: ``val_acc`` and ``score``),
    plus the swapped-fold re-trainings any registered rule asks for;
@@ -62,7 +62,8 @@ from blocktune.loading import load_images
 from blocktune.plan import BASELINES, parse_indices
 from blocktune.records import CandidateRow, rank_key
 from blocktune.runfolder import RunFolder, SeedFolder
-from blocktune.search import SeedRun, run
+from blocktune.search import run
+from blocktune.seedrun import SeedRun
 from blocktune.select import RULES, SearchView
 from blocktune.stats import (
     compare_over_seeds,

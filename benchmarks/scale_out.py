@@ -27,7 +27,7 @@ import torch
 from blocktune.config import RunConfig
 from blocktune.loading import load_images
 from blocktune.runfolder import SeedFolder
-from blocktune.search import SeedRun
+from blocktune.seedrun import SeedRun
 
 
 def search_seconds(config: RunConfig, images, data_cfg, folder: Path) -> tuple[float, dict]:

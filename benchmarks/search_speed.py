@@ -3,7 +3,7 @@
     python benchmarks/search_speed.py --data tf_flowers --image-size 160 --epochs 5 \
         --strategies layer,block --sample 12
 
-Each mode is blocktune's own search (:class:`blocktune.search.SeedRun`) on the same split,
+Each mode is blocktune's own search (:class:`blocktune.seedrun.SeedRun`) on the same split,
 candidates, epochs and seed, one after the other in a fresh run folder:
 
 * *naive*: ``cache: false, fold_norms: false, keep_freed_memory: false``: the whole network
@@ -42,7 +42,7 @@ from blocktune.data import decode_folder, resolve_data, scan_folder
 from blocktune.loading import load_images
 from blocktune.plan import label
 from blocktune.records import CandidateRow, rank_key
-from blocktune.search import SeedRun
+from blocktune.seedrun import SeedRun
 from blocktune.select import choose
 from blocktune.train import device_for
 

@@ -3,7 +3,7 @@
     python benchmarks/selection.py --seeds 0,1,2 --image-size 128 --epochs 4 \
         --final-epochs 3 --out runs/selection [--variants epochs=2,epochs=8,search=0.2]
 
-Per split seed, with blocktune's own protocol code (:class:`blocktune.search.SeedRun`):
+Per split seed, with blocktune's own protocol code (:class:`blocktune.seedrun.SeedRun`):
 
 1. the plain search: every ``block`` candidate and both baselines on the search split, scored
    on val, plus the re-trainings on the swapped fold that any registered rule asks for;

@@ -16,7 +16,8 @@ import yaml
 from blocktune.cli import main
 from blocktune.config import RunConfig
 from blocktune.errors import BlocktuneError
-from blocktune.search import SeedRun, run
+from blocktune.search import run
+from blocktune.seedrun import SeedRun
 from blocktune.stats import compare_over_seeds
 
 from .conftest import make_image_folder

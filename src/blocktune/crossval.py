@@ -15,7 +15,7 @@ from blocktune.records import CvRow, FinalRow
 from blocktune.workbench import cv_fold_name
 
 if TYPE_CHECKING:
-    from blocktune.search import SeedRun
+    from blocktune.seedrun import SeedRun
 
 
 def cross_validate(seed_run: SeedRun, finals: list[FinalRow]) -> list[CvRow]:

@@ -27,7 +27,7 @@ from blocktune.records import CandidateRow, FinalRow
 from blocktune.select import record_choice, searched_strategies
 
 if TYPE_CHECKING:
-    from blocktune.search import SeedRun
+    from blocktune.seedrun import SeedRun
 
 
 def final_methods(seed_run: SeedRun, rows: list[CandidateRow],

@@ -14,7 +14,7 @@ from blocktune.layers import ModelWalk
 from blocktune.loading import environment, load_images
 from blocktune.publish import model_record
 from blocktune.runfolder import RunFolder, RunLock
-from blocktune.search import SeedRun
+from blocktune.seedrun import SeedRun
 from blocktune.tblog import loggers
 from blocktune.train import device_for
 

@@ -1,7 +1,7 @@
 """Executors: trials in, results out as they finish. ``local`` runs them one after another in
 this process; ``ray`` runs them as Ray Tune trials on a local or remote Ray cluster.
 
-An executor knows nothing of the protocol: the driver (:class:`blocktune.search.SeedRun`)
+An executor knows nothing of the protocol: the driver (:class:`blocktune.seedrun.SeedRun`)
 plans the trials, hands them over, and records every result the moment it comes back.
 """
 
