@@ -386,3 +386,30 @@ def test_a_spent_time_budget_stops_the_same_trials_as_locally(data, tmp_path, mo
     faults._spent.clear()
     assert tables["local"] == tables["ray"] == [("baseline-I", "", "ok")]
     ray.shutdown()
+
+
+def test_a_node_that_cannot_see_the_run_folder_is_refused_before_any_trial(data, tmp_path,
+                                                                           one_thread):
+    # item 11: trials write final weights and rung states under the run folder and the driver
+    # reads them there; on a cluster without shared storage they were on another machine. A
+    # node whose workers cannot see the folder (a fault variable stands in for another
+    # machine's disk) is one line before any trial.
+    from ray.cluster_utils import Cluster
+
+    from blocktune.executors.ray import BLIND_ENV
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                            "include_dashboard": False})
+    cluster.add_node(num_cpus=1, env_vars={BLIND_ENV: "1"})
+    try:
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        with pytest.raises(BlocktuneError, match=r"^1 of the Ray cluster's 2 nodes cannot see "
+                                                 r"the run folder"):
+            run(tiny_config(data, max_candidates=3, executor="ray",
+                            ray_address=cluster.address), out)
+        assert not (out / "seed_0" / "candidates.csv").exists()  # no trial ran
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -123,6 +123,47 @@ def connect(address: str | None) -> None:
                  configure_logging=False)
 
 
+# Fault injection for the test suite: a node whose workers have this variable set behaves as a
+# node that does not mount the driver's run folder (a cluster without shared storage).
+BLIND_ENV = "BLOCKTUNE_FAULT_BLIND_NODE"
+
+
+def _sees(path: str) -> tuple[str, bool]:
+    """On one node: its IP, and whether the driver's marker file is visible there."""
+    import ray
+
+    visible = Path(path).is_file() and not os.environ.get(BLIND_ENV)
+    return ray.util.get_node_ip_address(), visible
+
+
+def check_shared_storage(folder: Path) -> None:
+    """Trials write their checkpoints (a final's weights, a paused rung) under ``folder``, and
+    the driver reads them there: every node that can run a trial must see that folder. Checked
+    once per run with a marker file and a task pinned to each alive node; one line when a node
+    cannot, before any trial starts."""
+    ray, _ = require_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    if len(nodes) < 2:
+        return  # one machine: its own disk
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".shared-{os.getpid()}-{time.time_ns()}"
+    marker.write_text("blocktune")
+    try:
+        sees = ray.remote(num_cpus=0)(_sees)
+        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node["NodeID"], soft=False)).remote(str(marker)) for node in nodes])
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [ip for ip, visible in answers if not visible]
+    if blind:
+        raise BlocktuneError(
+            f"{len(blind)} of the Ray cluster's {len(nodes)} nodes cannot see the run folder "
+            f"{folder} (first: {blind[0]}): trials write their results there; put --out on "
+            "storage every node mounts at the same path (e.g. NFS), or run on one node")
+
+
 # -- what travels to the workers -------------------------------------------------------------
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits travel as int16
@@ -271,6 +312,7 @@ class RayExecutor:
         self.max_failures = max_failures
         check_devices(bench.device, self.resources)
         connect(address)
+        check_shared_storage(self.folder / "ray")
         ray, _ = require_ray()
         self._cuts: dict[tuple, object] = {}  # (cover, cut) -> its ObjectRef, put once
         images = bench.images
