@@ -26,8 +26,8 @@ def measured(b1, b2, bw, quarters=(4, 4, 4)) -> dict:
             "bw_finals": [("1,2", 1.0)] * len(bw)}
 
 
-ARGS = argparse.Namespace(image_size=96, epochs=4, final_epochs=3, data="tf_flowers",
-                          max_images_per_class=None)
+ARGS = argparse.Namespace(split="random", image_size=96, epochs=4, final_epochs=3,
+                          data="tf_flowers", max_images_per_class=None)
 
 
 def test_claims_survive_tied_means_and_models_without_max_val():
