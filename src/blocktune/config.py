@@ -285,7 +285,12 @@ class RunConfig:
                            body_lr_scale=self.body_lr_scale, patience=self.patience, seed=seed)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values, as ``config.yaml`` holds them (an unset auto key as ``auto``)."""
+        values = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("auto") and values[f.name] is None:
+                values[f.name] = "auto"
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
