@@ -68,9 +68,8 @@ def wrong_values(data: bytes, path: Path) -> bytes:
         saved = json.loads(data)
         saved["labels"]["test"][0] = len(saved["classes"]) + 5
         return json.dumps(saved).encode()
-    if path.name == "model.json":
-        return json.dumps({**json.loads(data), "image_size": -5}).encode()
-    return wrong_type(data, path)
+    assert path.name == "model.json", path
+    return json.dumps({**json.loads(data), "image_size": -5}).encode()
 
 
 DAMAGES = {"cut-short": cut_short, "garbage": garbage, "wrong-type": wrong_type,
@@ -94,8 +93,13 @@ def commands(data: Path, run: Path, tmp: Path) -> dict[str, list[str]]:
             "export": ["export", str(run), "--format", "timm", "--out", str(tmp / "export")]}
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGES))
-@pytest.mark.parametrize("name", FILES)
+# the files whose values blocktune reads back (others get wrong-type, which covers them)
+VALUED = {"seed_0/candidates.csv", "seed_0/finals.csv", "seed_0/splits.json", "model.json"}
+
+
+@pytest.mark.parametrize("name, damage", [
+    (name, damage) for name in FILES for damage in sorted(DAMAGES)
+    if damage != "wrong-values" or name in VALUED])
 def test_a_damaged_file_gives_one_line_and_is_never_written_over(finished, tmp_path, capsys,
                                                                  name, damage):
     data, original = finished
