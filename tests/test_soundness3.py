@@ -90,18 +90,22 @@ def test_a_key_that_changes_rows_cannot_change_on_resume(key, image_folder, tmp_
                         **{key: False}), out)
 
 
+def tiny_command(command: str, data, out) -> list[str]:
+    """A tiny ``run`` or ``finetune`` of ``data`` into ``out``, as a user would type it."""
+    base = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
+            "--out", str(out)]
+    return ["run", *base, "--max-candidates", "1"] if command == "run" else \
+        ["finetune", *base, "--train", "head"]
+
+
 @pytest.mark.parametrize("change", ["added", "removed", "renamed"])
 @pytest.mark.parametrize("command", ["run", "finetune"])
 def test_a_class_set_changed_under_a_run_is_refused_on_resume(change, command, tmp_path,
                                                               capsys):
     data = make_image_folder(tmp_path / "images", classes=("red", "green", "blue", "grey"),
                              per_class=12)
-    out = tmp_path / "out"
-    base = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained",
-            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
-            "--out", str(out)]
-    argv = ["run", *base, "--max-candidates", "1"] if command == "run" else \
-        ["finetune", *base, "--train", "head"]
+    argv = tiny_command(command, data, tmp_path / "out")
     assert main(argv) == 0
     capsys.readouterr()
     if change == "added":
@@ -307,12 +311,7 @@ def test_a_photo_replaced_in_place_under_a_run_is_refused_on_resume(command, tmp
     from PIL import Image
 
     data = make_image_folder(tmp_path / "images", per_class=12)
-    out = tmp_path / "out"
-    base = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained",
-            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
-            "--out", str(out)]
-    argv = ["run", *base, "--max-candidates", "1"] if command == "run" else \
-        ["finetune", *base, "--train", "head"]
+    argv = tiny_command(command, data, tmp_path / "out")
     assert main(argv) == 0
     capsys.readouterr()
     photo = data / "red" / "003.jpg"
