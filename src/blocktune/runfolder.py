@@ -50,7 +50,7 @@ from blocktune.io import (
     read_json,
     read_yaml_mapping,
 )
-from blocktune.plan import label
+from blocktune.plan import indices_text, label
 from blocktune.records import (
     CandidateRow,
     CvRow,
@@ -89,6 +89,9 @@ class SeedFolder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        # splits.json's shape and the (mtime, size) it was read at: see _split_shape
+        self._shape: tuple[int, dict[str, int]] = (0, {})
+        self._shape_stamp: tuple[int, int] | None = None
 
     candidates = property(lambda self: self.root / "candidates.csv")
     refits = property(lambda self: self.root / "refits.csv")
@@ -105,8 +108,7 @@ class SeedFolder:
 
     def rung_state(self, method: str, group: tuple[int, ...] | None) -> Path:
         """Where a pruned candidate's training state waits for its next rung."""
-        indices = "all" if group is None else ",".join(map(str, group))
-        digest = hashlib.sha1(indices.encode()).hexdigest()[:12]
+        digest = hashlib.sha1(indices_text(group).encode()).hexdigest()[:12]
         first = group[0] if group else "head"
         return self.rungs / f"{method}-{first}-{digest}.pt"
 
@@ -139,23 +141,32 @@ class SeedFolder:
         count; otherwise the file is damage."""
         if not rows or not self.splits.exists():
             return rows
-        from blocktune.splits import read_splits
-
-        saved = read_splits(self.splits)
-        classes = len(saved["classes"])
+        classes, sizes = self._split_shape()
         for row in rows:
             for name, split in lengths.items():
                 pred = getattr(row, name, None)
-                if pred is None or not pred:
+                if not pred:
                     continue
-                if split is not None and len(pred) != len(saved["files"].get(split, [])):
+                if split is not None and len(pred) != sizes.get(split, 0):
                     raise damaged(path, f"a row's {name} has {len(pred)} predictions for the "
-                                  f"{len(saved['files'].get(split, []))} {split} images of "
-                                  f"{self.splits.name}")
+                                  f"{sizes.get(split, 0)} {split} images of {self.splits.name}")
                 if max(pred) >= classes:
                     raise damaged(path, f"a row's {name} names class {max(pred)}; "
                                   f"{self.splits.name} has {classes} classes")
         return rows
+
+    def _split_shape(self) -> tuple[int, dict[str, int]]:
+        """(classes, images per split) of ``splits.json``, parsed once for as long as the file
+        is unchanged (every record read checks against it)."""
+        from blocktune.splits import read_splits
+
+        info = self.splits.stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+        if self._shape_stamp != stamp:
+            saved = read_splits(self.splits)
+            self._shape = (len(saved["classes"]), {k: len(v) for k, v in saved["files"].items()})
+            self._shape_stamp = stamp
+        return self._shape
 
     def check_records(self) -> None:
         """Read every record this seed holds, so a damaged one is one line before any work."""

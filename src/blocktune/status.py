@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from blocktune.config import RunConfig
-from blocktune.data import LEARNING_SPLITS, read_splits
+from blocktune.data import learning_images, read_splits
 from blocktune.errors import BlocktuneError
 from blocktune.groups import Candidate, StrategyOptions
 from blocktune.layers import ModelWalk
@@ -79,7 +79,7 @@ def run_status(folder: str | Path) -> list[str]:
             continue
         saved_split = read_splits(seed_files.splits)
         # the auto keys as the run decided them, from the same split
-        config = config.for_data(sum(len(saved_split["files"][n]) for n in LEARNING_SPLITS))
+        config = config.for_data(learning_images(saved_split["files"]))
         if model is None:
             classes = saved_split["classes"]
             packaged = packaged_source(config.model)

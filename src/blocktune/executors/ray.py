@@ -284,15 +284,6 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
                     checkpoint=saved)
 
 
-def _trial_name(config: dict) -> str:
-    """``block #3`` or ``final block``, from a Tune trial's config."""
-    if "final" in config:
-        fold = config["final"].get("fold")
-        return f"final {config['final']['method']}" + (f" fold {fold}" if fold is not None
-                                                        else "")
-    return f"{config['trial']['method']} #{config['trial']['index']}"
-
-
 def _relay_epoch(on_epoch: Callable | None, result: dict) -> None:
     """A trial's per-epoch report, shown as the local executor shows it."""
     if on_epoch is not None:
