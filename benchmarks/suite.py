@@ -2,7 +2,7 @@
 
     BLOCKTUNE_DATA_DIR=../shared/data python benchmarks/suite.py [--out runs/suite] \
         [--datasets tf_flowers,caltech101,blood_cells,flowers102,eurosat] \
-        [--seeds 20,21,22,23,24] [--no-full] [--threads 2]
+        [--seeds 20,21,22,23,24] [--no-full] [--passes val,full,cv5] [--threads 2]
     python benchmarks/suite.py --decide [--out runs/suite]      # the tables and decisions
 
 Per (seed, dataset), seed-major so that a partial suite is balanced: ``blocktune run`` as a
@@ -172,16 +172,20 @@ def plan(datasets: list[str], seeds: list[int], full: bool) -> list[tuple[str, i
     return runs + ([(d, seeds[0], True) for d in larger_first] if full else [])
 
 
-def passes(runs: list[tuple[str, int, bool]], shard: int, shards: int
-           ) -> list[tuple[str, int, bool, str]]:
+PASSES = ("val", "full", "cv5")
+
+
+def passes(runs: list[tuple[str, int, bool]], shard: int, shards: int,
+           only: tuple[str, ...] = PASSES) -> list[tuple[str, int, bool, str]]:
     """This shard's work in order: the finals of every 1,000-image run (``val``), then the
-    full-size runs, then the 1,000-image runs' cross-validation (``cv5``, the same folders
-    resumed; PROTOCOL-small.md's second amendment put it last). A run belongs to one shard in
-    every pass, so two shards never share a folder."""
+    full-size runs (``full``), then the 1,000-image runs' cross-validation (``cv5``, the same
+    folders resumed; PROTOCOL-small.md's second amendment put it last); ``only`` keeps some
+    passes. A run belongs to one shard in every pass, so two shards never share a folder."""
     mine = [r for i, r in enumerate(runs) if i % shards == shard]
     small = [r for r in mine if not r[2]]
-    return ([(*r, "val") for r in small] + [(*r, "val") for r in mine if r[2]]
-            + [(*r, "cv5") for r in small])
+    work = {"val": [(*r, "val") for r in small], "full": [(*r, "val") for r in mine if r[2]],
+            "cv5": [(*r, "cv5") for r in small]}
+    return [item for name in PASSES if name in only for item in work[name]]
 
 
 def main() -> None:
@@ -190,6 +194,9 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--no-full", action="store_true", help="skip the full-size runs")
+    parser.add_argument("--passes", default=",".join(PASSES),
+                        help="which passes to run, of val (the 1,000-image finals), full (the "
+                        "full-size runs) and cv5 (the cross-validation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shard", default="0/1",
                         help="I/N: run every N-th planned run from the I-th (two processes of "
@@ -209,7 +216,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    for dataset, seed, full, choose_by in passes(runs, shard, shards):
+    only = tuple(p for p in args.passes.split(",") if p)
+    if unknown := sorted(set(only) - set(PASSES)):
+        parser.error(f"--passes: unknown {', '.join(unknown)}; choose from {', '.join(PASSES)}")
+    for dataset, seed, full, choose_by in passes(runs, shard, shards, only):
         folder = run_folder(args.out, dataset, seed, full)
         name = f"{dataset} {'full' if full else LEARN_IMAGES} seed {seed} {choose_by}"
         started = time.perf_counter()
