@@ -144,7 +144,9 @@ def _edit_last_row(path: Path, field: str, change) -> None:
     ("candidates.csv", "seconds", lambda t: "-1", "seconds = -1.0"),
     ("finals.csv", "test_acc", lambda t: "nan", None),  # a failed final's: allowed
     ("candidates.csv", "val_acc", lambda t: "nan", "has no accuracy"),
-], ids=["test_pred-short", "class-id", "status", "seconds", "nan-test", "nan-val"])
+    ("finals.csv", "trained_on", lambda t: "everything", "trained_on 'everything'"),
+], ids=["test_pred-short", "class-id", "status", "seconds", "nan-test", "nan-val",
+        "trained_on"])
 def test_records_that_parse_but_disagree_with_the_run_are_damage(finished, tmp_path, capsys,
                                                                  name, field, change, words):
     data, original = finished

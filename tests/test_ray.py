@@ -357,6 +357,10 @@ def test_the_small_data_options_on_ray_are_the_local_ones(data, tmp_path, local_
                  "same_as"]
     assert table(tmp_path / "ray", "cv.csv", cv_fields) == \
         table(tmp_path / "local", "cv.csv", cv_fields)
+    # the chosen method and both baselines trained again on every learning image
+    assert table(tmp_path / "ray", "learning_finals.csv", [*fields, "trained_on"]) == \
+        table(tmp_path / "local", "learning_finals.csv", [*fields, "trained_on"])
+    assert len(read_csv(tmp_path / "ray" / "seed_0" / "learning_finals.csv")) >= 2
     local = json.loads((tmp_path / "local" / "seed_0" / "choices.json").read_text())
     remote = json.loads((tmp_path / "ray" / "seed_0" / "choices.json").read_text())
     for chosen in (local, remote):

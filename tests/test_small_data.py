@@ -18,6 +18,7 @@ from blocktune.layers import walk
 from blocktune.models import build_model
 from blocktune.recommend import cv_folds_of, recommend
 from blocktune.records import CvRow, FinalRow
+from blocktune.report import build_report
 from blocktune.runfolder import RunFolder
 from blocktune.search import run
 from blocktune.train import freeze, is_norm_or_bias
@@ -183,21 +184,36 @@ def test_a_fold_never_trains_on_an_image_it_scores(image_folder, tmp_path, monke
         # the very image indices this training learns from and is scored on
         splits = getattr(feed, "images", feed).splits
         names = [train_split] if isinstance(train_split, str) else list(train_split)
-        seen.append((val_split, {i for n in names for i in splits[n]}, set(splits[val_split])))
+        scored = set(splits[val_split]) if val_split is not None else set()
+        seen.append((val_split, {i for n in names for i in splits[n]}, scored))
         return real(model, model_walk, group, feed, config, train_split, val_split, **kwargs)
 
     monkeypatch.setattr("blocktune.workbench.train_group", spy)
     out = tmp_path / "run"
     run(tiny_config(image_folder, choose_by="cv3", methods=["lp-ft"]), out)
-    fold_runs = [(trained, scored) for name, trained, scored in seen if name.startswith("cv")]
+    fold_runs = [(trained, scored) for name, trained, scored in seen
+                 if name is not None and name.startswith("cv")]
     assert fold_runs  # every method, every fold (LP-FT's probe stage included)
     for trained, scored in fold_runs:
         assert trained and scored and not trained & scored
         assert len(trained) + len(scored) == 48  # the other folds: the whole pool but this one
-    cv = RunFolder(out).seed(0).read_cv()
-    methods = {r.method for r in RunFolder(out).seed(0).read_finals()}
+    seed = RunFolder(out).seed(0)
+    cv = seed.read_cv()
+    methods = {r.method for r in seed.read_finals()}
     assert {(r.method, r.fold) for r in cv} == {(m, k) for m in methods for k in range(3)}
     assert sum(r.fold_images for r in cv if r.method == "baseline-I") == 48  # the pool
+    # the chosen method's final, and both baselines', train on all 48 learning images, with
+    # nothing held out (LP-FT's probe stage and its second one alike)
+    on_all = [trained for name, trained, _ in seen if name is None]
+    chosen = seed.read_recommendation()["method"]
+    wanted = {chosen, "baseline-I", "baseline-II"}
+    assert len(on_all) == len(wanted) + (chosen == "lp-ft")
+    pool = {i for n in ("search", "val", "train") for i in
+            json.loads(seed.splits.read_text())["files"][n]}
+    assert len(pool) == 48 and all(len(trained) == 48 for trained in on_all)
+    learning = seed.read_learning_finals()
+    assert {r.method for r in learning} == wanted
+    assert all(r.trained_on == "learning" and r.epochs == 2 for r in learning)
 
 
 def test_the_cv_choice_is_recorded_and_published(image_folder, tmp_path):
@@ -209,13 +225,23 @@ def test_the_cv_choice_is_recorded_and_published(image_folder, tmp_path):
     assert chosen == recommend(seed.read_finals(), "cv3", seed.read_cv())
     model = json.loads((out / "model.json").read_text())
     assert model["method"] == chosen["method"] and model["choose_by"] == "cv3"
-    mine = load_file(str(seed.weights(chosen["method"])))
+    assert model["trained_on"].startswith("every learning image")
+    # the model handed over is the chosen method trained on every learning image
+    mine = load_file(str(seed.weights(chosen["method"], "learning")))
     saved = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(mine[k], saved[k]) for k in mine)
+    again = next(r for r in seed.read_learning_finals() if r.method == chosen["method"])
+    assert model["test_acc"] == again.test_acc
     # a resume trains nothing more and chooses the same
-    before = seed.cv.read_text()
+    before = seed.cv.read_text(), seed.learning_finals.read_text()
     run(tiny_config(image_folder, choose_by="cv3", methods=["norms"]), out)
-    assert seed.cv.read_text() == before and seed.read_recommendation() == chosen
+    assert (seed.cv.read_text(), seed.learning_finals.read_text()) == before
+    assert seed.read_recommendation() == chosen
+    # the report and the card say what was handed over, beside both baselines trained alike
+    report = build_report(out).read_text()
+    assert "Trained again on every learning image" in report
+    card = (out / "README.md").read_text()
+    assert "on every learning image (nothing held out)" in card and "cv3" in card
 
 
 def final(method, val, params, test=0.5):
@@ -251,7 +277,11 @@ def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
 
     out = tmp_path / "run"
     run(tiny_config(image_folder, choose_by="cv2", methods=[]), out)
-    assert "cv2 folds 6 of 6 done" in run_status(out)[1]  # 3 methods × 2 folds
+    status = run_status(out)[1]
+    assert "cv2 folds 6 of 6 done" in status  # 3 methods × 2 folds
+    assert "trained again on every learning image: " in status
+    again = {r.method for r in RunFolder(out).seed(0).read_learning_finals()}
+    assert again >= {"baseline-I", "baseline-II"} and len(again) in (2, 3)
 
 
 # -- the small-data default (PROTOCOL-small.md's criterion 1) ----------------------------------

@@ -104,6 +104,22 @@ def test_early_stopping_and_best_weights(tiny_setup):
     assert acc == result.best_val_acc  # the kept weights are the best epoch's
 
 
+def test_with_nothing_held_out_every_epoch_runs_and_the_last_is_kept(tiny_setup):
+    # the final of a cross-validated choice: no val to stop on, schedule by or keep the best of
+    model, w, feed = tiny_setup
+    head = model.head
+    after = []
+    config = TrainConfig(epochs=6, lr=1e-6, patience=2, plateau_patience=0)
+    result, _, _ = train_group(model, w, (), feed, config, train_split=("search", "train"),
+                               val_split=None, on_epoch=lambda *args: after.append(
+                                   {k: v.clone() for k, v in head.state_dict().items()}))
+    assert result.status == "ok" and result.epochs == 6 == result.best_epoch
+    assert len(result.loss_curve) == 6 and result.val_curve == [] and result.val_pred == []
+    assert result.best_val_acc != result.best_val_acc  # NaN: nothing was scored
+    assert all(torch.equal(v, after[-1][k]) for k, v in head.state_dict().items())
+    assert not all(torch.equal(v, after[0][k]) for k, v in head.state_dict().items())
+
+
 def test_train_config_validates():
     with pytest.raises(ValueError):
         TrainConfig(epochs=0)

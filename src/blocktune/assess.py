@@ -60,6 +60,20 @@ class Assessment:
     recommendation: dict | None = None  # choices.json's record of the choice (1st seed)
     # --test-data: per folder, every method against each baseline (Holm within the folder)
     domain_verdicts: dict[str, list[Comparison]] = field(default_factory=dict)
+    # --choose-by cvK: per seed, the chosen method and both baselines trained again on every
+    # learning image (the model handed over is the chosen one's), and the chosen one against
+    # each baseline there (Holm over those two)
+    learning: dict[int, dict[str, MethodResult]] = field(default_factory=dict)
+    versus_learning: list[Comparison] = field(default_factory=list)
+
+    def handed_over(self) -> MethodResult | None:
+        """The recommended method's result as handed over: trained on every learning image
+        under ``cvK`` when that training is in; its search + train final otherwise."""
+        if self.recommended is None:
+            return None
+        first = self.seeds[0]
+        return (self.learning.get(first, {}).get(self.recommended)
+                or self.per_seed[first][self.recommended])
 
     def lines(self) -> list[str]:
         """The verdict in plain words, most important first."""
@@ -83,12 +97,26 @@ class Assessment:
                 against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
                 how = f"the best final val accuracy, {best.val.fraction()}" + (
                     f", against {against}" if others else "")
-            out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
-                       + f". Its test accuracy: {best.test.fraction()}"
-                       + (f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else "")
-                       + f"; its val − test {gap} points: val also steered the finals' early "
-                       "stopping and schedule, so a final's val accuracy is optimistic, and "
-                       "test is the figure to expect.")
+            seed = f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else ""
+            again = self.learning.get(self.seeds[0], {})
+            if self.recommended in again:
+                trained = "; ".join(f"{label(m)} {r.test.fraction()}" for m, r in again.items()
+                                    if m != self.recommended)
+                out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
+                           f". Trained again on every learning image (nothing held out), the "
+                           f"model handed over scores {again[self.recommended].test.fraction()} "
+                           f"on test{seed}" + (f"; the baselines trained the same way: {trained}"
+                                               if trained else "") + ".")
+                out += [f"Trained on every learning image, {c.sentence()}"
+                        for c in self.versus_learning]
+                out.append("The comparisons below are between the finals trained on search + "
+                           "train, val held out:")
+            else:
+                out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
+                           + f". Its test accuracy: {best.test.fraction()}{seed}"
+                           + f"; its val − test {gap} points: val also steered the finals' "
+                           "early stopping and schedule, so a final's val accuracy is "
+                           "optimistic, and test is the figure to expect.")
         said = set()
         for comparison in [*self.versus_recommended, *self.versus_baselines]:
             pair = frozenset((comparison.a, comparison.b))
@@ -104,9 +132,11 @@ def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(row.test_pred) == labels
 
 
-def _method_results(seed_files: SeedFolder, domains: dict[str, dict] | None = None
-                    ) -> dict[str, MethodResult]:
-    finals = [r for r in seed_files.read_finals() if r.status == "ok"]
+def _method_results(seed_files: SeedFolder, domains: dict[str, dict] | None = None,
+                    rows: list[FinalRow] | None = None) -> dict[str, MethodResult]:
+    """Per method, its final's results (``rows``: these instead of ``finals.csv``'s)."""
+    finals = [r for r in (seed_files.read_finals() if rows is None else rows)
+              if r.status == "ok"]
     labels = split_labels(seed_files.splits) if seed_files.splits.exists() else {}
     n_val, n_test = len(labels.get("val", [])), len(labels.get("test", []))
     domain_labels = {name: np.asarray(d["labels"]) for name, d in (domains or {}).items()}
@@ -115,8 +145,8 @@ def _method_results(seed_files: SeedFolder, domains: dict[str, dict] | None = No
         val_acc, test_acc = row.val_acc, row.test_acc
         result = MethodResult(
             row.method, row.group, row.trained_params,
-            accuracy_interval(round(val_acc * n_val), n_val) if n_val else
-            Interval(val_acc, math.nan, math.nan),
+            accuracy_interval(round(val_acc * n_val), n_val) if n_val and not math.isnan(
+                val_acc) else Interval(val_acc, math.nan, math.nan),
             accuracy_interval(round(test_acc * n_test), n_test) if n_test else
             Interval(test_acc, math.nan, math.nan),
             _correct(row, labels.get("test")))
@@ -205,5 +235,11 @@ def assess(folder: str | Path) -> Assessment:
     domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
                                      if (c := _paired(m, b, per_seed, seeds, name)) is not None])
                        for name in domains}
+    learning = {s: mine for s in seeds if (mine := _method_results(
+        files.seed(s), domains, files.seed(s).read_learning_finals()))}
+    versus_learning = adjust([c for b in BASELINES if recommended and b != recommended
+                              if (c := _paired(recommended, b, learning, list(learning)))
+                              is not None]) if learning else []
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
-                      test_over_seeds, found, recommendation, domain_verdicts)
+                      test_over_seeds, found, recommendation, domain_verdicts, learning,
+                      versus_learning)

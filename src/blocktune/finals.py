@@ -1,11 +1,13 @@
 """The final fine-tunes: which methods a seed fine-tunes (the baselines, each strategy's pick,
 the recipes of ``--methods``), and their training on search + train, each recorded in
-``finals.csv`` the moment it finishes."""
+``finals.csv`` the moment it finishes; under a cross-validated choice, the chosen method and
+both baselines trained again on every learning image (``learning_finals.csv``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from contextlib import closing
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ from blocktune.plan import (
     parse_indices,
     trained_recipes,
 )
-from blocktune.records import CandidateRow, FinalRow
+from blocktune.records import LEARNING, CandidateRow, FinalRow
 from blocktune.select import record_choice, searched_strategies
 
 if TYPE_CHECKING:
@@ -89,40 +91,77 @@ def run_finals(seed_run: SeedRun, rows: list[CandidateRow],
         faults.point("final")
         seed_run.events.on_final_end(row)
 
-    def train(trials: list[FinalTrial]) -> None:
-        with closing(seed_run.executor.finals(
-                trials, lambda t: seed_run.events.on_phase(f"final fine-tune: {label(t.method)}"),
-                seed_run.events.on_epoch)) as done:
-            for trial, outcome in done:
-                if outcome.state is not None:
-                    atomic_save_safetensors(weights(trial.method), outcome.state,
-                                            {"model": seed_run.config.model})
-                result = outcome.result
-                record(FinalRow(
-                    method=trial.method, group=seed_run.group_text(trial.group),
-                    # Baseline II's row has always been written with no indices
-                    layer_indices="" if trial.group is None else indices_text(trial.group),
-                    trained_params=result.trainable_params,
-                    search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
-                    test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
-                    status=result.status, error=result.error,
-                    select=seed_run.rule_of(trial.method),
-                    val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
-                    val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
-                    val_loss_curve=list(result.val_loss_curve),
-                    domains=outcome.domains).recorded())
-
-    train([t for t in plan if t.copy_of is None])
+    train_finals(seed_run, [t for t in plan if t.copy_of is None], record)
     for trial in (t for t in plan if t.copy_of is not None):
         # another method chose the same group: the same fine-tune, copied
         source = next((r for r in finished if r.method == trial.copy_of
                        and r.status == "ok"), None)
         if source is None or not weights(trial.copy_of).exists():
-            train([FinalTrial(trial.method, trial.group, trial.search_val_acc)])
+            train_finals(seed_run, [FinalTrial(trial.method, trial.group,
+                                               trial.search_val_acc)], record)
             continue
         atomic_copy(weights(trial.copy_of), weights(trial.method))
         record(dataclasses.replace(source, method=trial.method, seconds=0.0,
                                    same_as=trial.copy_of,
                                    search_val_acc=trial.search_val_acc,
                                    select=seed_run.rule_of(trial.method)))
+    return finished
+
+
+def train_finals(seed_run: SeedRun, trials: list[FinalTrial],
+                 record: Callable[[FinalRow], None]) -> None:
+    """Train ``trials`` on the seed's executor; each one's weights are saved and its row
+    handed to ``record`` the moment it finishes."""
+    with closing(seed_run.executor.finals(
+            trials, lambda t: seed_run.events.on_phase(
+                f"final fine-tune: {label(t.method)}"
+                + (" on every learning image" if t.all_learning else "")),
+            seed_run.events.on_epoch)) as done:
+        for trial, outcome in done:
+            trained_on = LEARNING if trial.all_learning else ""
+            if outcome.state is not None:
+                atomic_save_safetensors(seed_run.files.weights(trial.method, trained_on),
+                                        outcome.state, {"model": seed_run.config.model})
+            result = outcome.result
+            record(FinalRow(
+                method=trial.method, group=seed_run.group_text(trial.group),
+                # Baseline II's row has always been written with no indices
+                layer_indices="" if trial.group is None else indices_text(trial.group),
+                trained_params=result.trainable_params,
+                search_val_acc=trial.search_val_acc, val_acc=result.best_val_acc,
+                test_acc=outcome.test_acc, epochs=result.epochs, seconds=result.seconds,
+                status=result.status, error=result.error,
+                select=seed_run.rule_of(trial.method),
+                val_pred=list(result.val_pred), test_pred=list(outcome.test_pred),
+                val_curve=list(result.val_curve), loss_curve=list(result.loss_curve),
+                val_loss_curve=list(result.val_loss_curve),
+                domains=outcome.domains, trained_on=trained_on).recorded())
+
+
+def run_learning_finals(seed_run: SeedRun, finals: list[FinalRow], chosen: dict
+                        ) -> list[FinalRow]:
+    """A cross-validated choice (``--choose-by cvK``) hands over a model trained on every
+    learning image: the chosen method, and both baselines for the verdicts, trained again on
+    search, val and train together (nothing held out) and tested once, recorded in
+    ``learning_finals.csv`` as each finishes (resumable). ``val``: nothing to do."""
+    if seed_run.folds is None:
+        return []
+    source = {r.method: r for r in finals if r.status == "ok"}
+    wanted = [m for m in dict.fromkeys((chosen["method"], BASELINE_I, BASELINE_II))
+              if m in source]
+    # a row of a group the method no longer has (its choice changed on a resume) is dropped
+    finished = [r for r in seed_run.files.read_learning_finals()
+                if r.method in source and r.layer_indices == source[r.method].layer_indices
+                and seed_run.files.weights(r.method, LEARNING).exists()]
+
+    def record(row: FinalRow) -> None:
+        finished.append(row)
+        seed_run.files.write_learning_finals(finished)
+        faults.point("final")
+        seed_run.events.on_final_end(row)
+
+    done = {r.method for r in finished}
+    train_finals(seed_run, [
+        FinalTrial(m, final_group(source[m]), source[m].search_val_acc, all_learning=True)
+        for m in wanted if m not in done], record)
     return finished

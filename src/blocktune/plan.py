@@ -225,6 +225,7 @@ class FinalTrial:
     search_val_acc: float
     copy_of: str | None = None  # the method whose finished final trained the same group
     fold: int | None = None  # a cross-validation fold (--choose-by cvK) instead of the final
+    all_learning: bool = False  # trained on every learning image, nothing held out (cvK's final)
 
     @property
     def indices(self) -> str:

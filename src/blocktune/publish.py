@@ -11,7 +11,7 @@ from blocktune.errors import BlocktuneError
 from blocktune.io import atomic_copy, atomic_write_json
 from blocktune.loading import environment
 from blocktune.models import packaged_source
-from blocktune.records import FinalRow
+from blocktune.records import LEARNING, FinalRow
 from blocktune.runfolder import RunFolder
 
 
@@ -26,7 +26,9 @@ def publish_model(folder: Path, config: RunConfig, seed: int, best: FinalRow, we
         config, images, data_cfg, weights_source, best.method,
         {"seed": seed, "trained": best.group, "layer_indices": best.layer_indices,
          "trained_params": best.trained_params, "val_acc": best.val_acc,
-         "test_acc": best.test_acc, "select": best.select, "choose_by": config.choose_by}))
+         "test_acc": best.test_acc, "select": best.select, "choose_by": config.choose_by,
+         "trained_on": "every learning image (search, val and train)"
+         if best.trained_on == LEARNING else "search and train (val held out)"}))
 
 
 def check_weights(path: Path) -> None:

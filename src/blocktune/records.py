@@ -121,9 +121,13 @@ class CandidateRow:
             score_seconds=_float(row.get("score_seconds") or "0"), **_curves(row))
 
 
+LEARNING = "learning"  # FinalRow.trained_on: every learning image
+
+
 @dataclass
 class FinalRow:
-    """One method's final fine-tune: trained on search+train, scored once on test."""
+    """One method's final fine-tune: trained on search+train (or, ``trained_on`` LEARNING, on
+    every learning image), scored once on test."""
 
     method: str
     group: str  # readable: "head only", "all layers", layer names
@@ -145,6 +149,9 @@ class FinalRow:
     val_loss_curve: list[float] = field(default_factory=list)
     # --test-data: per folder, {"acc": accuracy, "pred": per-image predictions}
     domains: dict[str, dict] = field(default_factory=dict)
+    # "" (search + train, val held out for the schedule and the kept weights) or LEARNING
+    # (every learning image, nothing held out: no val accuracy; the final of a cvK choice)
+    trained_on: str = ""
 
     def to_csv(self) -> dict[str, str]:
         return {
@@ -173,7 +180,7 @@ class FinalRow:
             same_as=row.get("same_as") or "", select=row.get("select") or "",
             val_pred=_predictions(row.get("val_pred")),
             test_pred=_predictions(row.get("test_pred")), **_curves(row),
-            domains=_domains(row.get("domains")))
+            domains=_domains(row.get("domains")), trained_on=row.get("trained_on") or "")
 
 
 def _rounded_domains(domains: dict[str, dict]) -> dict[str, dict]:
@@ -243,7 +250,8 @@ STATUSES = ("ok", "rung", "failed")
 def check_values(row: CandidateRow | FinalRow | CvRow) -> None:
     """A row's values within what blocktune writes, or ValueError naming the first that is not:
     accuracies in [0, 1] (or empty), counts and seconds not negative, a known status, class ids
-    not negative, a finished row with its val accuracy."""
+    not negative, a finished row with its val accuracy (one trained on every learning image:
+    its test accuracy), a known ``trained_on``."""
     for name in ACCURACIES:
         value = getattr(row, name, math.nan)
         if not math.isnan(value) and not 0 <= value <= 1:
@@ -254,9 +262,16 @@ def check_values(row: CandidateRow | FinalRow | CvRow) -> None:
             raise ValueError(f"{name} = {value} is negative")
     if not row.seconds >= 0:  # NaN too
         raise ValueError(f"seconds = {row.seconds} is not a duration")
+    if getattr(row, "trained_on", "") not in ("", LEARNING):
+        raise ValueError(f"trained_on {row.trained_on!r} is not {LEARNING!r} or empty")
     if row.status not in STATUSES:
         raise ValueError(f"status {row.status!r} is not one of {', '.join(STATUSES)}")
-    accuracy = getattr(row, "fold_acc", None) if isinstance(row, CvRow) else row.val_acc
+    if isinstance(row, CvRow):
+        accuracy = row.fold_acc
+    elif isinstance(row, FinalRow) and row.trained_on == LEARNING:  # nothing held out
+        accuracy = row.test_acc
+    else:
+        accuracy = row.val_acc
     if row.status == "ok" and math.isnan(accuracy):
         raise ValueError(f"a finished {row.method if hasattr(row, 'method') else row.strategy} "
                          "row has no accuracy")

@@ -332,17 +332,27 @@ def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> s
     versions = card.get("versions") or files.versions()
     method = card["method"]
     seed = card.get("seed", assessment.seeds[0])
-    mine = assessment.per_seed.get(seed, {}).get(method)
+    on_all = method in assessment.learning.get(seed, {})  # cvK: trained on every learning image
+    mine = (assessment.learning if on_all else assessment.per_seed).get(seed, {}).get(method)
     lines = [f"# {card['model']} fine-tuned by blocktune on {Path(str(config['data'])).name}", "",
              f"- **Method**: {label(method)}" + (f", chosen by the `{card['select']}` rule"
                                                   if card.get("select") else ""),
              f"- **New head**: `{card['head']}`"]
-    if mine is not None:
+    chosen = assessment.recommendation or {}
+    if mine is not None and on_all:
+        score = accuracy_interval(round(chosen["score"] * chosen["images"]), chosen["images"])
+        lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters), "
+                  "on every learning image (nothing held out)",
+                  f"- **Chosen by** `{chosen['rule']}`: pooled out-of-fold accuracy "
+                  f"{score.fraction()}",
+                  f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
+    elif mine is not None:
         lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
                   f"- **Val accuracy**: {mine.val.fraction()} (used to choose it)",
                   f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
     baselines = {label(b) for b in BASELINES}
-    against = [c for c in assessment.versus_recommended if c.b in baselines]
+    against = (assessment.versus_learning if on_all else
+               [c for c in assessment.versus_recommended if c.b in baselines])
     if against:
         lines.append("- **Against the baselines** (paired, same test images): "
                      + "; ".join(c.sentence() for c in against))

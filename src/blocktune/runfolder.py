@@ -12,6 +12,10 @@ A ``run`` folder (``--out``)::
         choices.json          per strategy: what the selection rule picked, and from what
         finals.csv            one row per method's final fine-tune (records.FinalRow)
         <method>.safetensors  each final's weights
+        cv.csv                --choose-by cvK: one row per (method, fold) (records.CvRow)
+        learning_finals.csv   cvK: the chosen method and both baselines trained again on
+                              every learning image (FinalRow, trained_on "learning")
+        <method>.learning.safetensors  their weights (the chosen one's is published)
         rungs/, cache/        a pruned search's paused states; the activation cache's spill
     summary.csv           test accuracy per method over the seeds
     model.safetensors, model.json, README.md   the published model, what rebuilds it, its card
@@ -52,6 +56,7 @@ from blocktune.io import (
 )
 from blocktune.plan import indices_text, label
 from blocktune.records import (
+    LEARNING,
     CandidateRow,
     CvRow,
     FinalRow,
@@ -97,14 +102,16 @@ class SeedFolder:
     refits = property(lambda self: self.root / "refits.csv")
     finals = property(lambda self: self.root / "finals.csv")
     cv = property(lambda self: self.root / "cv.csv")
+    learning_finals = property(lambda self: self.root / "learning_finals.csv")
     splits = property(lambda self: self.root / "splits.json")
     choices = property(lambda self: self.root / "choices.json")
     rungs = property(lambda self: self.root / "rungs")
     cache = property(lambda self: self.root / "cache")
 
-    def weights(self, method: str) -> Path:
-        """A final's fine-tuned weights."""
-        return self.root / f"{method}.safetensors"
+    def weights(self, method: str, trained_on: str = "") -> Path:
+        """A final's fine-tuned weights (``trained_on`` LEARNING: its training on every
+        learning image)."""
+        return self.root / f"{method}{'.' + trained_on if trained_on else ''}.safetensors"
 
     def rung_state(self, method: str, group: tuple[int, ...] | None) -> Path:
         """Where a pruned candidate's training state waits for its next rung."""
@@ -174,6 +181,7 @@ class SeedFolder:
         self.read_refits()
         self.read_finals()
         self.read_cv()
+        self.read_learning_finals()
 
     def read_candidates(self) -> list[CandidateRow]:
         return self._agree_with_split(read_candidates(self.candidates), self.candidates,
@@ -200,6 +208,16 @@ class SeedFolder:
 
     def write_cv(self, rows: list[CvRow]) -> None:
         write_cv(self.cv, rows)
+
+    def read_learning_finals(self) -> list[FinalRow]:
+        rows = self._agree_with_split(read_finals(self.learning_finals), self.learning_finals,
+                                      {"test_pred": "test"})
+        if any(r.trained_on != LEARNING for r in rows):
+            raise damaged(self.learning_finals, "a row not trained on every learning image")
+        return rows
+
+    def write_learning_finals(self, rows: list[FinalRow]) -> None:
+        write_finals(self.learning_finals, rows)
 
     def read_choices(self) -> dict[str, dict]:
         """Per strategy, what the run's rule picked and from what; {} in folders written

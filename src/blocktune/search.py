@@ -60,9 +60,8 @@ def run(config: RunConfig, folder: str | Path,
             finally:
                 seed_run.close()
             if done is not None and seed == config.seeds[0]:
-                finals, chosen = done
-                best = next(r for r in finals if r.method == chosen["method"])
-                publish_model(folder, config, seed, best, seed_run.files.weights(best.method),
-                              images, data_cfg, seed_run.weights_source)
+                best, weights = done
+                publish_model(folder, config, seed, best, weights, images, data_cfg,
+                              seed_run.weights_source)
         summary = summarize(folder, config.seeds)
     return summary

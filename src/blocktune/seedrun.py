@@ -34,7 +34,7 @@ from blocktune.data import (
 )
 from blocktune.errors import BlocktuneError
 from blocktune.executors import Executor, get_executor
-from blocktune.finals import run_finals
+from blocktune.finals import run_finals, run_learning_finals
 from blocktune.groups import UNRESTRICTED, Candidate, StrategyOptions, candidates, describe
 from blocktune.io import atomic_save_safetensors
 from blocktune.models import BlockModel
@@ -50,7 +50,7 @@ from blocktune.plan import (
     strategy_candidates,
 )
 from blocktune.recommend import cv_folds_of, recommend
-from blocktune.records import CandidateRow, FinalRow
+from blocktune.records import LEARNING, CandidateRow, FinalRow
 from blocktune.runfolder import SeedFolder
 from blocktune.select import SearchView, get_rule, notices, pick, searched_strategies
 from blocktune.train import TrainResult
@@ -362,8 +362,9 @@ def check_executor(config: RunConfig) -> None:
 
 
 
-def run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
-    """Search, refits, finals and the recommendation of one seed: (finals, recommendation), or
+def run_seed(seed_run: SeedRun) -> tuple[FinalRow, Path] | None:
+    """Search, refits, finals and the recommendation of one seed: the final to hand over and
+    its weights file (under ``cvK``, the chosen method trained on every learning image), or
     None when the search is left for a resume or nothing could be recommended."""
     if seed_run.seed == seed_run.config.seeds[0] and seed_run.config != seed_run.given:
         # what the auto keys became, said once per run (finetune decides none of them)
@@ -379,4 +380,16 @@ def run_seed(seed_run: SeedRun) -> tuple[list[FinalRow], dict] | None:
     refits = seed_run.refit(rows)
     finals = run_finals(seed_run, rows, refits)
     chosen = seed_run.recommend(finals)
-    return None if chosen is None else (finals, chosen)
+    if chosen is None:
+        return None
+    best = next(r for r in finals if r.method == chosen["method"])
+    if seed_run.folds is None:
+        return best, seed_run.files.weights(best.method)
+    learning = run_learning_finals(seed_run, finals, chosen)
+    mine = next((r for r in learning if r.method == best.method and r.status == "ok"), None)
+    if mine is None:  # said, not silent
+        seed_run.events.on_notice(
+            f"seed {seed_run.seed}: {label(best.method)}'s training on every learning image "
+            "failed: the model handed over is its final trained on search + train")
+        return best, seed_run.files.weights(best.method)
+    return mine, seed_run.files.weights(best.method, LEARNING)

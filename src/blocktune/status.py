@@ -36,6 +36,8 @@ def failures(folder: str | Path, seeds: list[int]) -> str | None:
                    for r in seed_files.read_candidates() if r.status == "failed"]
         failed += [(seed, f"the {label(r.method)} final", r.error)
                    for r in seed_files.read_finals() if r.status != "ok"]
+        failed += [(seed, f"the {label(r.method)} final on every learning image", r.error)
+                   for r in seed_files.read_learning_finals() if r.status != "ok"]
     if not failed:
         return None
     seed, what, error = failed[0]
@@ -111,7 +113,10 @@ def run_status(folder: str | Path) -> list[str]:
         if folds is not None:  # the cross-validated choice: one row per method and fold
             done = {(r.method, r.fold) for r in seed_files.read_cv() if r.status == "ok"} \
                 if seed_files.cv.exists() else set()
-            cv = f"; {config.choose_by} folds {len(done)} of {len(methods) * folds} done"
+            again = [label(r.method) for r in seed_files.read_learning_finals()
+                     if r.status == "ok"]
+            cv = (f"; {config.choose_by} folds {len(done)} of {len(methods) * folds} done; "
+                  f"trained again on every learning image: {', '.join(again) or 'none yet'}")
         lines.append(f"seed {seed}: search {'; '.join(parts)}; finals {len(finals)} of "
                      f"{len(methods)} done" + (f" (left: {', '.join(left)})" if left else "")
                      + cv)

@@ -217,8 +217,8 @@ def trained_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-        val_y: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
+        val_x: torch.Tensor | None, val_y: torch.Tensor | None, prepare: Callable[[torch.Tensor], torch.Tensor],
         frozen_norms: Sequence[nn.Module], config: TrainConfig, head: nn.Module | None = None,
         on_epoch: Callable[[int, float, float, float], None] | None = None,
         device: torch.device | None = None,
@@ -226,6 +226,10 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         checkpoint: dict | None = None, stop_after: int | None = None,
         lr_scales: Mapping[int, float] | None = None) -> TrainResult:
     """Train the parameters of ``net`` that require grad; keep the best-val weights.
+
+    With no val (``val_x`` None: every learning image is trained on, nothing is held out), it
+    trains the configured epochs at a constant learning rate (the schedule and early stopping
+    read val) and keeps the last epoch's weights; ``best_val_acc`` is NaN.
 
     Args:
         net: maps prepared inputs to logits.
@@ -276,7 +280,9 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         result = TrainResult(**{**saved, "seconds": 0.0})
         started -= saved["seconds"]
     else:
-        best_state = trained_state(net)
+        best_state = trained_state(net) if val_x is not None else None
+    if val_x is None:
+        result.best_val_acc = math.nan
     last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
     stopped_early = False
     for epoch in range(first_epoch, last_epoch + 1):
@@ -302,9 +308,16 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
             seen += len(idx)
         if result.status == "failed":
             break
-        val_acc, val_loss, val_pred = evaluate(net, val_x, val_y, prepare, device=device)
         result.epochs = epoch
         result.loss_curve.append(loss_sum / max(1, seen))
+        if val_x is None:  # nothing held out: every epoch runs, the last one is kept
+            result.best_epoch = epoch
+            if on_epoch is not None:
+                on_epoch(epoch, result.loss_curve[-1], math.nan,
+                         time.perf_counter() - epoch_start)
+            faults.point("epoch")
+            continue
+        val_acc, val_loss, val_pred = evaluate(net, val_x, val_y, prepare, device=device)
         result.val_curve.append(val_acc)
         result.val_loss_curve.append(val_loss)
         if val_acc > result.best_val_acc or (val_acc == result.best_val_acc
@@ -330,7 +343,8 @@ def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
             "rng": torch.get_rng_state(), "since_best": since_best, "epoch": result.epochs,
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "result": result.to_dict()}
-    net.load_state_dict(best_state, strict=False)
+    if best_state is not None:
+        net.load_state_dict(best_state, strict=False)
     return result
 
 
@@ -351,7 +365,7 @@ def evaluate_split(net: nn.Module, feed: Feed, cut: int, split: str, config: Tra
 
 def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None, feed: Feed,
                 config: TrainConfig, train_split: str | Sequence[str] = "search",
-                val_split: str = "val", on_epoch=None, checkpoint: dict | None = None,
+                val_split: str | None = "val", on_epoch=None, checkpoint: dict | None = None,
                 stop_after: int | None = None, fold: Sequence[FoldPair] = (),
                 lr_scales: Mapping[int, float] | None = None, parameters: str = "all"
                 ) -> tuple[TrainResult, nn.Module, int]:
@@ -364,6 +378,8 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
 
     Trains where ``model`` lives (move it to the GPU first to train there; bf16 autocast on CUDA).
 
+    ``val_split`` None: nothing held out (see :func:`fit`).
+
     Returns:
         (result, net, cut): ``net`` maps the feed's inputs at ``cut`` to logits, with the best
         val weights loaded (they are ``model``'s own modules, trained in place).
@@ -375,7 +391,7 @@ def train_group(model: BlockModel, walk: ModelWalk, group: Sequence[int] | None,
     net = nn.Sequential(SpineRunner(model.body, walk, cut), model.head).to(
         device, memory_format=layout)
     train_x, train_y = feed.inputs(cut, train_split)
-    val_x, val_y = feed.inputs(cut, val_split)
+    val_x, val_y = feed.inputs(cut, val_split) if val_split is not None else (None, None)
     prepare, prepare_train = feed.prepare(cut, device), feed.prepare(cut, device, training=True)
     if config.channels_last:
         prepare, prepare_train = _in_layout(prepare), _in_layout(prepare_train)

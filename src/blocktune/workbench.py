@@ -24,6 +24,7 @@ from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model
 from blocktune.plan import Trial
+from blocktune.splits import LEARNING_SPLITS
 from blocktune.train import (
     TrainResult,
     device_for,
@@ -34,7 +35,7 @@ from blocktune.train import (
 )
 
 SEARCH_COVER = ("search", "val")
-POOLED_COVER = ("search", "val", "train")  # --score-on val+train
+POOLED_COVER = LEARNING_SPLITS  # --score-on val+train
 FINAL_COVER = ("search", "train", "val", "test")
 
 
@@ -59,7 +60,7 @@ def cv_folds(split: Mapping[str, Sequence[int]], labels: Sequence[int], folds: i
     ``{"cv0": [...], ...}`` indices into the data, each image in exactly one fold."""
     import numpy as np
 
-    pool = sorted(i for name in ("search", "val", "train") for i in split[name])
+    pool = sorted(i for name in LEARNING_SPLITS for i in split[name])
     generator = np.random.default_rng([seed, folds])
     out: dict[str, list[int]] = {cv_fold_name(k): [] for k in range(folds)}
     offset = 0
@@ -210,7 +211,8 @@ class Workbench:
         return result
 
     def fit_final(self, group: tuple[int, ...] | None, on_epoch: Callable | None = None,
-                  recipe: str | None = None, fold: int | None = None) -> FinalOutcome:
+                  recipe: str | None = None, fold: int | None = None,
+                  all_learning: bool = False) -> FinalOutcome:
         """Train ``group`` from the pretrained weights on search+train (val for the schedule,
         early stopping and the kept weights), then score it once on test and on every test
         domain.
@@ -223,8 +225,16 @@ class Workbench:
 
         ``fold``: a cross-validation fold instead of the final: trained the same way on the
         other folds, with the held-out fold as val; nothing is tested and no weights are kept
-        (its score is ``result.best_val_acc`` and ``result.val_pred`` on the held-out fold)."""
-        if fold is None:
+        (its score is ``result.best_val_acc`` and ``result.val_pred`` on the held-out fold).
+
+        ``all_learning``: trained on every learning image (search, val and train; nothing held
+        out, so the configured epochs at a constant rate, the last kept — see
+        :func:`blocktune.train.fit`), then tested: the final of a cross-validated choice."""
+        train_split: tuple[str, ...]
+        val_split: str | None
+        if all_learning:
+            train_split, val_split = LEARNING_SPLITS, None
+        elif fold is None:
             train_split, val_split = ("search", "train"), "val"
         else:
             folds = sorted(k for k in self.split if k.startswith("cv"))

@@ -32,7 +32,8 @@ class LocalExecutor:
                on_epoch: Callable | None = None) -> Iterator[tuple[FinalTrial, FinalOutcome]]:
         for trial in trials:
             on_start(trial)
-            yield trial, self.bench.fit_final(trial.group, on_epoch, trial.recipe, trial.fold)
+            yield trial, self.bench.fit_final(trial.group, on_epoch, trial.recipe, trial.fold,
+                                              trial.all_learning)
 
     def close(self) -> None:
         pass

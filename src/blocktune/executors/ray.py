@@ -271,7 +271,8 @@ def _final_trainable(config: dict, spec=None, cache=None) -> None:
     _maybe_fault(f"final:{config['final']['method']}")
     outcome = bench.fit_final(group, lambda e, loss, acc, s: tune.report(
         {"epoch": e, "train_loss": loss, "val_acc": acc, "seconds": s}),
-        recipe_of(config["final"]["method"]), config["final"].get("fold"))
+        recipe_of(config["final"]["method"]), config["final"].get("fold"),
+        bool(config["final"].get("all_learning")))
     with tempfile.TemporaryDirectory(prefix="blocktune-final-") as folder:
         saved = None
         if outcome.state is not None:
@@ -375,13 +376,15 @@ class RayExecutor:
         from safetensors.torch import load_file
 
         self.bench.prepare_cuts([t.group for t in trials], FINAL_COVER)
-        by_key = {(t.method, t.fold): t for t in trials}
+        by_key = {(t.method, t.fold, t.all_learning): t for t in trials}
         trainable = tune.with_parameters(_final_trainable, spec=self.spec,
                                          cache=self._cache_payload(FINAL_COVER))
         space = {"final": tune.grid_search([{"method": t.method, "group": t.group,
-                                             "fold": t.fold} for t in trials])}
+                                             "fold": t.fold, "all_learning": t.all_learning}
+                                            for t in trials])}
         for kind, config, result, checkpoint in self._fit(trainable, space, "finals"):
-            trial = by_key[config["final"]["method"], config["final"].get("fold")]
+            final = config["final"]
+            trial = by_key[final["method"], final.get("fold"), bool(final.get("all_learning"))]
             if kind == "start":
                 on_start(trial)
                 continue
