@@ -100,8 +100,8 @@ class Assessment:
             seed = f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else ""
             again = self.learning.get(self.seeds[0], {})
             if self.recommended in again:
-                trained = "; ".join(f"{label(m)} {r.test.fraction()}" for m, r in again.items()
-                                    if m != self.recommended)
+                trained = "; ".join(f"{label(m)} {again[m].test.fraction()}" for m in BASELINES
+                                    if m in again and m != self.recommended)
                 out.append(f"**Recommended: {label(self.recommended)}** ({best.group}): {how}"
                            f". Trained again on every learning image (nothing held out), the "
                            f"model handed over scores {again[self.recommended].test.fraction()} "
@@ -235,7 +235,10 @@ def assess(folder: str | Path) -> Assessment:
     domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
                                      if (c := _paired(m, b, per_seed, seeds, name)) is not None])
                        for name in domains}
-    learning = {s: mine for s in seeds if (mine := _method_results(
+    # a cvK choice's finals on every learning image (a folder resumed with --choose-by val
+    # keeps them on disk, but hands over its val choice: they are not this run's answer)
+    by_cv = (recommendation or {}).get("rule", "val").startswith("cv")
+    learning = {s: mine for s in seeds if by_cv and (mine := _method_results(
         files.seed(s), domains, files.seed(s).read_learning_finals()))}
     versus_learning = adjust([c for b in BASELINES if recommended and b != recommended
                               if (c := _paired(recommended, b, learning, list(learning)))
