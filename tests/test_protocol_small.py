@@ -225,3 +225,17 @@ def test_the_cost_as_the_product_runs_it_counts_what_the_protocol_leaves_out():
     assert run.cost_ratio("val", methods) == pytest.approx((4 + 1 + 100 + 10) / 100)
     # the product today: also both baselines' search rows (1 + 9 s) and the probe again (+1)
     assert run.cost_as_run(methods) == pytest.approx((4 + 10 + 1 + 100 + 11) / 100)
+
+
+def test_the_full_size_runs_are_printed_with_no_small_run_in():
+    # a machine whose 1,000-image run folders were not carried over still prints them
+    from blocktune.protocol import Suite, report
+
+    full = record(TESTS, dataset="tf_flowers")
+    full.per_class, full.full = 587.2, True
+    text = report(Suite([], [full], planned=25))
+    assert "Provisional" in text and "## Full size" in text
+    row = next(line for line in text.splitlines() if line.startswith("| tf_flowers"))
+    assert row.split(" | ")[1:3] == ["587", "0.700"]
+    # the pick by val among the seven (all vals tie at 0.5: fewest trained parameters)
+    assert row.endswith("| Baseline I |")

@@ -378,8 +378,8 @@ def report(suite: Suite) -> str:
              f"({len(with_cv)} with cv5), {len(suite.full)} at full size"]
     if suite.provisional:
         lines.append("\n**Provisional**: not every planned run is in; nothing is decided.")
-    if not runs:
-        return "\n".join(lines)
+    if not runs:  # the full-size runs (descriptive) are printed whatever else is in
+        return "\n".join(lines + _full_size_table(suite.full))
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     scored = [score(runs, c) for c in configurations()]
     chosen = choose_default(scored)
@@ -458,14 +458,21 @@ def report(suite: Suite) -> str:
             regrets = [_points_text([r.domain_regret(domain, r.pick(p, METHODS)) for r in have
                                      if p == "val" or r.has_cv]) for p in PROCEDURES]
             lines.append(f"| {domain} | " + " | ".join(cells + regrets) + " |")
-    if suite.full:
-        lines += ["", "## Full size (one seed each; val procedure)", "",
-                  "| dataset | " + " | ".join(label(m) for m in METHODS)
-                  + " | val pick |", "|---" * (len(METHODS) + 2) + "|"]
-        for r in suite.full:
-            lines.append(f"| {r.dataset} | " + " | ".join(
-                f"{r.test[m]:.3f}" for m in METHODS) + f" | {label(r.pick('val', METHODS))} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _full_size_table(suite.full))
+
+
+def _full_size_table(full: Sequence[RunRecord]) -> list[str]:
+    """The full-size runs (one seed each; descriptive): every method's test accuracy, the
+    images learnt from per class, and the val procedure's pick among the seven."""
+    if not full:
+        return []
+    lines = ["", "## Full size (one seed each; val procedure)", "",
+             "| dataset | images per class | " + " | ".join(label(m) for m in METHODS)
+             + " | val pick |", "|---" * (len(METHODS) + 3) + "|"]
+    for r in full:
+        lines.append(f"| {r.dataset} | {r.per_class:.0f} | " + " | ".join(
+            f"{r.test[m]:.3f}" for m in METHODS) + f" | {label(r.pick('val', METHODS))} |")
+    return lines
 
 
 def _cv_premise_line(measured: Sequence[Scored]) -> str:
