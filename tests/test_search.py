@@ -33,7 +33,8 @@ def tiny_config(data, **overrides) -> RunConfig:
                   fractions={"search": 0.25, "val": 0.25, "train": 0.3, "test": 0.2},
                   select="max-val",  # the mechanics tests compare with choose(): max-val
                   methods=[],  # and count finals without the default recipe (test_recipes.py)
-                  pick_finals=True)  # every strategy's pick a final, whatever the data's size
+                  pick_finals=True,  # every strategy's pick a final, whatever the data's size
+                  search_baseline_ii=True)  # and both baselines in the search
     values.update(overrides)
     return RunConfig(**values)
 

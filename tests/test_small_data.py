@@ -3,6 +3,7 @@ choice (``--choose-by cvK``), on the tiny test model."""
 
 import dataclasses
 import json
+import math
 import shutil
 
 import numpy as np
@@ -301,12 +302,16 @@ def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
     from blocktune.config import SMALL_DATA_IMAGES, RunConfig
 
     auto = RunConfig(data=str(image_folder))
-    assert auto.methods is None and auto.pick_finals is None
+    assert auto.methods is None and auto.pick_finals is None and auto.search_baseline_ii is None
     small, large = auto.for_data(SMALL_DATA_IMAGES), auto.for_data(SMALL_DATA_IMAGES + 1)
-    assert (small.methods, small.pick_finals) == (["lp-bw"], False)
-    assert (large.methods, large.pick_finals) == (["lp-ft", "lp-bw"], True)
+    assert (small.methods, small.pick_finals, small.search_baseline_ii) == (["lp-bw"], False,
+                                                                             False)
+    assert (large.methods, large.pick_finals, large.search_baseline_ii) == (
+        ["lp-ft", "lp-bw"], True, True)
+    assert not small.search_settings(0).baseline_ii and large.search_settings(0).baseline_ii
     # what the user gave is kept, on either side of the threshold
-    given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True)
+    given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True,
+                      search_baseline_ii=False)
     assert given.for_data(10) == given.for_data(10**6) == given
     # "auto" is the unset value, from a flag or a file
     assert RunConfig(data=str(image_folder), methods="auto", pick_finals="auto") == auto
@@ -318,20 +323,27 @@ def test_a_small_run_fine_tunes_the_baselines_and_lp_bw_and_says_so(image_folder
     from blocktune.status import run_status
 
     out, notices = tmp_path / "run", []
-    config = tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1)
+    config = tiny_config(image_folder, methods=None, pick_finals=None, search_baseline_ii=None,
+                         epochs=1, final_epochs=1)
     run(config, out, LambdaCallback(on_notice=notices.append))
     finals = RunFolder(out).seed(0).read_finals()
     assert [r.method for r in finals] == ["baseline-I", "baseline-II", "lp-bw"]
+    # Baseline II is trained as a final only: no choice reads its search row
+    searched = {r.strategy for r in RunFolder(out).seed(0).read_candidates()}
+    assert "baseline-I" in searched and "baseline-II" not in searched
+    assert math.isnan(finals[1].search_val_acc) and finals[1].status == "ok"
     # LP-BW trained the block strategy's pick, which has no final of its own
     choices = json.loads((out / "seed_0" / "choices.json").read_text())
     lp_bw = next(r for r in finals if r.method == "lp-bw")
     assert lp_bw.layer_indices == choices["block"]["layer_indices"]
     [said] = [n for n in notices if "images are learnt from" in n]
     assert "48 images are learnt from (at most 1,000)" in said
-    assert "Baseline I, Baseline II, LP-BW" in said and "--methods and --pick-finals" in said
+    assert "Baseline I, Baseline II, LP-BW" in said and "not trained in the search" in said
+    assert "--methods, --pick-finals and --search-baseline-ii override" in said
     # the folder keeps what was asked (auto), and a resume of the same command trains nothing
     assert "methods: auto" in (out / "config.yaml").read_text()
-    assert any("finals 3 of 3 done" in line for line in run_status(out))
+    assert any("1 of 1 baselines" in line and "finals 3 of 3 done" in line
+               for line in run_status(out))
     run(config, out)
     assert RunFolder(out).seed(0).read_finals() == finals
 

@@ -121,6 +121,11 @@ class RunConfig:
                                     high=10**9)
     baselines: bool = opt(True, "train Baseline I (head only) and II (all layers) in the search "
                           "and the finals", resume=True)
+    search_baseline_ii: bool | None = opt(
+        None, "train Baseline II in the search as well, the search plots' reference line "
+        "(auto, the default: yes, except when at most "
+        f"{SMALL_DATA_IMAGES:,} images are learnt from: no choice reads that row, and there it "
+        "cost about a sixth of a full fine-tune; its final is trained either way)", auto=True)
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
                       "fine-tuned (val only; see docs/method.md)",
                       choices=lambda: tuple(RULES))
@@ -224,7 +229,9 @@ class RunConfig:
         # the pick is a final of its own unless LP-BW trains it (small data)
         pick_finals = self.pick_finals if self.pick_finals is not None \
             else not small or "lp-bw" not in methods
-        return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals)
+        searched = self.search_baseline_ii if self.search_baseline_ii is not None else not small
+        return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals,
+                                   search_baseline_ii=searched)
 
     def strategy_options(self, seed: int, body) -> StrategyOptions:
         """What the grouping strategies read of this config, for one seed and model body."""
@@ -237,7 +244,8 @@ class RunConfig:
     def search_settings(self, seed: int) -> SearchSettings:
         """What the search plan reads of this config, for one seed."""
         return SearchSettings(tuple(self.strategies), self.search_training(seed).epochs,
-                              baselines=self.baselines, prune=self.prune,
+                              baselines=self.baselines,
+                              baseline_ii=self.search_baseline_ii is not False, prune=self.prune,
                               prune_grace=self.prune_grace, max_candidates=self.max_candidates,
                               ranked_k=tuple(self.ranked_k))
 
@@ -487,8 +495,12 @@ def auto_notice(given: RunConfig, decided: RunConfig, images: int) -> str:
     finals += ["each strategy's pick"] if decided.pick_finals else []
     finals += [label(m) for m in decided.methods]
     size = "at most" if images <= SMALL_DATA_IMAGES else "more than"
-    keys = [f"--{k.replace('_', '-')}" for k in ("methods", "pick_finals")
+    keys = [f"--{k.replace('_', '-')}" for k in ("methods", "pick_finals", "search_baseline_ii")
             if getattr(given, k) is None]
+    override = " and ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 1 else keys)
+    searched = "" if decided.search_baseline_ii or not decided.baselines else (
+        "; Baseline II is not trained in the search, only as a final (no choice reads its "
+        "search row)")
     return (f"{images:,} images are learnt from ({size} {SMALL_DATA_IMAGES:,}): the finals are "
-            f"{', '.join(finals)}, as the pre-registered protocols chose (docs/results.md); "
-            f"{' and '.join(keys)} override")
+            f"{', '.join(finals)}, as the pre-registered protocols chose (docs/results.md)"
+            f"{searched}; {override} override")

@@ -113,10 +113,18 @@ class SearchSettings:
     strategies: tuple[str, ...]
     epochs: int
     baselines: bool = True
+    baseline_ii: bool = True  # Baseline II in the search too (a reference line; no rule reads it)
     prune: bool = False
     prune_grace: int = 1
     max_candidates: int | None = None
     ranked_k: tuple[int, ...] = (3, 5)
+
+    @property
+    def searched_baselines(self) -> tuple[tuple[str, tuple[int, ...] | None], ...]:
+        """(method, group) of the baselines the search trains."""
+        if not self.baselines:
+            return ()
+        return ((BASELINE_I, ()),) + (((BASELINE_II, None),) if self.baseline_ii else ())
 
     @property
     def ladder(self) -> list[int]:
@@ -179,10 +187,9 @@ def search_wave(settings: SearchSettings, rows: Sequence[CandidateRow], candidat
     """
     done = {r.key for r in rows}
     wave: list[Trial] = []
-    if settings.baselines:
-        wave += [Trial(method, 0, group, settings.epochs) for method, group in
-                 ((BASELINE_I, ()), (BASELINE_II, None))
-                 if (method, indices_text(group), str(settings.epochs)) not in done]
+    wave += [Trial(method, 0, group, settings.epochs)
+             for method, group in settings.searched_baselines
+             if (method, indices_text(group), str(settings.epochs)) not in done]
     ladder = settings.ladder
     for strategy in settings.strategies:
         planned = candidates_of(strategy, rows)
@@ -274,9 +281,9 @@ def progress(settings: SearchSettings, rows: Sequence[CandidateRow], candidates_
     method has gone on past the rung where it stopped."""
     out: list[tuple[str, int, int]] = []
     if settings.baselines:
-        done = {r.strategy for r in rows if r.strategy in (BASELINE_I, BASELINE_II)
-                and r.rung == settings.epochs}
-        out += [("baselines", len(done), 2)]
+        planned = {method for method, _ in settings.searched_baselines}
+        done = {r.strategy for r in rows if r.strategy in planned and r.rung == settings.epochs}
+        out += [("baselines", len(done), len(planned))]
     final = {(r.strategy, r.layer_indices) for r in rows if r.status != "rung"}
     reached: dict[tuple[str, str], int] = {}
     for r in rows:
