@@ -227,6 +227,8 @@ def test_the_cv_choice_is_recorded_and_published(image_folder, tmp_path):
     model = json.loads((out / "model.json").read_text())
     assert model["method"] == chosen["method"] and model["choose_by"] == "cv3"
     assert model["trained_on"].startswith("every learning image")
+    assert model["val_acc"] is None  # nothing held out; the file is strict JSON
+    json.loads((out / "model.json").read_text(), parse_constant=lambda c: 1 / 0)
     # the model handed over is the chosen method trained on every learning image
     mine = load_file(str(seed.weights(chosen["method"], "learning")))
     saved = load_file(str(out / "model.safetensors"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from blocktune.config import RunConfig
@@ -25,7 +26,9 @@ def publish_model(folder: Path, config: RunConfig, seed: int, best: FinalRow, we
     atomic_write_json(files.model_json, model_record(
         config, images, data_cfg, weights_source, best.method,
         {"seed": seed, "trained": best.group, "layer_indices": best.layer_indices,
-         "trained_params": best.trained_params, "val_acc": best.val_acc,
+         "trained_params": best.trained_params,
+         # none held out when trained on every learning image (JSON has no NaN)
+         "val_acc": None if math.isnan(best.val_acc) else best.val_acc,
          "test_acc": best.test_acc, "select": best.select, "choose_by": config.choose_by,
          "trained_on": "every learning image (search, val and train)"
          if best.trained_on == LEARNING else "search and train (val held out)"}))
