@@ -210,7 +210,8 @@ def test_a_sigkilled_ray_driver_resumes_to_the_same_table(data, tmp_path, local_
     command = [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
                "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "2",
                "--final-epochs", "2", "--batch-size", "8", "--lr", "0.01", "--max-candidates",
-               "3", "--methods", "", "--out", str(out)]  # tiny_config's finals
+               "3", "--methods", "", "--search-baseline-ii",  # tiny_config's search
+               "--out", str(out)]  # and finals
     # tiny_config's split fractions, through a config file
     (tmp_path / "split.yaml").write_text(
         "fractions: {search: 0.25, val: 0.25, train: 0.3, test: 0.2}\n")
