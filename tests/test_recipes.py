@@ -112,3 +112,30 @@ def test_the_default_finals_and_what_the_flags_give(data, tmp_path, flags, final
     argv = ["run", *TINY, "--data", str(data), "--max-candidates", "1", "--out", str(out)]
     assert main(argv + flags) == 0
     assert {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")} == finals
+
+
+def test_the_finals_cache_is_one_pass_and_trains_as_one_computed_per_final(data):
+    # the finals' cuts (LP-BW's probe at the head, its block, Baseline I's head) in one pass
+    # over the images, not one per final; every final trains exactly as when each computed its
+    # own cut on demand
+    import math
+
+    from blocktune.groups import StrategyOptions, candidates
+    from blocktune.plan import FinalTrial
+    from blocktune.workbench import FINAL_COVER
+
+    bench = bench_for(data, final_epochs=1)
+    block = candidates(bench.walk, "block", StrategyOptions())[1].layers
+    trials = [FinalTrial("baseline-I", (), math.nan), FinalTrial("lp-bw", block, math.nan),
+              FinalTrial("baseline-II", None, math.nan)]
+    bench.prepare_finals(trials)
+    cache = bench.cache(FINAL_COVER)
+    assert cache.passes == 1
+    together = [bench.fit_final(t.group, recipe=t.recipe) for t in trials]
+    assert cache.passes == 1  # nothing computed again
+    alone = bench_for(data, final_epochs=1)
+    for trial, outcome in zip(trials, together, strict=True):
+        mine = alone.fit_final(trial.group, recipe=trial.recipe)
+        assert mine.test_pred == outcome.test_pred and mine.result.val_curve == \
+            outcome.result.val_curve and mine.result.loss_curve == outcome.result.loss_curve
+    assert alone.cache(FINAL_COVER).passes == 2  # the head, then LP-BW's block

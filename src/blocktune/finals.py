@@ -112,6 +112,8 @@ def train_finals(seed_run: SeedRun, trials: list[FinalTrial],
                  record: Callable[[FinalRow], None]) -> None:
     """Train ``trials`` on the seed's executor; each one's weights are saved and its row
     handed to ``record`` the moment it finishes."""
+    if trials and seed_run.config.cache:  # one pass over the images for all of them
+        seed_run.events.on_phase(f"caching activations for {len(trials)} fine-tune(s)")
     with closing(seed_run.executor.finals(
             trials, lambda t: seed_run.events.on_phase(
                 f"final fine-tune: {label(t.method)}"

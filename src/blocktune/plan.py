@@ -30,6 +30,7 @@ BASELINES = (BASELINE_I, BASELINE_II)
 # norms the normalisation parameters and biases of every layer (BitFit / TinyTL).
 RECIPES = ("lp-ft", "llrd", "lp-bw", "norms")
 WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd", "norms")  # finals whose group is every layer
+PROBED = ("lp-ft", "lp-bw")  # train the head alone first (exactly Baseline I's final)
 
 
 def trained_recipes(recipes: list[str] | tuple[str, ...], has_pick: bool) -> list[str]:
@@ -241,6 +242,11 @@ class FinalTrial:
     @property
     def recipe(self) -> str | None:
         return recipe_of(self.method)
+
+    @property
+    def groups(self) -> tuple[tuple[int, ...] | None, ...]:
+        """Every group it trains: its own, after the head alone for a probed recipe."""
+        return ((),) + (self.group,) if self.recipe in PROBED else (self.group,)
 
 
 def recipe_of(method: str) -> str | None:

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocktune.plan import BASELINE_I, BASELINE_II, final_group, indices_text, label, recipe_of
+from blocktune.plan import (
+    BASELINE_I,
+    BASELINE_II,
+    PROBED,
+    final_group,
+    indices_text,
+    label,
+    recipe_of,
+)
 from blocktune.recommend import cv_scores, recommend
 from blocktune.records import CandidateRow, CvRow, FinalRow
 from blocktune.stats import Comparison, adjust, compare_over_seeds, mean_interval, with_minus
@@ -33,7 +41,6 @@ COST_BAR = 2.0  # × one Baseline II fine-tune
 TIE_POINTS = 0.5  # mean regrets this close tie
 # what each method needs searched: the strategies whose candidates its pick comes from
 NEEDS_SEARCH = {"quarter": ("quarter",), "block": ("quarter", "block"), "lp-bw": ("quarter",)}
-PROBED = ("lp-ft", "lp-bw")  # first stage = Baseline I's final (same training)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from blocktune.data import DecodedImages, TestDomain
 from blocktune.fold import foldable_pairs, folded
 from blocktune.layers import ModelWalk, walk
 from blocktune.models import BlockModel, build_model
-from blocktune.plan import Trial
+from blocktune.plan import PROBED, FinalTrial, Trial
 from blocktune.splits import LEARNING_SPLITS
 from blocktune.train import (
     TrainResult,
@@ -141,6 +141,11 @@ class Workbench:
             self.reset()  # candidates train in place: the cache needs pretrained weights
             feed.cache.prepare_cuts([self.walk.cut_for(g) for g in groups if g is not None])
 
+    def prepare_finals(self, trials: Sequence[FinalTrial]) -> None:
+        """The cache at every cut these finals train from (a probed recipe's head too), in one
+        pass over the images rather than one per final."""
+        self.prepare_cuts([g for t in trials for g in t.groups], FINAL_COVER)
+
     def close(self) -> None:
         """Drop the activation caches, and their spill files."""
         self._caches.clear()
@@ -244,7 +249,7 @@ class Workbench:
         model = self.reset()
         training = self.config.final_training(self.seed)
         probe = None
-        if recipe in ("lp-ft", "lp-bw"):
+        if recipe in PROBED:
             probe, _, _ = train_group(model, self.walk, (), feed, training,
                                       train_split=train_split, val_split=val_split,
                                       on_epoch=on_epoch, fold=self.fold)

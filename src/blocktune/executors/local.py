@@ -30,6 +30,8 @@ class LocalExecutor:
 
     def finals(self, trials: Sequence[FinalTrial], on_start: Callable[[FinalTrial], None],
                on_epoch: Callable | None = None) -> Iterator[tuple[FinalTrial, FinalOutcome]]:
+        if trials:
+            self.bench.prepare_finals(trials)
         for trial in trials:
             on_start(trial)
             yield trial, self.bench.fit_final(trial.group, on_epoch, trial.recipe, trial.fold,

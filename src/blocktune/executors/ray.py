@@ -375,7 +375,7 @@ class RayExecutor:
         _, tune = require_ray()
         from safetensors.torch import load_file
 
-        self.bench.prepare_cuts([t.group for t in trials], FINAL_COVER)
+        self.bench.prepare_finals(trials)
         by_key = {(t.method, t.fold, t.all_learning): t for t in trials}
         trainable = tune.with_parameters(_final_trainable, spec=self.spec,
                                          cache=self._cache_payload(FINAL_COVER))
