@@ -66,15 +66,6 @@ class Assessment:
     learning: dict[int, dict[str, MethodResult]] = field(default_factory=dict)
     versus_learning: list[Comparison] = field(default_factory=list)
 
-    def handed_over(self) -> MethodResult | None:
-        """The recommended method's result as handed over: trained on every learning image
-        under ``cvK`` when that training is in; its search + train final otherwise."""
-        if self.recommended is None:
-            return None
-        first = self.seeds[0]
-        return (self.learning.get(first, {}).get(self.recommended)
-                or self.per_seed[first][self.recommended])
-
     def lines(self) -> list[str]:
         """The verdict in plain words, most important first."""
         out = []

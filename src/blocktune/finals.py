@@ -84,13 +84,7 @@ def run_finals(seed_run: SeedRun, rows: list[CandidateRow],
         seed_run.events.on_recorded(finished)
 
     weights = seed_run.files.weights
-
-    def record(row: FinalRow) -> None:
-        finished.append(row)
-        seed_run.files.write_finals(finished)
-        faults.point("final")
-        seed_run.events.on_final_end(row)
-
+    record = _recorder(seed_run, finished, seed_run.files.write_finals)
     train_finals(seed_run, [t for t in plan if t.copy_of is None], record)
     for trial in (t for t in plan if t.copy_of is not None):
         # another method chose the same group: the same fine-tune, copied
@@ -106,6 +100,19 @@ def run_finals(seed_run: SeedRun, rows: list[CandidateRow],
                                    search_val_acc=trial.search_val_acc,
                                    select=seed_run.rule_of(trial.method)))
     return finished
+
+
+def _recorder(seed_run: SeedRun, finished: list[FinalRow],
+              write: Callable[[list[FinalRow]], None]) -> Callable[[FinalRow], None]:
+    """Record a finished final: appended to ``finished``, the whole list written (``write``:
+    the record file it belongs in) before the next one starts, and heard by the callbacks."""
+    def record(row: FinalRow) -> None:
+        finished.append(row)
+        write(finished)
+        faults.point("final")
+        seed_run.events.on_final_end(row)
+
+    return record
 
 
 def train_finals(seed_run: SeedRun, trials: list[FinalTrial],
@@ -155,13 +162,7 @@ def run_learning_finals(seed_run: SeedRun, finals: list[FinalRow], chosen: dict
     finished = [r for r in seed_run.files.read_learning_finals()
                 if r.method in source and r.layer_indices == source[r.method].layer_indices
                 and seed_run.files.weights(r.method, LEARNING).exists()]
-
-    def record(row: FinalRow) -> None:
-        finished.append(row)
-        seed_run.files.write_learning_finals(finished)
-        faults.point("final")
-        seed_run.events.on_final_end(row)
-
+    record = _recorder(seed_run, finished, seed_run.files.write_learning_finals)
     done = {r.method for r in finished}
     train_finals(seed_run, [
         FinalTrial(m, final_group(source[m]), source[m].search_val_acc, all_learning=True)

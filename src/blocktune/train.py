@@ -218,7 +218,8 @@ def trained_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-        val_x: torch.Tensor | None, val_y: torch.Tensor | None, prepare: Callable[[torch.Tensor], torch.Tensor],
+        val_x: torch.Tensor | None, val_y: torch.Tensor | None,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
         frozen_norms: Sequence[nn.Module], config: TrainConfig, head: nn.Module | None = None,
         on_epoch: Callable[[int, float, float, float], None] | None = None,
         device: torch.device | None = None,
