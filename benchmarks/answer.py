@@ -7,7 +7,7 @@ and rule give an answer worth its compute, on fresh seeds of three datasets.
 
 Per (dataset, seed), seed-major so that every dataset gains seeds at the same pace:
 
-1. the search, with blocktune's own protocol code (:class:`blocktune.seedrun.SeedRun`): every
+1. the search, with blocktune's own protocol code (:mod:`blocktune.runner.seedrun`): every
    ``block`` and ``top`` candidate and both baselines trained on the search split, each scored
    on val and on val+train (``--score-on val+train`` records both: ``val_acc`` and ``score``),
    plus the swapped-fold re-trainings any registered rule asks for;
@@ -48,9 +48,8 @@ import torch
 # a sibling script: `python benchmarks/answer.py` puts benchmarks/ on the path
 from selection import events, log, oracle
 
-from blocktune.config import RunConfig
-from blocktune.data import split_labels
-from blocktune.io import (
+from blocktune.core.config import RunConfig
+from blocktune.core.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -58,20 +57,16 @@ from blocktune.io import (
     predictions_text,
     read_csv,
 )
-from blocktune.loading import load_images
-from blocktune.plan import BASELINES, parse_indices
-from blocktune.records import CandidateRow, rank_key
-from blocktune.runfolder import RunFolder, SeedFolder
-from blocktune.search import run
-from blocktune.seedrun import SeedRun
-from blocktune.select import RULES, SearchView
-from blocktune.stats import (
-    compare_over_seeds,
-    holm,
-    mcnemar_exact,
-    mean_interval,
-    spearman,
-)
+from blocktune.core.methods import BASELINES, parse_indices
+from blocktune.core.records import CandidateRow, rank_key
+from blocktune.core.stats import compare_over_seeds, holm, mcnemar_exact, mean_interval, spearman
+from blocktune.data import split_labels
+from blocktune.protocol.select import RULES, SearchView
+from blocktune.results.runfolder import RunFolder, SeedFolder
+from blocktune.runner.context import SeedContext, open_seed
+from blocktune.runner.search import run
+from blocktune.runner.seedrun import refit, search
+from blocktune.training.loading import load_images
 
 STRATEGIES = ("block", "top")
 POOLS = ("val", "val+train")
@@ -206,7 +201,7 @@ RECIPE_FIELDS = ["method", "layer_indices", "val_acc", "test_acc", "epochs", "se
                  "status", "test_pred"]
 
 
-def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict]:
+def recipes(seed_run: SeedContext, rows: list[CandidateRow], path: Path) -> list[dict]:
     """The recipes' finals, each once (resumable)."""
     done = read_csv(path)
     have = {r["method"] for r in done}
@@ -217,7 +212,8 @@ def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dic
                           ("lp-bw", tuple(int(i) for i in pick.layer_indices.split(",")))):
         if method in have:
             continue
-        result, test_acc, test_pred = seed_run.fit_final(group, None, None, recipe=method)
+        outcome = seed_run.bench.fit_final(group, None, method)
+        result, test_acc, test_pred = outcome.result, outcome.test_acc, outcome.test_pred
         done.append({"method": method, "layer_indices": "" if group is None
                      else pick.layer_indices, "val_acc": f"{result.best_val_acc:.6f}",
                      "test_acc": f"{test_acc:.6f}", "epochs": result.epochs,
@@ -230,7 +226,7 @@ def recipes(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dic
 
 
 # Fewer trained parameters rank first among equal val accuracies, as the product ranks its
-# finals (blocktune.records.rank_key): the head < a group of layers < every layer. Within a
+# finals (blocktune.core.records.rank_key): the head < a group of layers < every layer. Within a
 # tier the earlier final in the product's order wins (dicts here are built in that order).
 PARAMETER_TIER = {"baseline-I": 0, "pick": 1, "block": 1, "top": 1, "lp-bw": 1,
                   "baseline-II": 2, "lp-ft": 2, "llrd": 2}
@@ -686,17 +682,17 @@ def main() -> None:
                 loaded[dataset] = load_images(config)
             images, data_cfg = loaded[dataset]
             log(f"{dataset}, seed {seed}")
-            seed_run = SeedRun(config, seed, folder, images, data_cfg, events())
+            seed_run = open_seed(config, seed, folder, images, data_cfg, events())
             if args.report_only:
                 rows = SeedFolder(folder).read_candidates()
                 refits = SeedFolder(folder).read_refits()
             else:
                 started = time.perf_counter()
-                rows, complete = seed_run.search()
+                rows, complete = search(seed_run)
                 assert complete, "the benchmark runs without a time budget"
                 # the groups each rule asks re-trained, as ranked by either pool
-                seed_run.refit(as_pool(rows, "val"), rules=list(RULES))
-                refits = seed_run.refit(rows, rules=list(RULES))
+                refit(seed_run, as_pool(rows, "val"), rules=list(RULES))
+                refits = refit(seed_run, rows, rules=list(RULES))
                 if args.search_only:
                     seed_run.close()
                     continue

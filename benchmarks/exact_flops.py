@@ -5,7 +5,7 @@
 For every candidate of each strategy (or ``--sample N`` spread evenly, as in
 ``search_speed.py``), counts with :class:`torch.utils.flop_counter.FlopCounterMode` the
 FLOPs of one image's training step (forward, and the backward autograd runs with the
-candidate's layers trainable, the rest frozen, as :func:`blocktune.train.freeze` leaves them)
+candidate's layers trainable, the rest frozen, as :func:`blocktune.training.train.freeze` leaves them)
 and one val image's forward, twice: from the input (the naive search) and from the
 candidate's spine cut (the cached search, which cuts where a single tensor flows). A third
 count removes the forward FLOPs of every layer below the candidate's lowest layer, as a cache
@@ -32,10 +32,10 @@ from search_speed import evenly
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from blocktune.groups import StrategyOptions, candidates
-from blocktune.layers import SpineRunner, walk
-from blocktune.models import build_model
-from blocktune.train import freeze
+from blocktune.models.build import build_model
+from blocktune.models.groups import StrategyOptions, candidates
+from blocktune.models.layers import SpineRunner, walk
+from blocktune.training.train import freeze
 
 
 def flops(fn) -> int:

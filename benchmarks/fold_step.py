@@ -5,7 +5,7 @@
 For a few single-layer candidates from the stem to the output end, times a forward + backward
 + Adam step on a random batch (the whole network from the input, as a stem candidate trains):
 with timm's own layers, plain (with blocktune's exact fast layers, as built:
-:mod:`blocktune.fastlayers`),
+:mod:`blocktune.models.fastlayers`),
 folded, and folded under CPU bf16 autocast, alternately, and prints the best of ``--repeats``
 for each with the ratios and the largest difference from the plain network's outputs. Freed
 memory is kept for reuse, as in a blocktune run.
@@ -20,11 +20,11 @@ import time
 import torch
 from torch import nn
 
-from blocktune.fastlayers import use_fast_layers
-from blocktune.fold import foldable_pairs, folded
-from blocktune.layers import SpineRunner, walk
-from blocktune.models import build_model
-from blocktune.train import freeze, keep_freed_memory, set_train_mode
+from blocktune.models.build import build_model
+from blocktune.models.fastlayers import use_fast_layers
+from blocktune.models.fold import foldable_pairs, folded
+from blocktune.models.layers import SpineRunner, walk
+from blocktune.training.train import freeze, keep_freed_memory, set_train_mode
 
 
 def step(net: nn.Module, frozen, optimizer, x: torch.Tensor, y: torch.Tensor,

@@ -6,11 +6,11 @@ mobilenetv1_100,tf_efficientnet_lite1,tf_efficientnet_lite2 --seeds 0,1,2 \\
         --heads linear,keep-pretrained --image-size 96 --epochs 4 --final-epochs 3 \\
         --out runs/paper
 
-For each head × model it runs blocktune's protocol (:func:`blocktune.search.run`: the block
+For each head × model it runs blocktune's protocol (:func:`blocktune.runner.search.run`: the block
 strategy and both baselines, every seed) in a resumable run folder, with the selection rule
 ``--select``; then the same folder is copied and resumed with the paper's ``max-val`` (the
 search is reused: only a BW final whose pick differs is trained; ``--no-max-val`` skips
-the copy). Finished run folders are read back with :func:`blocktune.report.assess`, so every
+the copy). Finished run folders are read back with :func:`blocktune.results.report.assess`, so every
 number here is what ``blocktune report`` says. Writes ``paper_table.md`` and
 ``paper_table.csv`` after every model: the run can be interrupted and resumed at any point,
 and ``--report-only`` prints what is there.
@@ -34,13 +34,13 @@ import statistics
 import time
 from pathlib import Path
 
-from blocktune.assess import assess
-from blocktune.config import RunConfig
-from blocktune.io import atomic_write_csv, atomic_write_text, read_csv
-from blocktune.plan import BASELINE_I, BASELINE_II
-from blocktune.runfolder import RunFolder
-from blocktune.search import run
-from blocktune.stats import compare_over_seeds, mean_interval
+from blocktune.core.config import RunConfig
+from blocktune.core.io import atomic_write_csv, atomic_write_text, read_csv
+from blocktune.core.methods import BASELINE_I, BASELINE_II
+from blocktune.core.stats import compare_over_seeds, mean_interval
+from blocktune.results.assess import assess
+from blocktune.results.runfolder import RunFolder
+from blocktune.runner.search import run
 
 # the table's three methods: its label → blocktune's method name
 METHODS = {"Baseline I": BASELINE_I, "Baseline II": BASELINE_II, "BW": "block"}

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from suite import DATASETS, DEFAULT_SIZE, IMAGE_SIZE, data_spec
 
-from blocktune.config import RunConfig
-from blocktune.finetune import finetune
-from blocktune.io import atomic_write_json, atomic_write_text, read_json
-from blocktune.plan import BASELINE_II, label
-from blocktune.runfolder import RunFolder
-from blocktune.search import run
+from blocktune.core.config import RunConfig
+from blocktune.core.io import atomic_write_json, atomic_write_text, read_json
+from blocktune.core.methods import BASELINE_II, label
+from blocktune.results.runfolder import RunFolder
+from blocktune.runner.finetune import finetune
+from blocktune.runner.search import run
 
 
 def timed(job, folder: Path, timing: Path) -> float:

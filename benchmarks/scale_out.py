@@ -24,17 +24,18 @@ from pathlib import Path
 
 import torch
 
-from blocktune.config import RunConfig
-from blocktune.loading import load_images
-from blocktune.runfolder import SeedFolder
-from blocktune.seedrun import SeedRun
+from blocktune.core.config import RunConfig
+from blocktune.results.runfolder import SeedFolder
+from blocktune.runner.context import open_seed
+from blocktune.runner.seedrun import search
+from blocktune.training.loading import load_images
 
 
 def search_seconds(config: RunConfig, images, data_cfg, folder: Path) -> tuple[float, dict]:
     shutil.rmtree(folder, ignore_errors=True)
-    seed_run = SeedRun(config, 0, folder, images, data_cfg)
+    seed_run = open_seed(config, 0, folder, images, data_cfg)
     started = time.perf_counter()
-    rows, complete = seed_run.search()
+    rows, complete = search(seed_run)
     wall = time.perf_counter() - started
     assert complete
     seed_run.close()

@@ -3,7 +3,7 @@
     python benchmarks/search_speed.py --data tf_flowers --image-size 160 --epochs 5 \
         --strategies layer,block --sample 12
 
-Each mode is blocktune's own search (:class:`blocktune.seedrun.SeedRun`) on the same split,
+Each mode is blocktune's own search (:mod:`blocktune.runner.seedrun`) on the same split,
 candidates, epochs and seed, one after the other in a fresh run folder:
 
 * *naive*: ``cache: false, fold_norms: false, keep_freed_memory: false``: the whole network
@@ -11,7 +11,7 @@ candidates, epochs and seed, one after the other in a fresh run folder:
   finds it (the paper's way; images come from the decoded-image store, which favours it: the
   paper decodes JPEGs every epoch, a cost this benchmark prints on its own).
 * *naive+heap*: naive in a process where freed memory is kept for reuse
-  (:func:`blocktune.train.keep_freed_memory`): how much of the speed-up is the allocator's.
+  (:func:`blocktune.training.train.keep_freed_memory`): how much of the speed-up is the allocator's.
 * *optimized*: the default fast path: the frozen-prefix activation cache (fp16), prepared in
   one pass for all cuts, frozen BatchNorms folded into frozen convolutions, freed memory kept
   for reuse. Results must match naive (up to float rounding).
@@ -36,15 +36,16 @@ from pathlib import Path
 
 import torch
 
-from blocktune.callbacks import LambdaCallback
-from blocktune.config import RunConfig
+from blocktune.core.callbacks import LambdaCallback
+from blocktune.core.config import RunConfig
+from blocktune.core.methods import label
+from blocktune.core.records import CandidateRow, rank_key
 from blocktune.data import decode_folder, resolve_data, scan_folder
-from blocktune.loading import load_images
-from blocktune.plan import label
-from blocktune.records import CandidateRow, rank_key
-from blocktune.seedrun import SeedRun
-from blocktune.select import choose
-from blocktune.train import device_for
+from blocktune.protocol.select import choose
+from blocktune.runner.context import SeedContext, open_seed
+from blocktune.runner.seedrun import search
+from blocktune.training.loading import load_images
+from blocktune.training.train import device_for
 
 MODES = {"naive": {"cache": False, "fold_norms": False, "keep_freed_memory": False},
          "naive+heap": {"cache": False, "fold_norms": False, "keep_freed_memory": True},
@@ -86,13 +87,19 @@ def evenly(items: list, n: int | None) -> list:
     return [items[round(i * step)] for i in range(n)]
 
 
-class SampledRun(SeedRun):
-    """A seed run whose strategies keep ``sample`` candidates each, spread evenly."""
+@dataclasses.dataclass(frozen=True)
+class SampledRun(SeedContext):
+    """A seed whose strategies keep ``sample`` candidates each, spread evenly."""
 
     sample: int | None = None
 
     def planned(self, strategy, rows):
         return evenly(super().planned(strategy, rows), self.sample)
+
+
+def sampled(context: SeedContext, sample: int | None) -> SampledRun:
+    return SampledRun(**{f.name: getattr(context, f.name)
+                         for f in dataclasses.fields(context)}, sample=sample)
 
 
 def decode_seconds(data: str, image_size: int, interpolation: str, count: int) -> float:
@@ -157,21 +164,20 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         start_rss = rss_mb()
         started, cpu_started = time.perf_counter(), time.process_time()
-        seed_run = SampledRun(config, args.seed, out / mode / f"seed_{args.seed}", images,
+        seed_run = sampled(open_seed(config, args.seed, out / mode / f"seed_{args.seed}", images,
                               data_cfg, LambdaCallback(on_candidate_end=lambda row, best, mode=mode: print(
                                   f"  {mode:9s} {row.strategy:6s} #{row.index!s:<3} "
                                   f"rung {row.rung!s:>2} val {row.val_acc:.4f} "
-                                  f"{row.seconds:7.1f}s", flush=True)))
-        seed_run.sample = args.sample
+                                  f"{row.seconds:7.1f}s", flush=True))), args.sample)
         if mode == modes[0]:
             split = seed_run.split
             planned = sum(len(seed_run.planned(s, [])) for s in config.strategies)
-            print(f"{args.model} ({seed_run.weights_source}), {args.image_size}px, "
+            print(f"{args.model} ({seed_run.bench.weights_source}), {args.image_size}px, "
                   f"{len(images.files)} images, search {len(split['search'])} / val "
                   f"{len(split['val'])}, {planned} candidates, {args.epochs} epochs each, "
                   f"{torch.get_num_threads()} threads, on {_device_name(device)}",
                   flush=True)
-        rows, _ = seed_run.search()
+        rows, _ = search(seed_run)
         seed_run.close()
         results[mode] = {"wall": time.perf_counter() - started,
                          "cpu": time.process_time() - cpu_started, "peak": peak_rss_mb(),

@@ -3,7 +3,7 @@
     python benchmarks/selection.py --seeds 0,1,2 --image-size 128 --epochs 4 \
         --final-epochs 3 --out runs/selection [--variants epochs=2,epochs=8,search=0.2]
 
-Per split seed, with blocktune's own protocol code (:class:`blocktune.seedrun.SeedRun`):
+Per split seed, with blocktune's own protocol code (:mod:`blocktune.runner.seedrun`):
 
 1. the plain search: every ``block`` candidate and both baselines on the search split, scored
    on val, plus the re-trainings on the swapped fold that any registered rule asks for;
@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blocktune.callbacks import LambdaCallback
-from blocktune.config import RunConfig
-from blocktune.data import split_labels
-from blocktune.io import (
+from blocktune.core.callbacks import LambdaCallback
+from blocktune.core.config import RunConfig
+from blocktune.core.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -47,13 +46,15 @@ from blocktune.io import (
     predictions_text,
     read_csv,
 )
-from blocktune.loading import load_images
-from blocktune.plan import BASELINE_I, BASELINE_II, BASELINES, parse_indices
-from blocktune.records import CandidateRow
-from blocktune.runfolder import SeedFolder
-from blocktune.search import SeedRun
-from blocktune.select import RULES, SearchView
-from blocktune.stats import compare, mean_interval, spearman
+from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, parse_indices
+from blocktune.core.records import CandidateRow
+from blocktune.core.stats import compare, mean_interval, spearman
+from blocktune.data import split_labels
+from blocktune.protocol.select import RULES, SearchView
+from blocktune.results.runfolder import SeedFolder
+from blocktune.runner.context import SeedContext, open_seed
+from blocktune.runner.seedrun import refit, search
+from blocktune.training.loading import load_images
 
 ORACLE_FIELDS = ["method", "index", "layers", "layer_indices", "trained_params", "val_acc",
                  "test_acc", "epochs", "seconds", "status", "test_pred"]
@@ -70,7 +71,7 @@ def events() -> LambdaCallback:
     return LambdaCallback(on_candidate_end=end, on_phase=lambda text: log(f"  {text}"))
 
 
-def oracle(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict]:
+def oracle(seed_run: SeedContext, rows: list[CandidateRow], path: Path) -> list[dict]:
     """Fine-tune every searched group as the finals are; test each once. Resumable."""
     done = read_csv(path)
     have = {r["layer_indices"] for r in done}
@@ -78,8 +79,8 @@ def oracle(seed_run: SeedRun, rows: list[CandidateRow], path: Path) -> list[dict
     for position, row in enumerate(searched):
         if row.layer_indices in have:
             continue
-        result, test_acc, test_pred = seed_run.fit_final(parse_indices(row.layer_indices),
-                                                         None, None)
+        outcome = seed_run.bench.fit_final(parse_indices(row.layer_indices), None, None)
+        result, test_acc, test_pred = outcome.result, outcome.test_acc, outcome.test_pred
         done.append({"method": row.strategy, "index": row.index, "layers": row.layers,
                      "layer_indices": row.layer_indices,
                      "trained_params": result.trainable_params,
@@ -116,10 +117,10 @@ def larger_search_split(main: Path, variant: Path, search_fraction: float, seed:
             "counts": {k: len(v) for k, v in new.items()}, "files": new})
 
 
-def search_with_refits(seed_run: SeedRun) -> tuple[list[CandidateRow], list[CandidateRow]]:
-    rows, complete = seed_run.search()
+def search_with_refits(seed_run: SeedContext) -> tuple[list[CandidateRow], list[CandidateRow]]:
+    rows, complete = search(seed_run)
     assert complete, "the benchmark runs without a time budget"
-    return rows, seed_run.refit(rows, rules=list(RULES))
+    return rows, refit(seed_run, rows, rules=list(RULES))
 
 
 def evaluate(rows: list[CandidateRow], refits: list[CandidateRow], oracle_rows: list[dict],
@@ -207,14 +208,14 @@ def main() -> None:
     started = time.perf_counter()
     images, data_cfg = load_images(base)
 
-    def seed_run(seed: int, name: str, config: RunConfig, search_fraction: float) -> SeedRun:
+    def seed_run(seed: int, name: str, config: RunConfig, search_fraction: float) -> SeedContext:
         main_folder = out / f"seed_{seed}"
         folder = main_folder if name == settings[0][0] else \
             main_folder / name.replace(", ", "_").replace("=", "")
         if search_fraction:
             larger_search_split(main_folder, folder, search_fraction, seed)
         config = RunConfig(**{**config.to_dict(), "seeds": [seed]})
-        return SeedRun(config, seed, folder, images, data_cfg, events())
+        return open_seed(config, seed, folder, images, data_cfg, events())
 
     results: dict[tuple[int, str], dict] = {}
     # main setting and oracle for every seed first, then the variants: the core table first

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from suite import Log, data_spec
 
-from blocktune.config import RunConfig
-from blocktune.io import atomic_write_json, read_json
-from blocktune.search import run
+from blocktune.core.config import RunConfig
+from blocktune.core.io import atomic_write_json, read_json
+from blocktune.runner.search import run
 
 MODELS = ("tf_efficientnet_lite0", "mobilenetv2_100")
 DATASETS = ("tf_flowers", "caltech101", "flowers102", "blood_cells", "eurosat", "brain_tumor_mri")

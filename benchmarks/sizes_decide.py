@@ -4,7 +4,7 @@ Per run (model, dataset, seed, size): the five fixed recipes' finals (test read 
 because this is a benchmark), the val and test labels, the search rows' seconds. From them:
 each fixed recipe's and each procedure's regret, each procedure's cost, the 15 paired
 comparisons of a size under one Holm correction, the per-dataset check against Baseline II,
-and the default per size. Picks are made by :func:`blocktune.recommend.recommend`, the
+and the default per size. Picks are made by :func:`blocktune.protocol.recommend.recommend`, the
 product's own code, ties included.
 """
 
@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocktune.io import read_json
-from blocktune.plan import BASELINE_I, BASELINE_II, label
-from blocktune.recommend import PAIRED, recommend
-from blocktune.records import CandidateRow, FinalRow, read_candidates, read_finals
-from blocktune.stats import (
+from blocktune.core.io import read_json
+from blocktune.core.methods import BASELINE_I, BASELINE_II, label
+from blocktune.core.records import CandidateRow, FinalRow, read_candidates, read_finals
+from blocktune.core.stats import (
     Comparison,
     Interval,
     adjust,
@@ -28,6 +27,7 @@ from blocktune.stats import (
     mean_interval,
     with_minus,
 )
+from blocktune.protocol.recommend import PAIRED, recommend
 
 FIXED = (BASELINE_I, BASELINE_II, "lp-ft", "block", "lp-bw")  # "block": the last-quarter BW
 THREE = (BASELINE_I, BASELINE_II, "lp-bw")  # what the procedures choose among

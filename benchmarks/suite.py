@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from blocktune.callbacks import Callback
-from blocktune.config import RunConfig
+from blocktune.core.callbacks import Callback
+from blocktune.core.config import RunConfig
+from blocktune.core.io import atomic_write_bytes, atomic_write_json
+from blocktune.core.methods import label
 from blocktune.data import stratified_split
-from blocktune.io import atomic_write_bytes, atomic_write_json
-from blocktune.loading import load_images
-from blocktune.plan import label
-from blocktune.search import run
+from blocktune.runner.search import run
+from blocktune.training.loading import load_images
 
 DATASETS = ("tf_flowers", "caltech101", "blood_cells", "flowers102", "eurosat")
 SEEDS = (20, 21, 22, 23, 24)
@@ -209,7 +209,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     runs = plan(datasets, seeds, not args.no_full)
     if args.decide:
-        from blocktune.protocol import read_suite, report
+        from protocol_small import read_suite, report
 
         print(report(read_suite(args.out, [(d, s, f, run_folder(args.out, d, s, f))
                                            for d, s, f in runs])))

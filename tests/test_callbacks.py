@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from blocktune import api
-from blocktune.callbacks import Callback, CallbackList, LambdaCallback
-from blocktune.records import read_candidates, read_finals
+from blocktune.core.callbacks import Callback, CallbackList, LambdaCallback
+from blocktune.core.records import read_candidates, read_finals
 
 from .test_search import tiny_config
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from blocktune.cli import build_parser, main
-from blocktune.config import RunConfig, differing_keys, resume_keys
-from blocktune.errors import BlocktuneError
+from blocktune.core.config import RunConfig, differing_keys, resume_keys
+from blocktune.core.errors import BlocktuneError
 
 FIELDS = dataclasses.fields(RunConfig)
 HINTS = typing.get_type_hints(RunConfig)

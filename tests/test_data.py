@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from blocktune.core.errors import BlocktuneError
 from blocktune.data import (
     decode_folder,
     load_or_make_split,
@@ -23,7 +24,6 @@ from blocktune.data import (
     split_labels,
     stratified_split,
 )
-from blocktune.errors import BlocktuneError
 
 from .conftest import make_image_folder
 
@@ -134,7 +134,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
 
 def _counting(monkeypatch):
     """Count the images actually decoded (the store's reuse is what is tested)."""
-    import blocktune.store as data_module
+    import blocktune.data.store as data_module
 
     calls = []
     real = data_module.decode_resized

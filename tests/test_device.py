@@ -10,15 +10,16 @@ import json
 import pytest
 import torch
 
-from blocktune.cache import ActivationCache
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
-from blocktune.io import read_csv
-from blocktune.layers import device_of
-from blocktune.records import read_candidates
-from blocktune.search import run
-from blocktune.select import choose
-from blocktune.train import device_for
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.io import read_csv
+from blocktune.core.records import read_candidates
+from blocktune.models.layers import device_of
+from blocktune.protocol.select import choose
+from blocktune.runner.search import run
+from blocktune.training.cache import ActivationCache
+from blocktune.training.loading import check_environment
+from blocktune.training.train import device_for
 
 from .test_search import tiny_config
 
@@ -40,11 +41,11 @@ def test_an_absent_or_unknown_device_is_refused_before_any_work(name, words):
     if name == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(BlocktuneError, match=words):
-        RunConfig(device=name).check_environment()  # a name torch does not know: at once
+        check_environment(RunConfig(device=name))  # a name torch does not know: at once
 
 
 def test_a_run_trains_where_its_config_says(image_folder, tmp_path, monkeypatch):
-    from blocktune import train
+    from blocktune.training import train
 
     seen = []
     real = train.fit
@@ -93,8 +94,8 @@ def test_the_protocol_runs_on_cuda_like_on_the_cpu(image_folder, tmp_path):
 @cuda
 def test_the_activation_cache_lives_in_gpu_memory_on_cuda(image_folder, tmp_path):
     from blocktune.data import decode_folder, scan_folder
-    from blocktune.layers import walk
-    from blocktune.models import build_model
+    from blocktune.models.build import build_model
+    from blocktune.models.layers import walk
 
     decoded = decode_folder(scan_folder(image_folder), 32, "bilinear")
     model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)
@@ -132,8 +133,8 @@ def test_adopted_cuts_fill_the_gpu_only_up_to_the_room_given(image_folder):
     # a Ray worker with gpu=0.25 gets a quarter of --cache-max-gb on the GPU; the rest of the
     # driver's cache is read from where it lies (the object store)
     from blocktune.data import decode_folder, scan_folder
-    from blocktune.layers import walk
-    from blocktune.models import build_model
+    from blocktune.models.build import build_model
+    from blocktune.models.layers import walk
 
     decoded = decode_folder(scan_folder(image_folder), 32, "bilinear")
     model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)

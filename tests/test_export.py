@@ -11,7 +11,7 @@ import torch
 
 from blocktune.api import predict
 from blocktune.cli import main
-from blocktune.export import export, prepare_images
+from blocktune.results.export import export, prepare_images
 
 FLOWERS_TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "48",
                 "--epochs", "1", "--final-epochs", "1", "--batch-size", "16",

@@ -4,9 +4,9 @@ registered class or function through the public API, and a run that uses all thr
 import pytest
 
 from blocktune import api
+from blocktune.core.io import read_csv
 from blocktune.executors.local import LocalExecutor
-from blocktune.io import read_csv
-from blocktune.runfolder import RunFolder
+from blocktune.results.runfolder import RunFolder
 
 from .conftest import make_image_folder
 from .test_search import tiny_config

@@ -6,8 +6,8 @@ import torch
 from timm.layers import Conv2dSame
 from torch import nn
 
-from blocktune.fastlayers import InplaceReLU6, SameConv2d, use_fast_layers
-from blocktune.models import build_model
+from blocktune.models.build import build_model
+from blocktune.models.fastlayers import InplaceReLU6, SameConv2d, use_fast_layers
 
 
 def _forward_backward(net: nn.Module, x: torch.Tensor):

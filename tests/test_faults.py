@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from blocktune.cli import main
-from blocktune.io import read_csv
+from blocktune.core.io import read_csv
 
 from .conftest import make_image_folder
 
@@ -95,7 +95,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(point, n, data, refer
 def test_a_full_disk_during_a_write_gives_one_line_then_resumes(data, reference, tmp_path,
                                                                   monkeypatch, capsys,
                                                                   one_thread):
-    import blocktune.io as io_module
+    import blocktune.core.io as io_module
 
     out = tmp_path / "run"
     real, calls = io_module.os.fsync, {"n": 0}

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from blocktune.cache import ImageFeed
+from blocktune.core.config import TrainConfig
 from blocktune.data import decode_folder, scan_folder, stratified_split
-from blocktune.fold import foldable_pairs, folded
-from blocktune.layers import walk
-from blocktune.models import BlockModel, LinearHead
-from blocktune.train import TrainConfig, train_group
+from blocktune.models.build import BlockModel, LinearHead
+from blocktune.models.fold import foldable_pairs, folded
+from blocktune.models.layers import walk
+from blocktune.training.cache import ImageFeed
+from blocktune.training.train import train_group
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,10 +1,10 @@
 import pytest
 import timm
 
-from blocktune.errors import BlocktuneError
-from blocktune.groups import StrategyOptions, candidates, describe, in_last_quarter
-from blocktune.layers import walk
-from blocktune.models import build_body
+from blocktune.core.errors import BlocktuneError
+from blocktune.models.build import build_body
+from blocktune.models.groups import StrategyOptions, candidates, describe, in_last_quarter
+from blocktune.models.layers import walk
 
 
 def groups_of(w, strategy, **options):
@@ -165,7 +165,7 @@ def test_resnet50_native_coarse_is_stem_and_four_stages(timm_walks):
 
 
 def lite0_walk():
-    from blocktune.models import build_model
+    from blocktune.models.build import build_model
 
     model, _ = build_model("tf_efficientnet_lite0", 5, "linear", 64, pretrained=False)
     return model, walk(model.body, input_size=(3, 64, 64))
@@ -185,7 +185,7 @@ def test_top_runs_from_each_timm_stage_to_the_output_on_lite0():
 
 
 def test_a_rule_that_picks_from_part_of_the_model_has_only_that_part_planned():
-    from blocktune.groups import last_quarter_start
+    from blocktune.models.groups import last_quarter_start
 
     model, w = lite0_walk()
     every = groups_of(w, "block")

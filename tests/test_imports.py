@@ -1,5 +1,6 @@
-"""The house has no circle: walking every ``blocktune`` import (module level and inside
-functions; ``TYPE_CHECKING`` blocks are types only) finds no cycle."""
+"""The house is layered and has no circle: walking every ``blocktune`` import (module level,
+inside functions and in ``TYPE_CHECKING`` blocks alike), no module imports from a subpackage of a
+higher layer, and there is no cycle."""
 
 import ast
 from pathlib import Path
@@ -14,16 +15,10 @@ def _module(path: Path) -> str:
     return name.removesuffix(".__init__")
 
 
-def _type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def _imports(tree: ast.AST) -> set[str]:
     found, stack = set(), [tree]
     while stack:
         node = stack.pop()
-        if _type_checking(node):
-            continue
         if isinstance(node, ast.ImportFrom) and node.module and \
                 node.module.startswith("blocktune"):
             found.add(node.module)
@@ -69,3 +64,44 @@ def test_no_import_cycle_among_blocktunes_modules():
 def test_the_walk_finds_a_cycle_when_there_is_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# bottom to top; a module may import its own layer and those below it
+LAYERS = {"core": 0, "data": 1, "loggers": 1, "models": 2, "training": 3, "executors": 4,
+          "protocol": 5, "results": 6, "runner": 7, "api": 8, "cli": 8, "": 8}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else ""]
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                  if layer(b) > layer(a))
+
+
+def test_every_module_belongs_to_a_layer_and_every_subpackage_says_what_it_owns():
+    for name in graph():
+        layer(name)  # a KeyError names a module outside the layers
+    for package in ROOT.iterdir():
+        if (package / "__init__.py").exists():
+            doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+            assert doc and len(doc.split()) >= 20, f"{package.name} has no docstring"
+
+
+def test_no_import_runs_back_up_the_layers():
+    assert upward_imports(graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    edges = {"blocktune.core.config": {"blocktune.protocol.select"},
+             "blocktune.runner.search": {"blocktune.core.config"}}
+    assert upward_imports(edges) == ["blocktune.core.config -> blocktune.protocol.select"]
+
+
+def test_product_code_never_imports_the_benchmarks_decision_code():
+    for path in ROOT.rglob("*.py"):
+        text = path.read_text()
+        for name in ("protocol_small", "sizes_decide", "benchmarks"):
+            assert f"import {name}" not in text and f"from {name}" not in text, path

@@ -3,8 +3,8 @@ import timm
 import torch
 from torch import nn
 
-from blocktune.layers import SpineRunner, walk
-from blocktune.models import build_body
+from blocktune.models.build import build_body
+from blocktune.models.layers import SpineRunner, walk
 
 
 def kinds_at(w, kind):

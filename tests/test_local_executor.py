@@ -3,8 +3,8 @@ a spent budget stops before the next trial."""
 
 import pytest
 
+from blocktune.core.trials import FinalTrial, Trial
 from blocktune.executors.local import LocalExecutor
-from blocktune.plan import FinalTrial, Trial
 
 from .test_workbench import bench  # noqa: F401 - the workbench fixture
 

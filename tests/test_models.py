@@ -5,10 +5,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from blocktune.core.errors import BlocktuneError
 from blocktune.data import decode_resized, normalize
-from blocktune.errors import BlocktuneError
-from blocktune.layers import walk
-from blocktune.models import (
+from blocktune.models.build import (
     KeepPretrainedHead,
     LinearHead,
     PaperHead,
@@ -19,7 +18,8 @@ from blocktune.models import (
     load_weights_strict,
     packaged_source,
 )
-from blocktune.packaged import packaged_for, tf_slim_mobilenet_v1
+from blocktune.models.layers import walk
+from blocktune.models.packaged import packaged_for, tf_slim_mobilenet_v1
 
 
 def test_weights_file_roundtrip_safetensors_and_torch(tmp_path):
@@ -126,7 +126,7 @@ def test_packaged_weights_recognise_daisies(name, flowers):
 
 
 def test_missing_package_gives_one_line(monkeypatch):
-    from blocktune import packaged as packaged_module
+    from blocktune.models import packaged as packaged_module
 
     entry = packaged_for("mobilenetv1_100")
     monkeypatch.setattr(packaged_module.importlib.util, "find_spec", lambda name: None)

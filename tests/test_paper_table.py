@@ -9,8 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import paper_table  # noqa: E402 - benchmarks/paper_table.py
 
-from blocktune.plan import BASELINE_I, BASELINE_II  # noqa: E402
-from blocktune.stats import compare_over_seeds, mean_interval  # noqa: E402
+from blocktune.core.methods import BASELINE_I, BASELINE_II  # noqa: E402
+from blocktune.core.stats import compare_over_seeds, mean_interval  # noqa: E402
 
 IMAGES = 734
 

@@ -3,21 +3,12 @@
 import pytest
 import timm
 
-from blocktune.groups import StrategyOptions
-from blocktune.layers import walk
-from blocktune.plan import (
-    BASELINE_I,
-    BASELINE_II,
-    FinalTrial,
-    SearchSettings,
-    Trial,
-    finals_plan,
-    indices_text,
-    parse_indices,
-    search_wave,
-    strategy_candidates,
-)
-from blocktune.records import CandidateRow, FinalRow
+from blocktune.core.methods import BASELINE_I, BASELINE_II, indices_text, parse_indices
+from blocktune.core.records import CandidateRow, FinalRow
+from blocktune.core.trials import FinalTrial, Trial
+from blocktune.models.groups import StrategyOptions
+from blocktune.models.layers import walk
+from blocktune.protocol.plan import SearchSettings, finals_plan, search_wave, strategy_candidates
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def test_an_improvement_that_does_not_survive_holm_keeps_the_default():
     results = {(d, s): pair(rng, noise=0.0, regret={("block", "max-val"): 2.0 - gain})
                for (d, s), gain in zip([(d, s) for d in ("tf_flowers", "blood_cells")
                                         for s in range(10, 15)], gains, strict=True)}
-    from blocktune.stats import mean_interval
+    from blocktune.core.stats import mean_interval
 
     assert mean_interval([-g for g in gains]).high < 0  # the unadjusted interval excludes 0
     decision = decide(results)
@@ -126,7 +126,7 @@ def test_ties_in_final_val_rank_as_the_product_ranks_them():
 
 
 def test_a_top_pick_is_measured_against_the_oracles_best_block():
-    from blocktune.records import CandidateRow
+    from blocktune.core.records import CandidateRow
 
     labels = np.array([0, 1] * 10)
 

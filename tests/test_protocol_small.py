@@ -1,11 +1,14 @@
-"""The small-data protocol's decision code (blocktune.protocol) on made-up results: regret,
+"""The small-data protocol's decision code (benchmarks/protocol_small.py) on made-up results: regret,
 cost accounting, the default under the cost bar with its ties, and the claim words."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from blocktune.protocol import (
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from protocol_small import (  # noqa: E402 - benchmarks/protocol_small.py, the decision code
     METHODS,
     Configuration,
     RunRecord,
@@ -14,7 +17,8 @@ from blocktune.protocol import (
     configurations,
     score,
 )
-from blocktune.records import CandidateRow, CvRow, FinalRow
+
+from blocktune.core.records import CandidateRow, CvRow, FinalRow
 
 GROUPS = {"baseline-I": "", "baseline-II": "", "lp-ft": "", "norms": "", "quarter": "9",
           "block": "2", "lp-bw": "9"}
@@ -175,7 +179,7 @@ def test_a_cross_validation_still_running_gives_no_cv_pick():
 
 
 def test_criterion_1_chooses_among_val_and_a_cheap_cv5_configuration_reopens_it():
-    from blocktune.protocol import cv_under_the_bar
+    from protocol_small import cv_under_the_bar
 
     runs = runs_where(val_best="quarter", test_best="quarter")
     scored = [score(runs, c) for c in configurations()]
@@ -195,7 +199,7 @@ def test_criterion_1_chooses_among_val_and_a_cheap_cv5_configuration_reopens_it(
 
 
 def test_the_advice_names_the_most_images_per_class_where_the_choice_beat_baseline_II():
-    from blocktune.protocol import advice
+    from protocol_small import advice
 
     good = runs_where(val_best="quarter", test_best="quarter", datasets=("a", "b"))
     for run in good:
@@ -230,7 +234,7 @@ def test_the_cost_as_the_product_runs_it_counts_what_the_protocol_leaves_out():
 
 def test_the_full_size_runs_are_printed_with_no_small_run_in():
     # a machine whose 1,000-image run folders were not carried over still prints them
-    from blocktune.protocol import Suite, report
+    from protocol_small import Suite, report
 
     full = record(TESTS, dataset="tf_flowers")
     full.per_class, full.full = 587.2, True

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from blocktune.errors import BlocktuneError
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.io import read_csv
 from blocktune.executors.ray import (
     FAULT_ENV,
     HANG_ENV,
@@ -21,8 +22,7 @@ from blocktune.executors.ray import (
     connect,
     parse_resources,
 )
-from blocktune.io import read_csv
-from blocktune.search import run
+from blocktune.runner.search import run
 
 from .conftest import make_image_folder
 from .test_search import killed_at, tiny_config
@@ -172,7 +172,7 @@ def test_ray_workers_never_look_for_the_drivers_data_or_weights(data, tmp_path, 
 
     import timm
 
-    from blocktune.callbacks import LambdaCallback
+    from blocktune.core.callbacks import LambdaCallback
 
     own = tmp_path / "driver-data"
     shutil.copytree(data, own)
@@ -295,7 +295,7 @@ def test_a_trial_that_fails_for_good_is_recorded_as_locally_and_the_rest_finishe
     # Tune reports a trial that exhausted its retries in the ResultGrid and does not raise: it
     # once vanished (exit 0 without it), then stopped the run with exit 2. A failed trial is
     # a failed row, as the local executor records one; the rest finishes; the command exits 1
-    from blocktune.status import failures
+    from blocktune.results.status import failures
 
     ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -375,7 +375,7 @@ def test_a_spent_time_budget_stops_the_same_trials_as_locally(data, tmp_path, mo
     # before each trial locally. The budget is spent where the first search row is recorded
     # (a fault point, not a clock): no trial starts after it, on either executor. One trial
     # at a time on Ray (cpu=2 of 2) so that "started before" is the same set.
-    from blocktune import faults
+    from blocktune.core import faults
 
     monkeypatch.setenv("BLOCKTUNE_FAULT", "candidate:1:spend")
     tables = {}

@@ -5,8 +5,8 @@ equal to the baselines where they should be, and a run that fine-tunes all three
 import pytest
 import torch
 
-from blocktune.io import read_csv
-from blocktune.search import run
+from blocktune.core.io import read_csv
+from blocktune.runner.search import run
 
 from .conftest import make_image_folder, workbench_for
 from .test_search import tiny_config
@@ -88,7 +88,7 @@ def test_a_run_fine_tunes_every_recipe_beside_the_baselines(data, tmp_path):
     for recipe in ("lp-ft", "llrd", "lp-bw"):  # trained, never copied from a baseline
         assert finals[recipe]["same_as"] == "" and finals[recipe]["status"] == "ok"
     report = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    from blocktune.report import build_report
+    from blocktune.results.report import build_report
 
     report = build_report(out).read_text()
     assert "LP-FT vs Baseline I" in report or "Baseline I vs LP-FT" in report
@@ -120,9 +120,9 @@ def test_the_finals_cache_is_one_pass_and_trains_as_one_computed_per_final(data)
     # own cut on demand
     import math
 
-    from blocktune.groups import StrategyOptions, candidates
-    from blocktune.plan import FinalTrial
-    from blocktune.workbench import FINAL_COVER
+    from blocktune.core.trials import FinalTrial
+    from blocktune.models.groups import StrategyOptions, candidates
+    from blocktune.training.workbench import FINAL_COVER
 
     bench = bench_for(data, final_epochs=1)
     block = candidates(bench.walk, "block", StrategyOptions())[1].layers

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from blocktune.errors import BlocktuneError
-from blocktune.io import atomic_write_csv
-from blocktune.records import (
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.io import atomic_write_csv
+from blocktune.core.records import (
     CandidateRow,
     FinalRow,
     rank_key,

@@ -5,11 +5,11 @@ import subprocess
 
 import pytest
 
-from blocktune.assess import assess
-from blocktune.io import read_csv
-from blocktune.plan import BASELINE_I, label
-from blocktune.report import build_report
-from blocktune.search import run
+from blocktune.core.io import read_csv
+from blocktune.core.methods import BASELINE_I, label
+from blocktune.results.assess import assess
+from blocktune.results.report import build_report
+from blocktune.runner.search import run
 
 from .test_search import tiny_config
 
@@ -81,8 +81,8 @@ def test_report_html_renders_in_a_real_browser_with_the_verdict(finished_run, tm
 def test_report_says_which_rule_chose_and_where_it_looks(finished_run):
     from types import SimpleNamespace
 
-    from blocktune.report import _rule_region
-    from blocktune.select import RULES
+    from blocktune.protocol.select import RULES
+    from blocktune.results.report import _rule_region
 
     text = (finished_run / "report.md").read_text()
     assert f"by the `max-val` rule: {RULES['max-val'].help}." in text  # tiny_config's rule
@@ -95,7 +95,7 @@ def test_report_says_which_rule_chose_and_where_it_looks(finished_run):
 def test_report_states_a_fallback_and_a_final_that_did_not_finish(finished_run, tmp_path):
     import json
 
-    from blocktune.io import atomic_write_csv
+    from blocktune.core.io import atomic_write_csv
 
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)

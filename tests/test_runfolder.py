@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
-from blocktune.io import read_csv
-from blocktune.report import build_report
-from blocktune.runfolder import RUN_FILES, RunFolder
-from blocktune.search import run
-from blocktune.status import run_status
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.io import read_csv
+from blocktune.results.report import build_report
+from blocktune.results.runfolder import RUN_FILES, RunFolder
+from blocktune.results.status import run_status
+from blocktune.runner.search import run
 
 from .conftest import make_image_folder
 from .test_search import STABLE

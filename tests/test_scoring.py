@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from blocktune.cache import ImageFeed
-from blocktune.plan import Trial
-from blocktune.records import read_candidates
-from blocktune.search import run
-from blocktune.train import evaluate
+from blocktune.core.records import read_candidates
+from blocktune.core.trials import Trial
+from blocktune.runner.search import run
+from blocktune.training.cache import ImageFeed
+from blocktune.training.train import evaluate
 
 from .conftest import make_image_folder, workbench_for
 from .test_search import tiny_config
@@ -63,7 +63,7 @@ def test_a_pooled_run_keeps_val_as_it_was_and_ranks_by_the_pooled_score(data, tm
 
 
 def test_rows_written_before_scores_were_recorded_rank_by_val(tmp_path):
-    from blocktune.records import CandidateRow, rank_key
+    from blocktune.core.records import CandidateRow, rank_key
 
     row = CandidateRow(strategy="block", rung=2, index=0, layers="a", layer_indices="1",
                        first=1, last=1, trained_params=5, val_acc=0.5, val_loss=1.0, epochs=2,
@@ -77,7 +77,7 @@ def _pooled_rows():
     """Candidates whose pooled score orders them otherwise than their val accuracy."""
     import random
 
-    from blocktune.records import CandidateRow
+    from blocktune.core.records import CandidateRow
 
     rng = random.Random(7)
     rows = []
@@ -100,14 +100,14 @@ def _as_val_only(row):
 
 
 def _rules_reading_one_score():
-    from blocktune.select import RULES
+    from blocktune.protocol.select import RULES
 
     return [name for name, rule in RULES.items() if not rule.reads_loss]
 
 
 @pytest.mark.parametrize("rule", _rules_reading_one_score())
 def test_every_rule_reads_the_pooled_score_as_it_reads_val(rule):
-    from blocktune.select import SearchView, get_rule
+    from blocktune.protocol.select import SearchView, get_rule
 
     rows = _pooled_rows()
     refits = {r.layer_indices: r for r in _pooled_rows()[::-1]}  # any refits, same both ways
@@ -120,9 +120,9 @@ def test_every_rule_reads_the_pooled_score_as_it_reads_val(rule):
 
 @pytest.mark.parametrize("rule", ["val-loss", "one-se"])
 def test_a_rule_reading_the_val_loss_refuses_a_pooled_score(rule, data):
-    from blocktune.config import RunConfig
-    from blocktune.errors import BlocktuneError
-    from blocktune.select import RULES
+    from blocktune.core.config import RunConfig
+    from blocktune.core.errors import BlocktuneError
+    from blocktune.protocol.select import RULES
 
     assert RULES[rule].reads_loss
     with pytest.raises(BlocktuneError, match=f"select = {rule} reads the val loss"):
@@ -131,11 +131,11 @@ def test_a_rule_reading_the_val_loss_refuses_a_pooled_score(rule, data):
 
 
 def test_ranked_layers_are_ranked_by_the_pooled_score():
-    from blocktune.groups import StrategyOptions
-    from blocktune.layers import walk
-    from blocktune.models import build_model
-    from blocktune.plan import SearchSettings, strategy_candidates
-    from blocktune.records import CandidateRow
+    from blocktune.core.records import CandidateRow
+    from blocktune.models.build import build_model
+    from blocktune.models.groups import StrategyOptions
+    from blocktune.models.layers import walk
+    from blocktune.protocol.plan import SearchSettings, strategy_candidates
 
     model, _ = build_model("test_efficientnet", 3, "linear", 32, pretrained=False)
     model_walk = walk(model.body, input_size=(3, 32, 32))

@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
-from blocktune.io import atomic_copy, atomic_write_csv, read_csv
-from blocktune.plan import BASELINE_I, BASELINE_II
-from blocktune.records import read_candidates
-from blocktune.report import build_report
-from blocktune.runfolder import RunLock
-from blocktune.search import run
-from blocktune.select import choose
-from blocktune.status import run_status
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.io import atomic_copy, atomic_write_csv, read_csv
+from blocktune.core.methods import BASELINE_I, BASELINE_II
+from blocktune.core.records import read_candidates
+from blocktune.protocol.select import choose
+from blocktune.results.report import build_report
+from blocktune.results.runfolder import RunLock
+from blocktune.results.status import run_status
+from blocktune.runner.search import run
 
 from .conftest import make_image_folder
 
@@ -102,8 +102,8 @@ def test_time_budget_defers_finals_to_a_resume(image_folder, tmp_path):
 
 
 def test_status_and_a_resume_say_what_is_done_and_left(image_folder, tmp_path, capsys):
-    from blocktune.callbacks import LambdaCallback
     from blocktune.cli import main
+    from blocktune.core.callbacks import LambdaCallback
 
     out = tmp_path / "run"
     recipe = {"methods": ["lp-ft"]}  # a recipe is counted among the finals
@@ -143,7 +143,7 @@ def test_several_seeds_give_mean_and_std(image_folder, tmp_path):
 
 def test_lock_refuses_a_second_live_process(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from blocktune.runfolder import RunLock\n"
+        [sys.executable, "-c", "import sys,time; from blocktune.results.runfolder import RunLock\n"
          f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -226,7 +226,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(
 def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path, monkeypatch):
     import torch
 
-    import blocktune.train as train
+    import blocktune.training.train as train
 
     real = train.fit
     calls = {"n": 0}
@@ -247,7 +247,7 @@ def test_failed_candidate_is_recorded_and_search_goes_on(image_folder, tmp_path,
 
 
 def test_rungs():
-    from blocktune.plan import rungs
+    from blocktune.core.trials import rungs
 
     assert rungs(9) == [1, 3, 9] and rungs(5) == [1, 3, 5] and rungs(3) == [1, 3]
     assert rungs(1) == [1] and rungs(2) == [1, 2] and rungs(10) == [1, 3, 9, 10]
@@ -261,8 +261,8 @@ def run_rows(config, folder):
 
 
 def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, tmp_path):
-    from blocktune.io import atomic_write_csv
-    from blocktune.records import CANDIDATE_FIELDS
+    from blocktune.core.io import atomic_write_csv
+    from blocktune.core.records import CANDIDATE_FIELDS
 
     config = tiny_config(image_folder, epochs=3, prune=True, baselines=False)
     run(config, tmp_path / "a")
@@ -301,8 +301,8 @@ def test_pruned_search_keeps_the_best_third_and_resumes_mid_rung(image_folder, t
 
 
 def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_path):
-    from blocktune.io import atomic_write_csv
-    from blocktune.records import FINAL_FIELDS
+    from blocktune.core.io import atomic_write_csv
+    from blocktune.core.records import FINAL_FIELDS
 
     out = tmp_path / "r"
     run(tiny_config(image_folder, max_candidates=2, baselines=False), out)
@@ -326,7 +326,7 @@ def test_resume_with_a_larger_budget_refits_a_changed_choice(image_folder, tmp_p
 @pytest.mark.parametrize("prune", [False, True])
 def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_folder, tmp_path,
                                                                          monkeypatch, prune):
-    import blocktune.workbench as search_module
+    import blocktune.training.workbench as search_module
 
     searched = []
     real_train_group = search_module.train_group
@@ -362,7 +362,7 @@ def test_a_group_another_strategy_trained_is_reused_with_the_same_result(image_f
 
 
 def test_a_final_of_a_group_another_method_chose_is_reused(image_folder, tmp_path, monkeypatch):
-    import blocktune.workbench as search_module
+    import blocktune.training.workbench as search_module
 
     finals = []
     real_train_group = search_module.train_group
@@ -404,7 +404,7 @@ def test_atomic_copy_replaces_the_target_whole_and_leaves_no_temp_file(tmp_path)
 
 def test_two_fold_rule_refits_the_top_candidates_on_the_swapped_fold(image_folder, tmp_path,
                                                                      monkeypatch):
-    import blocktune.workbench as search_module
+    import blocktune.training.workbench as search_module
 
     splits = []
     real_train_group = search_module.train_group
@@ -473,7 +473,7 @@ def test_a_kept_final_is_recorded_as_the_current_rules_choice(image_folder, tmp_
 
 
 def test_seeds_vary_the_batch_order(image_folder, tmp_path, monkeypatch):
-    import blocktune.workbench as search_module
+    import blocktune.training.workbench as search_module
 
     seen = []
     real_train_group = search_module.train_group
@@ -531,7 +531,7 @@ def test_force_new_never_leaves_the_old_model_to_predict(image_folder, tmp_path)
 def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_folder, tmp_path):
     import shutil
 
-    from blocktune.callbacks import LambdaCallback
+    from blocktune.core.callbacks import LambdaCallback
 
     for i in range(6):  # six copies of one photo: some land in other splits than the original
         shutil.copy(image_folder / "red" / "000.jpg", image_folder / "red" / f"copy{i}.jpg")
@@ -549,7 +549,7 @@ def test_duplicates_across_splits_are_reported_and_strict_refuses_them(image_fol
 
 
 def test_result_files_take_the_process_umask(tmp_path):
-    from blocktune.io import atomic_write_text
+    from blocktune.core.io import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -5,10 +5,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
-from blocktune.records import CandidateRow
-from blocktune.select import RULES, SearchView, get_rule, pick, record_choice, within_one_se
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.records import CandidateRow
+from blocktune.protocol.select import (
+    RULES,
+    SearchView,
+    get_rule,
+    pick,
+    record_choice,
+    within_one_se,
+)
 
 
 def row(index, first, last, acc, loss=1.0, params=100, val_pred=None):

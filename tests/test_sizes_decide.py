@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from blocktune.recommend import paired_choice, recommend, sign_test
-from blocktune.records import CandidateRow, FinalRow
+from blocktune.core.records import CandidateRow, FinalRow
+from blocktune.protocol.recommend import paired_choice, recommend, sign_test
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import sizes_decide  # noqa: E402 - benchmarks/sizes_decide.py, the protocol's decision code

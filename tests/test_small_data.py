@@ -11,19 +11,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blocktune import train as train_module
 from blocktune.cli import main
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.methods import cv_folds_of
+from blocktune.core.records import CvRow, FinalRow
 from blocktune.data import load_test_domains, stratified_split
-from blocktune.errors import BlocktuneError
-from blocktune.layers import walk
-from blocktune.models import build_model
-from blocktune.recommend import cv_folds_of, recommend
-from blocktune.records import CvRow, FinalRow
-from blocktune.report import build_report
-from blocktune.runfolder import RunFolder
-from blocktune.search import run
-from blocktune.train import freeze, is_norm_or_bias
-from blocktune.workbench import cv_folds
+from blocktune.models.build import build_model
+from blocktune.models.layers import walk
+from blocktune.protocol.plan import search_settings
+from blocktune.protocol.recommend import recommend
+from blocktune.results.report import build_report
+from blocktune.results.runfolder import RunFolder
+from blocktune.runner.search import run
+from blocktune.training import train as train_module
+from blocktune.training.train import freeze, is_norm_or_bias
+from blocktune.training.workbench import cv_folds
 
 from .conftest import make_image_folder, workbench_for
 from .test_search import tiny_config
@@ -189,7 +191,7 @@ def test_a_fold_never_trains_on_an_image_it_scores(image_folder, tmp_path, monke
         seen.append((val_split, {i for n in names for i in splits[n]}, scored))
         return real(model, model_walk, group, feed, config, train_split, val_split, **kwargs)
 
-    monkeypatch.setattr("blocktune.workbench.train_group", spy)
+    monkeypatch.setattr("blocktune.training.workbench.train_group", spy)
     out = tmp_path / "run"
     run(tiny_config(image_folder, choose_by="cv3", methods=["lp-ft"]), out)
     fold_runs = [(trained, scored) for name, trained, scored in seen
@@ -288,7 +290,7 @@ def test_pooled_out_of_fold_accuracy_weighs_folds_by_their_images():
 
 
 def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
-    from blocktune.status import run_status
+    from blocktune.results.status import run_status
 
     out = tmp_path / "run"
     run(tiny_config(image_folder, choose_by="cv2", methods=[]), out)
@@ -301,7 +303,7 @@ def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
 
 # -- the small-data default (PROTOCOL-small.md's criterion 1) ----------------------------------
 def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
-    from blocktune.config import SMALL_DATA_IMAGES, RunConfig
+    from blocktune.core.config import SMALL_DATA_IMAGES, RunConfig
 
     auto = RunConfig(data=str(image_folder))
     assert auto.methods is None and auto.pick_finals is None and auto.search_baseline_ii is None
@@ -310,7 +312,7 @@ def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
                                                                              False)
     assert (large.methods, large.pick_finals, large.search_baseline_ii) == (
         ["lp-ft", "lp-bw"], True, True)
-    assert not small.search_settings(0).baseline_ii and large.search_settings(0).baseline_ii
+    assert not search_settings(small, 0).baseline_ii and search_settings(large, 0).baseline_ii
     # what the user gave is kept, on either side of the threshold
     given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True,
                       search_baseline_ii=False)
@@ -321,8 +323,8 @@ def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
 
 
 def test_a_small_run_fine_tunes_the_baselines_and_lp_bw_and_says_so(image_folder, tmp_path):
-    from blocktune.callbacks import LambdaCallback
-    from blocktune.status import run_status
+    from blocktune.core.callbacks import LambdaCallback
+    from blocktune.results.status import run_status
 
     out, notices = tmp_path / "run", []
     config = tiny_config(image_folder, methods=None, pick_finals=None, search_baseline_ii=None,
@@ -352,9 +354,9 @@ def test_a_small_run_fine_tunes_the_baselines_and_lp_bw_and_says_so(image_folder
 
 def test_above_the_threshold_the_first_protocols_finals_are_kept(image_folder, tmp_path,
                                                                  monkeypatch):
-    import blocktune.config
+    import blocktune.core.config
 
-    monkeypatch.setattr(blocktune.config, "SMALL_DATA_IMAGES", 20)  # 48 images: "large"
+    monkeypatch.setattr(blocktune.core.config, "SMALL_DATA_IMAGES", 20)  # 48 images: "large"
     out = tmp_path / "run"
     run(tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1), out)
     assert [r.method for r in RunFolder(out).seed(0).read_finals()] == [

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from blocktune.cli import main
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
-from blocktune.search import run
-from blocktune.seedrun import SeedRun
-from blocktune.stats import compare_over_seeds
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.stats import compare_over_seeds
+from blocktune.runner.context import SeedContext
+from blocktune.runner.search import run
 
 from .conftest import make_image_folder
 from .test_config import as_flag_value, one_line, shaped
@@ -144,13 +144,13 @@ def test_a_damaged_final_never_replaces_the_published_model(image_folder, tmp_pa
 
 def test_a_seed_is_closed_however_it_ends(image_folder, tmp_path, monkeypatch):
     closed = []
-    real_close = SeedRun.close
+    real_close = SeedContext.close
 
     def close(self):
         closed.append(self.seed)
         real_close(self)
 
-    monkeypatch.setattr(SeedRun, "close", close)
+    monkeypatch.setattr(SeedContext, "close", close)
     # a spent budget leaves the search for a resume: the seed is closed all the same
     run(tiny_config(image_folder, time_budget=0), tmp_path / "a")
     assert closed == [0]
@@ -158,7 +158,7 @@ def test_a_seed_is_closed_however_it_ends(image_folder, tmp_path, monkeypatch):
     class Boom(Exception):
         pass
 
-    from blocktune.callbacks import LambdaCallback
+    from blocktune.core.callbacks import LambdaCallback
 
     def explode(row, best):
         raise Boom
@@ -174,9 +174,9 @@ def test_test_is_scored_through_the_path_val_took(image_folder, one_thread):
     import torch
 
     from blocktune.data import DecodedImages, decode_folder, scan_folder, stratified_split
-    from blocktune.groups import StrategyOptions, candidates
-    from blocktune.models import data_config
-    from blocktune.workbench import Workbench
+    from blocktune.models.build import data_config
+    from blocktune.models.groups import StrategyOptions, candidates
+    from blocktune.training.workbench import Workbench
 
     config = tiny_config(image_folder, final_epochs=2)
     decoded = decode_folder(scan_folder(image_folder), 32)
@@ -226,8 +226,8 @@ def test_a_rule_whose_region_holds_no_candidate_has_its_fallback_planned():
     # one block spans layers 1-3 of four: none lies in the last quarter (layer 3 on)
     import torch.nn as nn
 
-    from blocktune.groups import StrategyOptions, candidates, last_quarter_start
-    from blocktune.layers import walk
+    from blocktune.models.groups import StrategyOptions, candidates, last_quarter_start
+    from blocktune.models.layers import walk
 
     body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1),
                          nn.Conv2d(4, 4, 1))
@@ -263,7 +263,7 @@ def test_imagenet_defaults_only_for_a_model_without_a_pretrained_config_and_said
 
     import torch.nn as nn
 
-    from blocktune.models import data_config
+    from blocktune.models.build import data_config
 
     plain = nn.Sequential(nn.Conv2d(3, 4, 3))  # no pretrained config: the one fallback
     with caplog.at_level("WARNING"):

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from blocktune.stats import (
+from blocktune.core.stats import (
     Comparison,
     Interval,
     accuracy_interval,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from blocktune.records import read_candidates, read_finals
-from blocktune.search import run
+from blocktune.core.records import read_candidates, read_finals
+from blocktune.runner.search import run
 
 from .test_search import tiny_config
 

@@ -4,11 +4,12 @@ import sys
 import pytest
 import torch
 
-from blocktune.cache import ImageFeed
+from blocktune.core.config import TrainConfig
 from blocktune.data import decode_folder, scan_folder, stratified_split
-from blocktune.layers import walk
-from blocktune.models import BlockModel, LinearHead
-from blocktune.train import TrainConfig, freeze, set_train_mode, train_group
+from blocktune.models.build import BlockModel, LinearHead
+from blocktune.models.layers import walk
+from blocktune.training.cache import ImageFeed
+from blocktune.training.train import freeze, set_train_mode, train_group
 
 
 def bn_state(module):
@@ -98,7 +99,7 @@ def test_early_stopping_and_best_weights(tiny_setup):
                                                                    patience=2))
     assert result.epochs < 30
     val_x, val_y = feed.inputs(cut, "val")
-    from blocktune.train import evaluate
+    from blocktune.training.train import evaluate
 
     acc, _, _ = evaluate(net, val_x, val_y, feed.prepare(cut, torch.device("cpu")))
     assert acc == result.best_val_acc  # the kept weights are the best epoch's
@@ -172,7 +173,7 @@ def test_paused_and_continued_training_equals_uninterrupted(tiny_setup, group):
 
 _REALLOCATE = """
 import resource, sys, torch
-from blocktune.train import keep_freed_memory
+from blocktune.training.train import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 for step in range(12):  # 64 MB allocated, touched and freed, like a step's activations
     if step == 8:

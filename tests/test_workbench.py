@@ -4,7 +4,7 @@ time; a rung continues exactly; a final is tested once, on every test image."""
 import pytest
 import torch
 
-from blocktune.plan import Trial
+from blocktune.core.trials import Trial
 
 from .conftest import make_image_folder, workbench_for
 

@@ -14,18 +14,24 @@ from pathlib import Path
 
 import torch
 
-from blocktune.assess import assess
-from blocktune.callbacks import Callback, LambdaCallback
-from blocktune.config import RunConfig
-from blocktune.errors import BlocktuneError
+from blocktune.core.callbacks import Callback, LambdaCallback
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
 from blocktune.executors import EXECUTORS, register_executor
-from blocktune.finetune import finetune
-from blocktune.groups import STRATEGIES, StrategyOptions, candidates, register_strategy, table
-from blocktune.layers import ModelWalk, walk
-from blocktune.models import build_body, create_timm
-from blocktune.report import build_report, plot_layer_params
-from blocktune.search import run
-from blocktune.select import RULES, register_rule
+from blocktune.models.build import build_body, create_timm
+from blocktune.models.groups import (
+    STRATEGIES,
+    StrategyOptions,
+    candidates,
+    register_strategy,
+    table,
+)
+from blocktune.models.layers import ModelWalk, walk
+from blocktune.protocol.select import RULES, register_rule
+from blocktune.results.assess import assess
+from blocktune.results.report import build_report, plot_layer_params
+from blocktune.runner.finetune import finetune
+from blocktune.runner.search import run
 
 __all__ = ["EXECUTORS", "RULES", "STRATEGIES", "Callback", "LambdaCallback", "RunConfig",
            "assess", "baseline_all", "baseline_head", "build_report", "finetune", "model_groups",
@@ -77,7 +83,7 @@ def model_groups(model: str | torch.nn.Module, strategy: str = "block", image_si
 
 def predict(run_folder: str | Path, images: Sequence[str | Path]) -> list[tuple[str, float]]:
     """Class name and probability for each image, with the model a run saved."""
-    from blocktune.export import load_saved_model, prepare_images
+    from blocktune.results.export import load_saved_model, prepare_images
 
     model, card = load_saved_model(run_folder)
     out = []

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from blocktune.errors import BlocktuneError
+from blocktune.core.errors import BlocktuneError
 
 # The embedded default: Google's packaged ImageNet weights on all 3,670 flower photos, the
 # block strategy, sized for about 7 minutes on 2 CPU cores (see docs/results.md).
@@ -33,7 +33,7 @@ def _add_fields(parser: argparse.ArgumentParser, names=None, defaults: dict | No
                 aliases: dict | None = None) -> None:
     """One flag per RunConfig field: its help from the field, its value checked by RunConfig
     (text in, one line out when wrong). Booleans get --x / --no-x."""
-    from blocktune.config import RunConfig, field_help
+    from blocktune.core.config import RunConfig, field_help
 
     for f in dataclasses.fields(RunConfig):
         if names is not None and f.name not in names:
@@ -61,7 +61,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, extra: dict | None = None, base: dict | None = None):
     """Defaults (``base``), then the ``--config`` file, then the flags given."""
-    from blocktune.config import RunConfig, read_yaml
+    from blocktune.core.config import RunConfig, read_yaml
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -82,8 +82,8 @@ def cmd_groups(args) -> int:
     from rich.table import Table
 
     from blocktune.api import model_groups
-    from blocktune.config import RunConfig
-    from blocktune.models import check_model_name
+    from blocktune.core.config import RunConfig
+    from blocktune.models.build import check_model_name
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in
              {f.name for f in dataclasses.fields(RunConfig)}}
@@ -107,12 +107,12 @@ def cmd_groups(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from blocktune.assess import assess
-    from blocktune.display import ProgressDisplay
-    from blocktune.report import build_report
-    from blocktune.runfolder import RunFolder
-    from blocktune.search import run
-    from blocktune.status import failures
+    from blocktune.loggers.progress import ProgressDisplay
+    from blocktune.results.assess import assess
+    from blocktune.results.report import build_report
+    from blocktune.results.runfolder import RunFolder
+    from blocktune.results.status import failures
+    from blocktune.runner.search import run
 
     config = _config(args, base=getattr(args, "defaults", None))
     if args.print_config:
@@ -140,7 +140,7 @@ def _print_assessment(assessment, summary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from blocktune.plan import label
+    from blocktune.core.methods import label
 
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough for the intervals
@@ -166,8 +166,8 @@ def _print_assessment(assessment, summary) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from blocktune.display import ProgressDisplay
-    from blocktune.finetune import finetune
+    from blocktune.loggers.progress import ProgressDisplay
+    from blocktune.runner.finetune import finetune
 
     config = _config(args)
     if args.print_config:
@@ -181,7 +181,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from blocktune.report import build_report
+    from blocktune.results.report import build_report
 
     print(f"report: {build_report(args.run)}")
     return 0
@@ -197,14 +197,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from blocktune.status import run_status
+    from blocktune.results.status import run_status
 
     print("\n".join(run_status(args.run)))
     return 0
 
 
 def cmd_export(args) -> int:
-    from blocktune.export import export
+    from blocktune.results.export import export
 
     done = export(args.run, args.format, args.out)
     print(f"exported to {done.path}: checked on {done.images} test images of the run, largest "
@@ -213,8 +213,8 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from blocktune import __version__
-    from blocktune.groups import STRATEGIES
+    from blocktune.core import __version__
+    from blocktune.models.groups import STRATEGIES
 
     parser = _Parser(prog="blocktune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"blocktune {__version__}")

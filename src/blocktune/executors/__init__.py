@@ -1,7 +1,7 @@
 """Executors: trials in, results out as they finish. ``local`` runs them one after another in
 this process; ``ray`` runs them as Ray Tune trials on a local or remote Ray cluster.
 
-An executor knows nothing of the protocol: the driver (:class:`blocktune.seedrun.SeedRun`)
+An executor knows nothing of the protocol: the driver (:mod:`blocktune.runner.seedrun`)
 plans the trials, hands them over, and records every result the moment it comes back.
 """
 
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from blocktune.errors import BlocktuneError
+from blocktune.core.errors import BlocktuneError
 
 if TYPE_CHECKING:  # a registry is a leaf: the types only, no import of what it lists
-    from blocktune.config import RunConfig
-    from blocktune.plan import FinalTrial, Trial
-    from blocktune.train import TrainResult
-    from blocktune.workbench import FinalOutcome, Workbench
+    from blocktune.core.config import RunConfig
+    from blocktune.core.trials import FinalTrial, Trial
+    from blocktune.training.train import TrainResult
+    from blocktune.training.workbench import FinalOutcome, Workbench
 
 
 

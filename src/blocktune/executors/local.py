@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from blocktune.plan import FinalTrial, Trial
-from blocktune.train import TrainResult
-from blocktune.workbench import FinalOutcome, Workbench
+from blocktune.core.trials import FinalTrial, Trial
+from blocktune.training.train import TrainResult
+from blocktune.training.workbench import FinalOutcome, Workbench
 
 
 class LocalExecutor:

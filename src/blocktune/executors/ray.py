@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blocktune.config import RunConfig
+from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.methods import recipe_of
+from blocktune.core.trials import FinalTrial, Trial
 from blocktune.data import DecodedImages, TestDomain
-from blocktune.errors import BlocktuneError
-from blocktune.plan import FinalTrial, Trial, recipe_of
-from blocktune.train import TrainResult
-from blocktune.workbench import FINAL_COVER, FinalOutcome, Workbench
+from blocktune.training.train import TrainResult
+from blocktune.training.workbench import FINAL_COVER, FinalOutcome, Workbench
 
 INSTALL_HINT = "pip install 'blocktune[ray]'"
 RESOURCE_KEYS = ("cpu", "gpu")

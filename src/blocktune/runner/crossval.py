@@ -1,0 +1,71 @@
+"""The cross-validated choice (``--choose-by cvK``): each final's method trained on K−1 folds of
+the learning images and scored on the held-out fold, once per (group, recipe, fold), recorded in
+``cv.csv`` as each finishes, resumable. :mod:`blocktune.protocol.recommend` ranks the pooled scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import closing
+
+from blocktune.core import faults
+from blocktune.core.methods import final_group, indices_text, label, recipe_of
+from blocktune.core.records import CvRow, FinalRow
+from blocktune.core.trials import FinalTrial
+from blocktune.runner.context import SeedContext
+from blocktune.training.workbench import cv_fold_name
+
+
+def cross_validate(ctx: SeedContext, finals: list[FinalRow]) -> list[CvRow]:
+    """Every final's method (its group and recipe) trained on K−1 folds of the learning images
+    and scored on the held-out one, once per fold; rows go to ``cv.csv`` as they finish. A
+    method that trains the same group the same way as another copies its rows. Returns every
+    row of the current finals' groups."""
+    if ctx.folds is None:
+        return []
+    groups = {r.method: indices_text(final_group(r)) for r in finals if r.status == "ok"}
+    # a row of a group the method no longer has (its choice changed on a resume) is dropped
+    rows = [r for r in ctx.files.read_cv() if groups.get(r.method) == r.layer_indices]
+    fold_images = {k: len(ctx.bench.split[cv_fold_name(k)]) for k in range(ctx.folds)}
+
+    def key(method: str, fold: int) -> tuple[str, str | None, int]:
+        return groups[method], recipe_of(method), fold  # one training per key
+
+    # the row that trained each key, whichever method it was recorded for
+    trained = {key(r.method, r.fold): r for r in rows if r.status == "ok" and not r.same_as}
+
+    def record(row: CvRow) -> None:
+        rows.append(row.recorded())
+        if row.status == "ok" and not row.same_as:
+            trained[key(row.method, row.fold)] = rows[-1]
+        ctx.files.write_cv(rows)
+        faults.point("cv")
+
+    done = {(r.method, r.fold) for r in rows}
+    todo = [(m, k) for m in groups for k in range(ctx.folds) if (m, k) not in done]
+    fresh: dict[tuple, tuple[str, int]] = {}  # each untrained key, by its first method
+    for method, fold in todo:
+        if key(method, fold) not in trained:
+            fresh.setdefault(key(method, fold), (method, fold))
+    trials = [FinalTrial(m, final_group(next(r for r in finals if r.method == m)), math.nan,
+                         fold=k) for m, k in fresh.values()]
+    if trials:
+        ctx.events.on_phase(f"cross-validated choice: {len(trials)} fold trainings "
+                                 f"({ctx.folds} folds)")
+    with closing(ctx.executor.finals(
+            trials, lambda t: ctx.events.on_phase(f"{label(t.method)}: fold {t.fold}"),
+            ctx.events.on_epoch)) as results:
+        for trial, outcome in results:
+            result = outcome.result
+            record(CvRow(method=trial.method, fold=trial.fold, layer_indices=groups[
+                trial.method], trained_params=result.trainable_params,
+                fold_acc=result.best_val_acc, fold_images=fold_images[trial.fold],
+                epochs=result.epochs, seconds=result.seconds, status=result.status,
+                fold_pred=list(result.val_pred)))
+    done = {(r.method, r.fold) for r in rows}
+    for method, fold in todo:
+        source = trained.get(key(method, fold))
+        if (method, fold) not in done and source is not None:
+            record(dataclasses.replace(source, method=method, seconds=0.0,
+                                       same_as=source.method))
+    return rows

@@ -1,0 +1,68 @@
+"""The driver of the protocol (docs/method.md): check the inputs, decode the data once, then
+each seed — search, choose on val, fine-tune, test once — through the steps of :mod:`blocktune.runner.seedrun`
+(:mod:`blocktune.runner.seedrun`), and publish the recommendation.
+
+Everything a run finishes is on disk the moment it finishes, written atomically into the run
+folder (:mod:`blocktune.results.runfolder` owns its layout). Running the same command on the same
+folder skips what is finished and gives the same tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blocktune.core.callbacks import Callback, CallbackList
+from blocktune.core.config import RunConfig
+from blocktune.data import load_test_domains
+from blocktune.loggers.tensorboard import loggers
+from blocktune.results.publish import publish_model
+from blocktune.results.runfolder import RunFolder, RunLock, summarize
+from blocktune.runner.context import check_executor, open_seed
+from blocktune.runner.seedrun import run_seed
+from blocktune.training.loading import check_environment, environment, load_images
+from blocktune.training.train import device_for
+
+__all__ = ["check_executor", "run"]
+
+
+def run(config: RunConfig, folder: str | Path,
+        callbacks: Callback | list[Callback] | None = None, force_new: bool = False
+        ) -> list[dict]:
+    """The whole protocol for every seed; resumable. Returns the summary rows.
+
+    ``callbacks`` (:class:`blocktune.core.callbacks.Callback`) hear every phase, row and final as
+    it is recorded."""
+    folder = Path(folder)
+    files = RunFolder(folder)
+    check_environment(config)
+    callbacks = CallbackList(callbacks).extended(*loggers(config.log, folder))
+    with RunLock(folder, "run"):
+        files.check_resume(config, device_for(config.device).type, force_new)
+        check_executor(config)
+        images, data_cfg = load_images(config)
+        domains, domain_notes = load_test_domains(
+            config.test_data, images.classes, config.image_size, data_cfg.interpolation,
+            config.strict)
+        if force_new:
+            files.clear_results()
+        if domains:
+            files.write_test_domains(domains)
+        for seed in config.seeds:
+            seed_run = open_seed(config, seed, files.seed(seed).root, images, data_cfg, callbacks,
+                               domains=domains)
+            if seed == config.seeds[0]:
+                for note in domain_notes:
+                    seed_run.events.on_notice(note)
+            if seed == config.seeds[0]:
+                files.write_config(config, {**environment(config),
+                                            "preprocessing": data_cfg.source})
+            try:  # the executor and the spilled cache go with the seed, however it ends
+                done = run_seed(seed_run)
+            finally:
+                seed_run.close()
+            if done is not None and seed == config.seeds[0]:
+                best, weights = done
+                publish_model(folder, config, seed, best, weights, images, data_cfg,
+                              seed_run.bench.weights_source)
+        summary = summarize(folder, config.seeds)
+    return summary
