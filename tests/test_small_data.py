@@ -167,12 +167,13 @@ def test_cv_folds_partition_the_learning_images_stratified():
     assert not set(split["test"]) & set(pool)
 
 
-@pytest.mark.parametrize("text, folds", [("val", None), ("cv5", 5), ("cv2", 2)])
+@pytest.mark.parametrize("text, folds", [("val", None), ("paired", None), ("lp-bw", None),
+                                         ("baseline-II", None), ("cv5", 5), ("cv2", 2)])
 def test_choose_by_names(text, folds):
     assert cv_folds_of(text) == folds
 
 
-@pytest.mark.parametrize("text", ["cv1", "cv", "cross", "cv0", "val5"])
+@pytest.mark.parametrize("text", ["cv1", "cv", "cross", "cv0", "val5", "block", "lp_bw"])
 def test_choose_by_wrong_is_one_line(text):
     with pytest.raises(BlocktuneError, match="cvK with K at least 2"):
         cv_folds_of(text)
@@ -376,3 +377,36 @@ def test_a_folder_written_before_pick_finals_keeps_every_pick_a_final(image_fold
     environment.pop("config_sha256", None)
     (out / "environment.json").write_text(json.dumps(environment))
     assert RunFolder(out).saved_config()["pick_finals"] is True
+
+
+def test_the_paired_and_fixed_choices_hand_over_what_they_say(image_folder, tmp_path):
+    """--choose-by paired keeps LP-BW unless val shows a challenger on the same images; a
+    method's name hands that method over whatever val says; the report and card say how."""
+    config = tiny_config(image_folder, methods=["lp-bw"], pick_finals=False, epochs=1,
+                         final_epochs=1)
+    out = tmp_path / "paired"
+    run(dataclasses.replace(config, choose_by="paired"), out)
+    seed = RunFolder(out).seed(0)
+    finals = seed.read_finals()
+    labels = [int(y) for y in json.loads(seed.splits.read_text())["labels"]["val"]]
+    chosen = seed.read_recommendation()
+    assert chosen["rule"] == "paired" and chosen["prior"] == "lp-bw"
+    assert chosen == recommend(finals, "paired", val_labels=labels)
+    model = json.loads((out / "model.json").read_text())
+    assert model["method"] == chosen["method"] and model["choose_by"] == "paired"
+    assert ("the prior, LP-BW, kept" in build_report(out).read_text()) == \
+        (chosen["method"] == "lp-bw")
+    # always Baseline II: handed over whatever the val accuracies, and said so
+    fixed = tmp_path / "fixed"
+    run(dataclasses.replace(config, choose_by="baseline-II"), fixed)
+    assert json.loads((fixed / "model.json").read_text())["method"] == "baseline-II"
+    assert "handed over by `--choose-by baseline-II`" in build_report(fixed).read_text()
+    assert "not read: `--choose-by baseline-II` hands it over" in \
+        (fixed / "README.md").read_text()
+
+
+def test_a_fixed_choice_the_run_does_not_train_is_one_line(image_folder, tmp_path):
+    with pytest.raises(BlocktuneError, match="choose_by = lp-ft hands over a final this run "
+                                             "does not train"):
+        run(tiny_config(image_folder, methods=["lp-bw"], choose_by="lp-ft"), tmp_path / "r")
+    assert not (tmp_path / "r" / "model.json").exists()

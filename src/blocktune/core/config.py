@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from blocktune.core.errors import BlocktuneError
-from blocktune.core.methods import RECIPES, cv_folds_of, label
+from blocktune.core.methods import BASELINES, FIXED_CHOICES, RECIPES, cv_folds_of, label
 from blocktune.core.registry import (
     DATASET_NAMES,
     DEFAULT_FRACTIONS,
@@ -196,9 +196,13 @@ class RunConfig:
                                    "a method: the small-data protocol kept the baselines and "
                                    "LP-BW only, which trains the pick)", resume=True, auto=True)
     choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
-                         "final val accuracy) or cvK, e.g. cv5 (each final's recipe trained on "
-                         "K-1 folds of the learning images and scored on the held-out fold; "
-                         "best pooled out-of-fold accuracy; costs about K times the finals)")
+                         "final val accuracy), paired (LP-BW unless another final is right on "
+                         "more of the same val images, one-sided sign test p <= 0.10), cvK, "
+                         "e.g. cv5 (each final's recipe trained on K-1 folds of the learning "
+                         "images and scored on the held-out fold; best pooled out-of-fold "
+                         "accuracy; costs about K times the finals), or a method to hand over "
+                         "always (lp-bw, baseline-II, …; the baselines are still trained for "
+                         "the verdicts)")
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0, high=10.0)
@@ -277,6 +281,11 @@ class RunConfig:
         pick_finals = self.pick_finals if self.pick_finals is not None \
             else not small or "lp-bw" not in methods
         searched = self.search_baseline_ii if self.search_baseline_ii is not None else not small
+        trained = [*(BASELINES if self.baselines else ()), *methods]
+        if self.choose_by in FIXED_CHOICES and self.choose_by not in trained:
+            raise BlocktuneError(f"choose_by = {self.choose_by} hands over a final this run does "
+                                 f"not train (its finals: {', '.join(trained) or 'none'}): add "
+                                 f"it to --methods, or choose by val")
         return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals,
                                    search_baseline_ii=searched)
 

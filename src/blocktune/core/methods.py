@@ -58,18 +58,22 @@ def final_group(row: FinalRow) -> tuple[int, ...] | None:
     return None if row.method in WHOLE_MODEL else parse_indices(row.layer_indices)
 
 
-# how the recommendation is chosen among the finals (--choose-by)
+# how the recommendation is chosen among the finals (--choose-by): by val, by the paired rule
+# (a prior kept unless val shows a challenger better on the same images), by cvK, or always one
+# method (a fixed recipe: the finals' val accuracies do not choose)
 PAIRED = "paired"
-PROCEDURES = ("val", PAIRED)  # besides cvK
+PROCEDURES = ("val", PAIRED)  # besides cvK and a fixed method
+FIXED_CHOICES = (*BASELINES, *RECIPES)
 
 
 def cv_folds_of(choose_by: str) -> int | None:
-    """``val`` and ``paired`` → None (they read the finals' val predictions); ``cvK`` → K (at
+    """``val``, ``paired`` and a fixed method → None (they read no folds); ``cvK`` → K (at
     least 2); anything else one line."""
-    if choose_by in PROCEDURES:
+    if choose_by in PROCEDURES or choose_by in FIXED_CHOICES:
         return None
     match = re.fullmatch(r"cv(\d+)", choose_by)
     if match is None or int(match.group(1)) < 2:
-        raise BlocktuneError(f"choose_by = {choose_by!r} is not allowed: val, paired, or cvK "
-                             "with K at least 2 folds, e.g. cv5")
+        raise BlocktuneError(f"choose_by = {choose_by!r} is not allowed: val, paired, cvK with "
+                             "K at least 2 folds (e.g. cv5), or one method to hand over always ("
+                             + ", ".join(FIXED_CHOICES) + ")")
     return int(match.group(1))

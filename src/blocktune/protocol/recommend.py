@@ -6,7 +6,8 @@ on K−1 folds of the learning images and scored on the held-out fold, has the b
 out-of-fold accuracy (the same ties). ``paired`` — a prior method (LP-BW) is handed over
 unless a challenger beats it on the same val images by a one-sided exact sign test on the images
 where exactly one of the two is right (``benchmarks/PROTOCOL-sizes.md``); a tie stays with the
-prior. Pure functions of the recorded rows: the product, the report and the benchmarks'
+prior. A method's name (``lp-bw``) — that method always, the val rule only when its final
+failed. Pure functions of the recorded rows: the product, the report and the benchmarks'
 protocols rank with this one code.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from blocktune.core.methods import PAIRED, cv_folds_of
+from blocktune.core.methods import FIXED_CHOICES, PAIRED, cv_folds_of
 from blocktune.core.records import CvRow, FinalRow, rank_key
 
 PRIOR = "lp-bw"  # the method `paired` keeps unless val says otherwise
@@ -85,6 +86,13 @@ def recommend(finals: Sequence[FinalRow], procedure: str = "val",
     also ``prior`` and the challengers' ``p`` values); None when no final (or, for ``cvK``, no
     method with every fold) is there to choose from. ``paired`` needs ``val_labels``."""
     ok = [r for r in finals if r.status == "ok" and (among is None or r.method in among)]
+    if procedure in FIXED_CHOICES:  # always this method; the val rule only if it failed
+        fixed = next((r for r in ok if r.method == procedure), None)
+        if fixed is None:
+            chosen = recommend(ok, "val")
+            return None if chosen is None else {**chosen, "rule": "val", "instead_of": procedure}
+        return {"rule": procedure, "method": fixed.method, "score": fixed.val_acc,
+                "images": len(fixed.val_pred or []), "candidates": len(ok), "seconds": 0.0}
     if procedure == PAIRED:
         if val_labels is None:
             raise ValueError("the paired rule reads the val labels")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, label
+from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, FIXED_CHOICES, PAIRED, label
 from blocktune.core.records import FinalRow
 from blocktune.core.stats import (
     Comparison,
@@ -85,9 +85,7 @@ class Assessment:
                        f"{accuracy_interval(round(chosen['score'] * images), images).fraction()}"
                        f"; the cross-validation took {chosen['seconds']:.0f} s of training")
             else:
-                against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
-                how = f"the best final val accuracy, {best.val.fraction()}" + (
-                    f", against {against}" if others else "")
+                how = _how_chosen(chosen, best, others)
             seed = f" (seed {self.seeds[0]})" if len(self.seeds) > 1 else ""
             again = self.learning.get(self.seeds[0], {})
             if self.recommended in again:
@@ -191,6 +189,31 @@ def _holm_block(*lists: list[Comparison]) -> list[list[Comparison]]:
     return [[dataclasses.replace(c, p_adjusted=(same := adjusted[frozenset((c.a, c.b))]
                                                 ).p_adjusted, family=same.family)
              for c in group] for group in lists]
+
+
+def _how_chosen(chosen: dict, best: MethodResult, others: list[MethodResult]) -> str:
+    """How a val-read choice (val, paired, a fixed method) picked ``best``, in words."""
+    against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
+    rule = chosen.get("rule", "val")
+    if rule == PAIRED:
+        p_values = chosen.get("p") or {}
+        tests = "; ".join(f"{label(m)} p = {p:.3g}" for m, p in p_values.items())
+        prior = label(chosen.get("prior", "lp-bw"))
+        if best.method == chosen.get("prior"):
+            return (f"the prior, {prior}, kept: no other final was right on clearly more of the "
+                    f"same {chosen['images']} val images (one-sided sign test on the images "
+                    f"where exactly one is right, p ≤ 0.10 to switch: {tests}); val "
+                    f"{best.val.fraction()}" + (f", against {against}" if others else ""))
+        return (f"right on clearly more of the same {chosen['images']} val images than the "
+                f"prior, {prior} (one-sided sign test, p ≤ 0.10 to switch: {tests}); val "
+                f"{best.val.fraction()}" + (f", against {against}" if others else ""))
+    if rule in FIXED_CHOICES:
+        return (f"handed over by `--choose-by {rule}`, whatever the val accuracies (val "
+                f"{best.val.fraction()}" + (f"; {against}" if others else "") + ")")
+    instead = f" (`--choose-by {chosen['instead_of']}`'s final failed)" \
+        if chosen.get("instead_of") else ""
+    return f"the best final val accuracy{instead}, {best.val.fraction()}" + (
+        f", against {against}" if others else "")
 
 
 def assess(folder: str | Path) -> Assessment:

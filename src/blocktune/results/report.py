@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from blocktune.core import faults  # noqa: E402
 from blocktune.core.errors import BlocktuneError  # noqa: E402
 from blocktune.core.io import atomic_write_bytes, atomic_write_text
-from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, label  # noqa: E402
+from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, FIXED_CHOICES, label  # noqa: E402
 from blocktune.core.stats import Interval, accuracy_interval
 from blocktune.data import split_labels  # noqa: E402
 from blocktune.models.layers import ModelWalk  # noqa: E402
@@ -338,7 +338,10 @@ def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> s
                   f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
     elif mine is not None:
         lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
-                  f"- **Val accuracy**: {mine.val.fraction()} (used to choose it)",
+                  f"- **Val accuracy**: {mine.val.fraction()} " + (
+                      f"(not read: `--choose-by {chosen['rule']}` hands it over)"
+                      if chosen.get("rule") in FIXED_CHOICES else
+                      f"(used to choose it, by `{chosen.get('rule', 'val')}`)"),
                   f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
     baselines = {label(b) for b in BASELINES}
     against = (assessment.versus_learning if on_all else
