@@ -114,9 +114,17 @@ def test_finetune_then_predict(tmp_path, capsys):
     # unseen photos of each colour come back as their colour
     unseen = make_image_folder(tmp_path / "unseen", per_class=2, seed=99)
     images = [unseen / c / "001.jpg" for c in ("red", "green", "blue")]
+    # a path with a TAB, a newline and a quote stays one field of one line (csv quoting)
+    odd = unseen / "blue" / 'a\tb\n"c".jpg'
+    odd.write_bytes(images[2].read_bytes())
+    images.append(odd)
     assert main(["predict", "--run", str(out), *map(str, images)]) == 0
-    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    import csv
+    import io
+
+    lines = list(csv.reader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
     assert [path for path, _, _ in lines] == list(map(str, images))
+    lines = lines[:3]
     assert [name for _, name, _ in lines] == ["red", "green", "blue"]
     assert all(1 / 3 < float(probability) <= 1 for _, _, probability in lines)
 

@@ -188,11 +188,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    import csv
+
     from blocktune.api import predict
 
+    # tab-separated, quoted as the csv module quotes: a path holding a TAB, a newline or a
+    # quote stays one field of one line
+    out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
     for path, (name, probability) in zip(args.images, predict(args.run, args.images),
                                          strict=True):
-        print(f"{path}\t{name}\t{probability:.4f}")
+        out.writerow([path, name, f"{probability:.4f}"])
     return 0
 
 

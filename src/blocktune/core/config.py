@@ -202,7 +202,7 @@ class RunConfig:
                          "images and scored on the held-out fold; best pooled out-of-fold "
                          "accuracy; costs about K times the finals), or a method to hand over "
                          "always (lp-bw, baseline-II, …; the baselines are still trained for "
-                         "the verdicts)")
+                         "the verdicts)", resume=True)
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0, high=10.0)

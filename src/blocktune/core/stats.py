@@ -151,6 +151,9 @@ class Comparison:
         """better / worse when the whole interval lies on one side of zero and the (adjusted)
         test agrees; else a tie."""
         if math.isnan(self.difference.low):
+            if self.seeds > 1:
+                return (f"no interval: {self.seeds} seeds are too few for one within the "
+                        "±100 points an accuracy difference can take")
             return "no interval (no per-image predictions saved)" if self.images == 0 \
                 else "no interval"
         if self.seeds > 1 and math.isnan(self.p_value):
@@ -203,7 +206,12 @@ def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int
     if len(x) >= 2:
         p_value = (1.0 if x[0] == 0 else math.nan) if np.all(x == x[0]) else \
             float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
-    return Comparison(a, b, mean_interval(differences), p_value, images, len(differences))
+    interval = mean_interval(differences)
+    if not math.isnan(interval.low) and (interval.low < -1 or interval.high > 1):
+        # an accuracy difference lies within ±100 points: an interval wider than that says
+        # only that these seeds are too few to give one
+        interval = Interval(interval.value, math.nan, math.nan)
+    return Comparison(a, b, interval, p_value, images, len(differences))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -96,7 +96,7 @@ def _learning_counts(members_of: dict[int, list[int]], learn_images: int,
     total = sum(len(m) for m in members_of.values())
     splits = sum(fractions[n] > 0 for n in LEARNING_SPLITS)
     low = splits * len(members_of)
-    if learn_images >= total or learn_images < low:
+    if learn_images > total - len(members_of) or learn_images < low:
         raise BlocktuneError(
             f"learn_images = {learn_images}: the data has {total} images in {len(members_of)} "
             f"classes; ask for between {low} ({splits} per class, one per learning split) and "

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
 from blocktune.core.methods import PROBED
 from blocktune.core.trials import FinalTrial, Trial
 from blocktune.data import DecodedImages, TestDomain
@@ -62,6 +63,10 @@ def cv_folds(split: Mapping[str, Sequence[int]], labels: Sequence[int], folds: i
     import numpy as np
 
     pool = sorted(i for name in LEARNING_SPLITS for i in split[name])
+    if folds > len(pool):
+        raise BlocktuneError(f"choose_by = cv{folds}: the run learns from {len(pool)} images "
+                             f"and each of the {folds} folds needs at least one: choose at most "
+                             f"cv{len(pool)}, e.g. cv5")
     generator = np.random.default_rng([seed, folds])
     out: dict[str, list[int]] = {cv_fold_name(k): [] for k in range(folds)}
     offset = 0

@@ -1,0 +1,75 @@
+"""Sound 4 (issue 45): the small-data options held to the standard of the rest — a key that
+changes the answer is a resume key, every option has bounds it refuses in one line, and an
+interval is given only where the data can give one."""
+
+import math
+
+import pytest
+
+from blocktune.cli import main
+from blocktune.core.errors import BlocktuneError
+from blocktune.core.stats import compare_over_seeds
+from blocktune.data import stratified_split
+from blocktune.results.runfolder import RunFolder
+from blocktune.runner.search import run
+from blocktune.training.workbench import cv_folds
+
+from .test_search import tiny_config
+
+LABELS = [0] * 50 + [1] * 50 + [2] * 50
+
+
+@pytest.mark.parametrize("learn", [148, 149, 150, 151])
+def test_learn_images_above_what_leaves_a_test_image_per_class_is_one_line(learn):
+    with pytest.raises(BlocktuneError, match="ask for between 9 .* and 147"):
+        stratified_split(LABELS, None, 0, ["a", "b", "c"], learn)
+
+
+def test_learn_images_at_the_upper_bound_leaves_one_test_image_per_class():
+    split = stratified_split(LABELS, None, 0, ["a", "b", "c"], 147)
+    assert sorted(LABELS[i] for i in split["test"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("folds", [28, 100])
+def test_more_folds_than_learning_images_is_one_line(folds):
+    split = {"search": list(range(9)), "val": list(range(9, 18)), "train": list(range(18, 27)),
+             "test": list(range(27, 40))}
+    with pytest.raises(BlocktuneError, match=f"choose_by = cv{folds}: the run learns from 27 "
+                                             "images"):
+        cv_folds(split, [i % 3 for i in range(40)], folds, 0)
+    assert all(cv_folds(split, [i % 3 for i in range(40)], 27, 0).values())  # 27 is allowed
+
+
+@pytest.mark.parametrize("differences, has_interval", [
+    ([-0.5, 0.2], False),  # two seeds: a t interval of about ±450 points
+    ([0.02, 0.03, 0.01], True),
+    ([0.9, -0.9, 0.95], False),
+])
+def test_an_interval_wider_than_an_accuracy_difference_can_be_is_not_given(differences,
+                                                                           has_interval):
+    comparison = compare_over_seeds("A", "B", differences, 100)
+    assert (not math.isnan(comparison.difference.low)) == has_interval
+    if not has_interval:
+        assert "seeds are too few" in comparison.word
+        assert "[" not in comparison.sentence().split(",")[0]
+
+
+@pytest.mark.parametrize("first, then", [("cv2", "cv3"), ("paired", "lp-bw")])
+def test_choose_by_is_a_resume_key(image_folder, tmp_path, capsys, first, then):
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, methods=["lp-bw"], pick_finals=False, epochs=1,
+                         final_epochs=1, choose_by=first)
+    run(config, out)
+    model = (out / "model.safetensors").read_bytes()
+    recommendation = RunFolder(out).seed(0).read_recommendation()
+    args = ["run", "--model", "test_efficientnet", "--data", str(image_folder), "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--final-epochs", "1", "--batch-size", "8",
+            "--lr", "0.01", "--fractions", "search=0.25,val=0.25,train=0.3,test=0.2",
+            "--select", "max-val", "--methods", "lp-bw", "--no-pick-finals",
+            "--search-baseline-ii", "--choose-by", then, "--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "choose_by" in err[0]
+    assert (out / "model.safetensors").read_bytes() == model
+    assert RunFolder(out).seed(0).read_recommendation() == recommendation
