@@ -248,18 +248,9 @@ def test_the_cv_choice_is_recorded_and_published(image_folder, tmp_path):
     assert "Trained again on every learning image" in report
     card = (out / "README.md").read_text()
     assert "on every learning image (nothing held out)" in card and "cv3" in card
-    # resumed choosing by val: the val choice's final is handed over, and the trainings on
-    # every learning image, kept on disk, are no longer the run's answer
-    run(tiny_config(image_folder, choose_by="val", methods=["norms"]), out)
-    by_val = seed.read_recommendation()
-    assert by_val["rule"] == "val"
-    model = json.loads((out / "model.json").read_text())
-    assert model["method"] == by_val["method"] and model["trained_on"].startswith("search")
-    mine = load_file(str(seed.weights(by_val["method"])))
-    saved = load_file(str(out / "model.safetensors"))
-    assert all(torch.equal(mine[k], saved[k]) for k in mine)
-    assert "Trained again on every learning image" not in build_report(out).read_text()
-    assert "nothing held out" not in (out / "README.md").read_text()
+    # choosing by val instead is another answer: refused on this folder (a resume key)
+    with pytest.raises(BlocktuneError, match="choose_by"):
+        run(tiny_config(image_folder, choose_by="val", methods=["norms"]), out)
 
 
 def final(method, val, params, test=0.5):

@@ -134,6 +134,11 @@ class RunConfig:
     test_data: list[str] = opt(factory=list, help="extra test folders with the data's class "
                                "names (another camera, site or style), scored once by every "
                                "final like test and never read by a choice", resume=True)
+    choose_on: str | None = opt(None, "labelled images from where the model will be used (a "
+                                "folder with the data's class names): split in half, "
+                                "stratified and seeded; one half chooses the recommendation "
+                                "instead of val, the other is reported as that domain's test",
+                                resume=True)
     epochs: int = opt(5, "epochs per search candidate", resume=True, low=1, high=10_000)
     final_epochs: int = opt(5, "epochs of the final fine-tunes", resume=True, low=1, high=10_000)
     batch_size: int = opt(32, "images per training step (at least 2: BatchNorm cannot train "
@@ -265,6 +270,10 @@ class RunConfig:
                                  "ray://HOST:PORT")
         parse_device(self.device)  # a name torch does not know; its presence: below
         cv_folds_of(self.choose_by)  # val or cvK
+        if self.choose_on is not None and cv_folds_of(self.choose_by) is not None:
+            raise BlocktuneError(f"choose_on and choose_by = {self.choose_by} both say what "
+                                 "chooses: cross-validation reads the learning images, "
+                                 "--choose-on the deployment domain's; give one of the two")
         if self.score_on != "val" and RULES[self.select].reads_loss:
             raise BlocktuneError(f"select = {self.select} reads the val loss, which score_on = "
                                  f"{self.score_on} does not pool (every rule reads one score): "

@@ -13,6 +13,8 @@ protocols rank with this one code.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Collection, Sequence
 
 import numpy as np
@@ -120,3 +122,21 @@ def recommend(finals: Sequence[FinalRow], procedure: str = "val",
     return {"rule": procedure, "method": best.method, "score": correct / images,
             "images": images, "candidates": len(scored),
             "seconds": sum(r.seconds for r in cv if r.method in {s.method for s in scored})}
+
+
+def recommend_on(finals: Sequence[FinalRow], domain: str, labels: Sequence[int],
+                 procedure: str = "val") -> dict | None:
+    """``--choose-on``: the recommendation by ``procedure`` (val, paired or a fixed method) with
+    the deployment domain's choosing part in the place of val: each final's accuracy and
+    per-image predictions there. Nothing else of the run is read (not its val, not the
+    domain's test part)."""
+    truth = np.asarray(labels)
+
+    def scored(row: FinalRow) -> FinalRow:
+        pred = np.asarray(row.domains[domain]["pred"])
+        accuracy = float(np.mean(pred == truth)) if len(pred) == len(truth) else math.nan
+        return dataclasses.replace(row, val_acc=accuracy, val_pred=pred.tolist())
+
+    rows = [scored(r) for r in finals if r.status == "ok" and domain in r.domains]
+    chosen = recommend(rows, procedure, val_labels=labels)
+    return None if chosen is None else {**chosen, "on": domain}

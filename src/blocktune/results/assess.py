@@ -195,6 +195,14 @@ def _how_chosen(chosen: dict, best: MethodResult, others: list[MethodResult]) ->
     """How a val-read choice (val, paired, a fixed method) picked ``best``, in words."""
     against = "; ".join(f"{label(r.method)} {r.val.fraction()}" for r in others)
     rule = chosen.get("rule", "val")
+    if chosen.get("on"):
+        on = chosen["on"]
+        scores = "; ".join(f"{label(r.method)} {r.domains[on].fraction()}" for r in others
+                           if on in r.domains)
+        mine = best.domains[on].fraction() if on in best.domains else "–"
+        return (f"chosen on `{on}` ({chosen['images']} labelled images of the deployment "
+                f"domain, `--choose-on`) by `{rule}`, not on val: {mine}"
+                + (f", against {scores}" if scores else ""))
     if rule == PAIRED:
         p_values = chosen.get("p") or {}
         tests = "; ".join(f"{label(m)} p = {p:.3g}" for m, p in p_values.items())

@@ -299,8 +299,12 @@ def _domain_section(assessment: Assessment, summary: list[dict]) -> list[str]:
     first = assessment.per_seed[assessment.seeds[0]]
     names = list(assessment.domain_verdicts)
     methods = [r["method"] for r in summary if r["method"] in first]
+    on = (assessment.recommendation or {}).get("on")
+    chose = (f" Except `{on}`: the deployment domain's choosing part (`--choose-on`), which "
+             "chose the recommendation, so the recommendation's accuracy there is optimistic; "
+             "its test part is the figure to expect." if on else "")
     parts = ["", "## Test domains", "", "Scored once by every final, like test, and read by no "
-             "choice. Accuracy with its 95% interval"
+             f"choice.{chose} Accuracy with its 95% interval"
              + (f" (seed {assessment.seeds[0]})" if len(assessment.seeds) > 1 else "") + ":", ""]
     parts.append(_md_table(["method", "test", *names], [
         [label(m), first[m].test.fraction(),
@@ -336,6 +340,17 @@ def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> s
                   f"- **Chosen by** `{chosen['rule']}`: pooled out-of-fold accuracy "
                   f"{score.fraction()}",
                   f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
+    elif mine is not None and chosen.get("on"):
+        on = chosen["on"]
+        lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
+                  f"- **Chosen on** `{on}` ({chosen['images']} labelled images of the "
+                  f"deployment domain, `--choose-on`, by `{chosen['rule']}`): "
+                  f"{mine.domains[on].fraction() if on in mine.domains else '–'}",
+                  f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]
+        target = on.replace("(choosing part)", "(test part)")
+        if target in mine.domains:
+            lines.append(f"- **On the deployment domain's test part** `{target}`: "
+                         f"{mine.domains[target].fraction()}")
     elif mine is not None:
         lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
                   f"- **Val accuracy**: {mine.val.fraction()} " + (

@@ -74,7 +74,7 @@ MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
 RUN_FILES = frozenset({
     "config.yaml", "environment.json", "run.lock", "run.pid", "summary.csv", "model.safetensors",
     "model.json", "README.md", "report.md", "report.html", "plots", "tensorboard", "export",
-    "metrics.csv", "splits.json", "cache", "test_domains.json", MARKER})
+    "metrics.csv", "splits.json", "cache", "test_domains.json", "choose_on.json", MARKER})
 FINETUNE_FILES = frozenset({
     "config.yaml", "environment.json", "run.lock", "run.pid", "splits.json", "metrics.csv",
     "result.json", "model.safetensors", "model.json", "README.md", "cache", "rungs",
@@ -276,6 +276,22 @@ class RunFolder:
         atomic_write_json(self.test_domains, {d.name: {
             "files": list(d.files), "labels": [int(y) for y in d.labels]} for d in domains})
 
+    choose_on = property(lambda self: self.root / "choose_on.json")
+
+    def write_choose_on(self, record: dict) -> None:
+        """``--choose-on``: the folder, the seed of its split, each part's files and every
+        file's sha256 (a resume on a changed folder is refused)."""
+        atomic_write_json(self.choose_on, record)
+
+    def read_choose_on(self) -> dict | None:
+        if not self.choose_on.exists():
+            return None
+        saved = read_json(self.choose_on)
+        if not (isinstance(saved, dict) and isinstance(saved.get("parts"), dict)
+                and isinstance(saved.get("sha256"), dict)):
+            raise damaged(self.choose_on, "not a record of the --choose-on folder's split")
+        return saved
+
     def read_test_domains(self) -> dict[str, dict]:
         if not self.test_domains.exists():
             return {}
@@ -374,7 +390,8 @@ class RunFolder:
                       *self.root.glob(f"{seeds}/rungs/*.pt"),
                       *self.root.glob(f"{seeds}/*.safetensors"), self.metrics, self.splits,
                       self.summary, self.weights, self.model_json, self.card, self.report_md,
-                      self.report_html, *self.plots.glob("*.png")]:
+                      self.report_html, self.test_domains, self.choose_on,
+                      *self.plots.glob("*.png")]:
             stale.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from blocktune.core.errors import BlocktuneError
 from blocktune.core.methods import (
     BASELINE_I,
     BASELINE_II,
+    FIXED_CHOICES,
     WHOLE_MODEL,
     cv_folds_of,
     label,
@@ -75,8 +76,14 @@ def run_status(folder: str | Path) -> list[str]:
                              "--out folder of a blocktune run")
     saved = files.saved_config()
     config = RunConfig.from_dict(saved)  # its data and weights need not exist here
+    chooser = (f"`{config.choose_by}` on the deployment domain {config.choose_on} (--choose-on)"
+               if config.choose_on
+               else f"`{config.choose_by}` on the learning images' folds"
+               if cv_folds_of(config.choose_by) is not None
+               else f"`{config.choose_by}` (always that method)" if config.choose_by in FIXED_CHOICES
+               else f"`{config.choose_by}` on val")
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
-             f"{', '.join(map(str, config.seeds))}"]
+             f"{', '.join(map(str, config.seeds))}; the recommendation chosen by {chooser}"]
     model = None
     for seed in config.seeds:
         seed_files = files.seed(seed)

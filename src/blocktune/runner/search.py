@@ -13,7 +13,9 @@ from pathlib import Path
 
 from blocktune.core.callbacks import Callback, CallbackList
 from blocktune.core.config import RunConfig
+from blocktune.core.errors import BlocktuneError
 from blocktune.data import load_test_domains
+from blocktune.data.target import changed_files, load_target
 from blocktune.loggers.tensorboard import loggers
 from blocktune.results.publish import publish_model
 from blocktune.results.runfolder import RunFolder, RunLock, summarize
@@ -45,6 +47,18 @@ def run(config: RunConfig, folder: str | Path,
             config.strict)
         if force_new:
             files.clear_results()
+        if config.choose_on:
+            parts, notes, record = load_target(config.choose_on, images.classes,
+                                               config.image_size, data_cfg.interpolation,
+                                               config.strict, config.seeds[0])
+            saved = files.read_choose_on()
+            if saved is not None and (changed := changed_files(saved, record)):
+                raise BlocktuneError(
+                    f"the --choose-on folder {config.choose_on} changed since this run chose on "
+                    f"it ({len(changed)} file(s) added, removed, moved or edited, e.g. "
+                    f"{changed[0]}): restore it, use another --out, or --force-new")
+            files.write_choose_on(record)
+            domains, domain_notes = [*domains, *parts], [*domain_notes, *notes]
         if domains:
             files.write_test_domains(domains)
         for seed in config.seeds:

@@ -28,12 +28,13 @@ from blocktune.core.trials import Trial
 from blocktune.data import (
     learning_images,
 )
+from blocktune.data.target import part_names
 from blocktune.models.groups import UNRESTRICTED, candidates
 from blocktune.protocol.plan import (
     progress,
     search_wave,
 )
-from blocktune.protocol.recommend import recommend
+from blocktune.protocol.recommend import recommend, recommend_on
 from blocktune.protocol.select import get_rule, notices, pick, searched_strategies
 from blocktune.runner.context import SeedContext
 from blocktune.runner.crossval import cross_validate
@@ -241,7 +242,12 @@ def fit_final(ctx: SeedContext, group: tuple[int, ...] | None, weights_path: Pat
 def recommend_final(ctx: SeedContext, finals: list[FinalRow]) -> dict | None:
     """The recommendation by ``--choose-by``, recorded in ``choices.json``."""
     cv = cross_validate(ctx, finals)
-    chosen = recommend(finals, ctx.config.choose_by, cv, val_labels=ctx.val_labels)
+    if ctx.config.choose_on:  # the deployment domain's choosing part, not val
+        choosing, _ = part_names(ctx.config.choose_on)
+        labels = next(d for d in ctx.bench.domains if d.name == choosing).labels.tolist()
+        chosen = recommend_on(finals, choosing, labels, ctx.config.choose_by)
+    else:
+        chosen = recommend(finals, ctx.config.choose_by, cv, val_labels=ctx.val_labels)
     if chosen is not None:
         ctx.files.write_recommendation(chosen)
     return chosen

@@ -35,7 +35,7 @@ def check_environment(config: RunConfig) -> None:
     if config.weights is not None and not Path(config.weights).expanduser().is_file():
         raise BlocktuneError(f"weights file {config.weights} does not exist: pass the path of a "
                              ".pth, .pt or .safetensors state dict")
-    for folder in config.test_data:
+    for folder in [*config.test_data, *([config.choose_on] if config.choose_on else [])]:
         check_test_folder(folder)
     device_for(config.device)  # an absent device is refused before any work
 
