@@ -195,9 +195,11 @@ def compare(a: str, b: str, correct_a: Sequence[bool], correct_b: Sequence[bool]
                       mcnemar_exact(correct_a, correct_b), len(correct_a))
 
 
-def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int) -> Comparison:
+def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int,
+                       bound: float | None = 1.0) -> Comparison:
     """Per-seed paired differences (A − B), summarised as their mean with a t interval and the
-    one-sample t-test that the interval inverts."""
+    one-sample t-test that the interval inverts. ``bound``: the largest magnitude a difference
+    can take (1 for accuracies); an interval reaching past it is not given."""
     x = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
     p_value = math.nan
     # equal non-zero differences on every seed have no spread to test against: no claim
@@ -207,7 +209,8 @@ def compare_over_seeds(a: str, b: str, differences: Sequence[float], images: int
         p_value = (1.0 if x[0] == 0 else math.nan) if np.all(x == x[0]) else \
             float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
     interval = mean_interval(differences)
-    if not math.isnan(interval.low) and (interval.low < -1 or interval.high > 1):
+    if bound is not None and not math.isnan(interval.low) and (interval.low < -bound
+                                                                or interval.high > bound):
         # an accuracy difference lies within ±100 points: an interval wider than that says
         # only that these seeds are too few to give one
         interval = Interval(interval.value, math.nan, math.nan)
