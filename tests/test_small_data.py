@@ -387,6 +387,15 @@ def test_the_paired_and_fixed_choices_hand_over_what_they_say(image_folder, tmp_
     assert model["method"] == chosen["method"] and model["choose_by"] == "paired"
     assert ("the prior, LP-BW, kept" in build_report(out).read_text()) == \
         (chosen["method"] == "lp-bw")
+    # what the run cost, against its own Baseline II final (one full fine-tune of the split)
+    from blocktune.results.assess import training_cost
+
+    cost = training_cost(out, 0)
+    searched = sum(r.seconds for r in seed.read_candidates() if not r.same_as)
+    trained = sum(r.seconds for r in finals if not r.same_as)
+    b2 = next(r for r in finals if r.method == "baseline-II").seconds
+    assert cost["ratio"] == pytest.approx((searched + trained) / b2)
+    assert set(cost["parts"]) == {"search", "finals"}
     # always Baseline II: handed over whatever the val accuracies, and said so
     fixed = tmp_path / "fixed"
     run(dataclasses.replace(config, choose_by="baseline-II"), fixed)

@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import logging
 import sys
+import time
 from pathlib import Path
 
 from blocktune.core.errors import BlocktuneError
@@ -108,7 +109,7 @@ def cmd_groups(args) -> int:
 
 def cmd_run(args) -> int:
     from blocktune.loggers.progress import ProgressDisplay
-    from blocktune.results.assess import assess
+    from blocktune.results.assess import assess, training_cost
     from blocktune.results.report import build_report
     from blocktune.results.runfolder import RunFolder
     from blocktune.results.status import failures
@@ -118,10 +119,19 @@ def cmd_run(args) -> int:
     if args.print_config:
         return _print_config(config)
     progress = ProgressDisplay(args.verbose)
+    started = time.perf_counter()
     with progress.bar:
         summary = run(config, args.out, [progress], force_new=args.force_new)
+    wall = time.perf_counter() - started
     report = build_report(args.out)
     _print_assessment(assess(args.out), summary)
+    cost = training_cost(args.out, config.seeds[0])
+    if cost is not None:  # what choosing cost, against one full fine-tune of the same split
+        where = ", ".join(f"{k} {v:.0f} s" for k, v in cost["parts"].items())
+        print(f"cost: this command took {wall:.0f} s of wall time; seed {config.seeds[0]} "
+              f"trained for {cost['seconds']:.0f} s ({where}), {cost['ratio']:.2f}× its own "
+              f"Baseline II final ({cost['baseline_ii']:.0f} s, one full fine-tune of this "
+              "split, what `blocktune finetune --train all` trains)")
     print(f"report: {report}")
     waiting = [s for s in config.seeds if not RunFolder(args.out).seed(s).finals.exists()]
     if waiting:  # the only normal early stop: a spent --time-budget

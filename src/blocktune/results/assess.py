@@ -268,3 +268,22 @@ def assess(folder: str | Path) -> Assessment:
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
                       test_over_seeds, found, recommendation, domain_verdicts, learning,
                       versus_learning)
+
+
+def training_cost(folder: str | Path, seed: int) -> dict | None:
+    """What one seed's run spent training, from its records: the seconds of every distinct
+    search training, final, fold and training on every learning image, beside its own Baseline
+    II final's (one full fine-tune of this split, exactly what ``finetune --train all`` trains);
+    None without a finished Baseline II final."""
+    files = RunFolder(folder).seed(seed)
+    finals = files.read_finals()
+    baseline = next((r for r in finals if r.method == BASELINE_II and r.status == "ok"), None)
+    if baseline is None or baseline.seconds <= 0:
+        return None
+    parts = {"search": sum(r.seconds for r in files.read_candidates() if not r.same_as),
+             "finals": sum(r.seconds for r in finals if not r.same_as),
+             "cross-validation": sum(r.seconds for r in files.read_cv() if not r.same_as),
+             "on every learning image": sum(r.seconds for r in files.read_learning_finals())}
+    total = sum(parts.values())
+    return {"seconds": total, "baseline_ii": baseline.seconds,
+            "ratio": total / baseline.seconds, "parts": {k: v for k, v in parts.items() if v}}
