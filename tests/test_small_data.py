@@ -293,66 +293,76 @@ def test_status_counts_the_cross_validation_folds(image_folder, tmp_path):
     assert again >= {"baseline-I", "baseline-II"} and len(again) in (2, 3)
 
 
-# -- the small-data default (PROTOCOL-small.md's criterion 1) ----------------------------------
-def test_auto_finals_follow_how_many_images_are_learnt_from(image_folder):
-    from blocktune.core.config import SMALL_DATA_IMAGES, RunConfig
+# -- the default (PROTOCOL-sizes.md: always LP-FT, beside both baselines, at every size) ------
+def test_auto_keys_follow_the_protocols_answer_at_every_size(image_folder, monkeypatch):
+    import blocktune.core.config as config_module
+    from blocktune.core.config import RunConfig
 
     auto = RunConfig(data=str(image_folder))
-    assert auto.methods is None and auto.pick_finals is None and auto.search_baseline_ii is None
-    small, large = auto.for_data(SMALL_DATA_IMAGES), auto.for_data(SMALL_DATA_IMAGES + 1)
-    assert (small.methods, small.pick_finals, small.search_baseline_ii) == (["lp-bw"], False,
-                                                                             False)
-    assert (large.methods, large.pick_finals, large.search_baseline_ii) == (
-        ["lp-ft", "lp-bw"], True, True)
-    assert not search_settings(small, 0).baseline_ii and search_settings(large, 0).baseline_ii
-    # what the user gave is kept, on either side of the threshold
+    assert None is auto.methods is auto.pick_finals is auto.search_baseline_ii is auto.choose_by
+    for images in (30, 1000, 10**6):  # one procedure at every size
+        decided = auto.for_data(images, 5)
+        assert (decided.methods, decided.choose_by, decided.pick_finals,
+                decided.search_baseline_ii) == (["lp-ft"], "lp-ft", False, False)
+        assert not search_settings(decided, 0).baseline_ii
+    # a switch in images per class, when criterion 3 sets one
+    monkeypatch.setattr(config_module, "SWITCH_PER_CLASS", 100.0)
+    monkeypatch.setattr(config_module, "LARGER_METHOD", "baseline-II")
+    assert auto.for_data(500, 5).choose_by == "lp-ft"  # 100 per class
+    assert (auto.for_data(505, 5).methods, auto.for_data(505, 5).choose_by) == ([], "baseline-II")
+    # what the user gave is kept, on either side
     given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True,
-                      search_baseline_ii=False)
+                      search_baseline_ii=False, choose_by="val")
     assert given.for_data(10) == given.for_data(10**6) == given
+    # without LP-FT among the finals the auto choice reads val, and each pick is a final
+    other = RunConfig(data=str(image_folder), methods=["lp-bw"]).for_data(100, 5)
+    assert (other.choose_by, other.pick_finals) == ("val", False)
+    assert RunConfig(data=str(image_folder), methods=[]).for_data(100, 5).pick_finals
     # "auto" is the unset value, from a flag or a file
-    assert RunConfig(data=str(image_folder), methods="auto", pick_finals="auto") == auto
+    assert RunConfig(data=str(image_folder), methods="auto", pick_finals="auto",
+                     choose_by="auto") == auto
     assert RunConfig(data=str(image_folder), methods="").methods == []
 
 
-def test_a_small_run_fine_tunes_the_baselines_and_lp_bw_and_says_so(image_folder, tmp_path):
+def test_a_default_run_fine_tunes_the_baselines_and_lp_ft_hands_over_lp_ft_and_says_so(
+        image_folder, tmp_path):
     from blocktune.core.callbacks import LambdaCallback
     from blocktune.results.status import run_status
 
     out, notices = tmp_path / "run", []
     config = tiny_config(image_folder, methods=None, pick_finals=None, search_baseline_ii=None,
-                         epochs=1, final_epochs=1)
+                         choose_by=None, epochs=1, final_epochs=1)
     run(config, out, LambdaCallback(on_notice=notices.append))
     finals = RunFolder(out).seed(0).read_finals()
-    assert [r.method for r in finals] == ["baseline-I", "baseline-II", "lp-bw"]
+    assert [r.method for r in finals] == ["baseline-I", "baseline-II", "lp-ft"]
     # Baseline II is trained as a final only: no choice reads its search row
     searched = {r.strategy for r in RunFolder(out).seed(0).read_candidates()}
     assert "baseline-I" in searched and "baseline-II" not in searched
     assert math.isnan(finals[1].search_val_acc) and finals[1].status == "ok"
-    # LP-BW trained the block strategy's pick, which has no final of its own
-    choices = json.loads((out / "seed_0" / "choices.json").read_text())
-    lp_bw = next(r for r in finals if r.method == "lp-bw")
-    assert lp_bw.layer_indices == choices["block"]["layer_indices"]
-    [said] = [n for n in notices if "images are learnt from" in n]
-    assert "48 images are learnt from (at most 1,000)" in said
-    assert "Baseline I, Baseline II, LP-BW" in said and "not trained in the search" in said
-    assert "--methods, --pick-finals and --search-baseline-ii override" in said
+    assert json.loads((out / "model.json").read_text())["method"] == "lp-ft"
+    assert RunFolder(out).seed(0).read_recommendation()["rule"] == "lp-ft"
+    [said] = [n for n in notices if "images of 3 classes are learnt from" in n]
+    assert "Baseline I, Baseline II, LP-FT" in said and "LP-FT is handed over" in said
+    assert "--methods, --choose-by, --pick-finals and --search-baseline-ii override" in said
     # the folder keeps what was asked (auto), and a resume of the same command trains nothing
     assert "methods: auto" in (out / "config.yaml").read_text()
-    assert any("1 of 1 baselines" in line and "finals 3 of 3 done" in line
-               for line in run_status(out))
+    assert "choose_by: auto" in (out / "config.yaml").read_text()
+    assert any("finals 3 of 3 done" in line for line in run_status(out))
     run(config, out)
     assert RunFolder(out).seed(0).read_finals() == finals
 
 
-def test_above_the_threshold_the_first_protocols_finals_are_kept(image_folder, tmp_path,
-                                                                 monkeypatch):
-    import blocktune.core.config
-
-    monkeypatch.setattr(blocktune.core.config, "SMALL_DATA_IMAGES", 20)  # 48 images: "large"
+def test_a_folder_started_with_an_explicit_value_resumes_with_it(image_folder, tmp_path):
+    """A folder written before choose_by was automatic (it saved "val") resumes as it began
+    when the flag is not given, instead of being refused for a changed default."""
     out = tmp_path / "run"
-    run(tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1), out)
-    assert [r.method for r in RunFolder(out).seed(0).read_finals()] == [
-        "baseline-I", "baseline-II", "block", "lp-ft", "lp-bw"]
+    old = tiny_config(image_folder, methods=["lp-bw"], pick_finals=True, epochs=1,
+                      final_epochs=1, choose_by="val")
+    run(old, out)
+    chosen = RunFolder(out).seed(0).read_recommendation()
+    run(dataclasses.replace(old, choose_by=None), out)  # the new default is auto
+    assert RunFolder(out).seed(0).read_recommendation() == chosen
+    assert "choose_by: val" in (out / "config.yaml").read_text()
 
 
 def test_a_folder_written_before_pick_finals_keeps_every_pick_a_final(image_folder, tmp_path):

@@ -80,12 +80,22 @@ def parse_device(preference: str = "auto") -> torch.device | None:
 
 
 
-# The small-data protocol's answer (benchmarks/PROTOCOL-small.md, docs/results.md): a run that
-# learns from at most this many images (search + val + train) fine-tunes the baselines and
-# LP-BW only; a larger one keeps the first protocol's finals.
-SMALL_DATA_IMAGES = 1000
-SMALL_DATA_METHODS = ("lp-bw",)
-LARGER_DATA_METHODS = ("lp-ft", "lp-bw")
+# PROTOCOL-sizes.md's answer (docs/results.md, benchmarks/results/sizes): at 1,000 learning
+# images no choice procedure had a lower regret than every fixed recipe under the correction
+# fixed in advance, so the fixed recipe with the lowest mean regret, LP-FT, is handed over;
+# criterion 3 carries it to full size unless a fixed recipe beat it there, in which case that
+# recipe is handed over above SWITCH_PER_CLASS learning images per class.
+DEFAULT_METHOD = "lp-ft"
+SWITCH_PER_CLASS: float | None = None
+LARGER_METHOD: str | None = None
+
+
+def default_method(per_class: float) -> str:
+    """The method the protocol hands over for a run learning from ``per_class`` images per
+    class."""
+    if SWITCH_PER_CLASS is not None and LARGER_METHOD is not None and per_class > SWITCH_PER_CLASS:
+        return LARGER_METHOD
+    return DEFAULT_METHOD
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, resume: bool = False,
@@ -175,9 +185,8 @@ class RunConfig:
                           "and the finals", resume=True)
     search_baseline_ii: bool | None = opt(
         None, "train Baseline II in the search as well, the search plots' reference line "
-        "(auto, the default: yes, except when at most "
-        f"{SMALL_DATA_IMAGES:,} images are learnt from: no choice reads that row, and there it "
-        "cost about a sixth of a full fine-tune; its final is trained either way)", auto=True)
+        "(auto, the default: no; no choice reads that row, and it costs about a sixth of a full "
+        "fine-tune; its final is trained either way)", auto=True)
     select: str = opt("last-quarter", "selection rule: which candidate of each strategy is "
                       "fine-tuned (val only; see docs/method.md)",
                       choices=lambda: tuple(RULES))
@@ -190,24 +199,23 @@ class RunConfig:
                                     "then all layers), llrd (all layers, layer-wise "
                                     "learning-rate decay), lp-bw (head first, then the first "
                                     "strategy's pick), norms (norm layers' scale and shift and "
-                                    "every bias); '' for none; auto (the default): lp-bw when "
-                                    f"at most {SMALL_DATA_IMAGES:,} images are learnt from, else "
-                                    "lp-ft,lp-bw — what the pre-registered protocols kept "
-                                    "(docs/results.md)", resume=True, choices=lambda: RECIPES,
+                                    "every bias); '' for none; auto (the default): the method "
+                                    "the pre-registered protocol hands over (lp-ft; "
+                                    "docs/results.md)", resume=True, choices=lambda: RECIPES,
                                     auto=True)
     pick_finals: bool | None = opt(None, "fine-tune each strategy's pick as a final of its own "
-                                   "(auto, the default: yes, except when at most "
-                                   f"{SMALL_DATA_IMAGES:,} images are learnt from and LP-BW is "
-                                   "a method: the small-data protocol kept the baselines and "
-                                   "LP-BW only, which trains the pick)", resume=True, auto=True)
-    choose_by: str = opt("val", "how the recommendation is chosen among the finals: val (best "
-                         "final val accuracy), paired (LP-BW unless another final is right on "
-                         "more of the same val images, one-sided sign test p <= 0.10), cvK, "
-                         "e.g. cv5 (each final's recipe trained on K-1 folds of the learning "
-                         "images and scored on the held-out fold; best pooled out-of-fold "
-                         "accuracy; costs about K times the finals), or a method to hand over "
-                         "always (lp-bw, baseline-II, …; the baselines are still trained for "
-                         "the verdicts)", resume=True)
+                                   "(auto, the default: only when the choice reads the finals' "
+                                   "val accuracies and LP-BW, which trains the pick, is not a "
+                                   "method)", resume=True, auto=True)
+    choose_by: str | None = opt(
+        None, "how the recommendation is chosen among the finals: val (best final val "
+        "accuracy), paired (LP-BW unless another final is right on more of the same val images, "
+        "one-sided sign test p <= 0.10), cvK, e.g. cv5 (each final's recipe trained on K-1 "
+        "folds of the learning images and scored on the held-out fold; best pooled out-of-fold "
+        "accuracy; costs about K times the finals), or a method to hand over always (lp-ft, "
+        "lp-bw, baseline-II, …; the baselines are still trained for the verdicts); auto (the "
+        "default): the method the pre-registered protocol hands over (lp-ft) when it is a "
+        "final, else val", resume=True, auto=True)
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0, high=10.0)
@@ -269,8 +277,10 @@ class RunConfig:
             raise BlocktuneError(f"ray_address = {self.ray_address!r}: give auto, HOST:PORT or "
                                  "ray://HOST:PORT")
         parse_device(self.device)  # a name torch does not know; its presence: below
-        cv_folds_of(self.choose_by)  # val or cvK
-        if self.choose_on is not None and cv_folds_of(self.choose_by) is not None:
+        if self.choose_by is not None:
+            cv_folds_of(self.choose_by)  # val, paired, cvK or a method
+        if self.choose_on is not None and self.choose_by is not None \
+                and cv_folds_of(self.choose_by) is not None:
             raise BlocktuneError(f"choose_on and choose_by = {self.choose_by} both say what "
                                  "chooses: cross-validation reads the learning images, "
                                  "--choose-on the deployment domain's; give one of the two")
@@ -279,24 +289,27 @@ class RunConfig:
                                  f"{self.score_on} does not pool (every rule reads one score): "
                                  "choose another rule, e.g. max-val or smooth, or score on val")
 
-    def for_data(self, learning_images: int) -> RunConfig:
+    def for_data(self, learning_images: int, classes: int = 1) -> RunConfig:
         """This config with its ``auto`` keys decided for a run that learns from
-        ``learning_images`` images (search + val + train): the small-data protocol's finals at
-        most :data:`SMALL_DATA_IMAGES`, the first protocol's above."""
-        small = learning_images <= SMALL_DATA_IMAGES
-        methods = self.methods if self.methods is not None else list(
-            SMALL_DATA_METHODS if small else LARGER_DATA_METHODS)
-        # the pick is a final of its own unless LP-BW trains it (small data)
-        pick_finals = self.pick_finals if self.pick_finals is not None \
-            else not small or "lp-bw" not in methods
-        searched = self.search_baseline_ii if self.search_baseline_ii is not None else not small
+        ``learning_images`` images (search + val + train) of ``classes`` classes: the method
+        the pre-registered protocol hands over (:func:`default_method`), trained beside both
+        baselines, and handed over."""
+        method = default_method(learning_images / max(classes, 1))
+        methods = self.methods if self.methods is not None else (
+            [] if method in BASELINES else [method])
         trained = [*(BASELINES if self.baselines else ()), *methods]
-        if self.choose_by in FIXED_CHOICES and self.choose_by not in trained:
-            raise BlocktuneError(f"choose_by = {self.choose_by} hands over a final this run does "
+        choose_by = self.choose_by if self.choose_by is not None else (
+            method if method in trained else "val")
+        fixed = choose_by in FIXED_CHOICES
+        pick_finals = self.pick_finals if self.pick_finals is not None \
+            else not fixed and "lp-bw" not in methods
+        searched = self.search_baseline_ii if self.search_baseline_ii is not None else False
+        if fixed and choose_by not in trained:
+            raise BlocktuneError(f"choose_by = {choose_by} hands over a final this run does "
                                  f"not train (its finals: {', '.join(trained) or 'none'}): add "
                                  f"it to --methods, or choose by val")
         return dataclasses.replace(self, methods=list(methods), pick_finals=pick_finals,
-                                   search_baseline_ii=searched)
+                                   search_baseline_ii=searched, choose_by=choose_by)
 
     def _paper_settings(self) -> None:
         """The paper's optimiser settings, recorded as the values used (not silently
@@ -323,6 +336,18 @@ class RunConfig:
             return dataclasses.replace(PAPER, epochs=epochs, seed=seed)
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
                            body_lr_scale=self.body_lr_scale, patience=self.patience, seed=seed)
+
+    def adopt(self, saved: dict) -> RunConfig:
+        """Resuming a folder: each ``auto`` key left unset here takes the value the folder was
+        started with when that was a value, not ``auto`` (a folder written before the key became
+        automatic resumes as it started, rather than being refused for a changed default)."""
+        hints = typing.get_type_hints(type(self))
+        changes = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("auto") and getattr(self, f.name) is None \
+                    and saved.get(f.name, "auto") not in ("auto", None):
+                changes[f.name] = convert(f, hints[f.name], saved[f.name])
+        return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict:
         """Plain values, as ``config.yaml`` holds them (an unset auto key as ``auto``)."""
@@ -521,18 +546,22 @@ def field_help(f: dataclasses.Field) -> str:
     return text
 
 
-def auto_notice(given: RunConfig, decided: RunConfig, images: int) -> str:
+def auto_notice(given: RunConfig, decided: RunConfig, images: int, classes: int = 1) -> str:
     """What the ``auto`` keys became, and why: said once per run."""
     finals = ["Baseline I", "Baseline II"] if decided.baselines else []
     finals += ["each strategy's pick"] if decided.pick_finals else []
     finals += [label(m) for m in decided.methods]
-    size = "at most" if images <= SMALL_DATA_IMAGES else "more than"
-    keys = [f"--{k.replace('_', '-')}" for k in ("methods", "pick_finals", "search_baseline_ii")
+    keys = [f"--{k.replace('_', '-')}" for k in ("methods", "choose_by", "pick_finals",
+                                                 "search_baseline_ii")
             if getattr(given, k) is None]
     override = " and ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 1 else keys)
     searched = "" if decided.search_baseline_ii or not decided.baselines else (
         "; Baseline II is not trained in the search, only as a final (no choice reads its "
         "search row)")
-    return (f"{images:,} images are learnt from ({size} {SMALL_DATA_IMAGES:,}): the finals are "
-            f"{', '.join(finals)}, as the pre-registered protocols chose (docs/results.md)"
-            f"{searched}; {override} override")
+    handed = (f"{label(decided.choose_by)} is handed over whatever the val accuracies, as the "
+              "pre-registered protocol chose (no choice procedure beat every fixed recipe; "
+              "docs/results.md)" if decided.choose_by in FIXED_CHOICES
+              else f"the recommendation is chosen by `{decided.choose_by}`")
+    return (f"{images:,} images of {classes} classes are learnt from "
+            f"({images / max(classes, 1):.0f} per class): the finals are {', '.join(finals)}; "
+            f"{handed}{searched}; {override} override")

@@ -248,7 +248,7 @@ class SeedFolder:
 # what a config written before a key existed meant by its absence
 log = logging.getLogger(__name__)
 
-PAST_DEFAULTS = {"methods": [], "pick_finals": True}
+PAST_DEFAULTS = {"methods": [], "pick_finals": True, "choose_by": "val"}
 
 
 class RunFolder:

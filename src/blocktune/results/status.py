@@ -92,7 +92,8 @@ def run_status(folder: str | Path) -> list[str]:
             continue
         saved_split = read_splits(seed_files.splits)
         # the auto keys as the run decided them, from the same split
-        config = config.for_data(learning_images(saved_split["files"]))
+        config = config.for_data(learning_images(saved_split["files"]),
+                                 len(saved_split["classes"]))
         if model is None:
             classes = saved_split["classes"]
             packaged = packaged_source(config.model)

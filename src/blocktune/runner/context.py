@@ -167,7 +167,7 @@ def open_seed(config: RunConfig, seed: int, folder: Path, images: DecodedImages,
     split = load_or_make_split(files.splits, images, config.fractions, seed, config.learn_images,
                                config.split)
     files.check_records()  # a damaged record: one line, before any work
-    decided = config.for_data(learning_images(split))
+    decided = config.for_data(learning_images(split), len(images.classes))
     check_duplicates(decided, seed, images, split, events)
     folds = cv_folds_of(decided.choose_by)
     trained_on = split if folds is None else {

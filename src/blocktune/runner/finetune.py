@@ -58,12 +58,15 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     check_environment(config)
     files = RunFolder(folder)
     with RunLock(folder, "finetune"):
+        if files.config.exists():  # unset auto keys resume as they began
+            config = config.adopt(files.saved_config())
         files.check_resume(config, device_for(config.device).type)
         images, data_cfg = load_images(config)
         seed = config.seeds[0]
         events.on_seed_start(seed, folder)
         split = prepare_split(config, seed, SeedFolder(folder), images, events)
-        bench = Workbench(config.for_data(learning_images(split)), seed, images, split, data_cfg,
+        decided = config.for_data(learning_images(split), len(images.classes))
+        bench = Workbench(decided, seed, images, split, data_cfg,
                           spill_dir=SeedFolder(folder).cache)
         try:
             summary = _train_one(config, train_spec, bench, files, images, data_cfg, events)

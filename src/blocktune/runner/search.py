@@ -39,6 +39,8 @@ def run(config: RunConfig, folder: str | Path,
     check_environment(config)
     callbacks = CallbackList(callbacks).extended(*loggers(config.log, folder))
     with RunLock(folder, "run"):
+        if files.config.exists() and not force_new:  # unset auto keys resume as they began
+            config = config.adopt(files.saved_config())
         files.check_resume(config, device_for(config.device).type, force_new)
         check_executor(config)
         images, data_cfg = load_images(config)
@@ -76,7 +78,7 @@ def run(config: RunConfig, folder: str | Path,
                 seed_run.close()
             if done is not None and seed == config.seeds[0]:
                 best, weights = done
-                publish_model(folder, config, seed, best, weights, images, data_cfg,
+                publish_model(folder, seed_run.config, seed, best, weights, images, data_cfg,
                               seed_run.bench.weights_source)
         summary = summarize(folder, config.seeds)
     return summary

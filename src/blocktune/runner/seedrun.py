@@ -259,8 +259,8 @@ def run_seed(ctx: SeedContext) -> tuple[FinalRow, Path] | None:
     None when the search is left for a resume or nothing could be recommended."""
     if ctx.seed == ctx.config.seeds[0] and ctx.config != ctx.given:
         # what the auto keys became, said once per run (finetune decides none of them)
-        ctx.events.on_notice(auto_notice(ctx.given, ctx.config,
-                                              learning_images(ctx.split)))
+        ctx.events.on_notice(auto_notice(ctx.given, ctx.config, learning_images(ctx.split),
+                                         len(ctx.bench.images.classes)))
     rows, complete = search(ctx)
     if not complete:
         log.warning("seed %d: search not finished, final fine-tunes wait for a resume",
