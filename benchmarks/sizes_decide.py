@@ -90,6 +90,15 @@ class Run:
             raise ValueError(procedure)
         return chosen["method"]
 
+    def product_cost(self, method: str) -> float:
+        """What the product spends handing ``method`` over always (``--choose-by METHOD``): the
+        block search's rows, both baselines' finals (the verdicts) and the method's final, ÷
+        this run's Baseline II final."""
+        search = sum(r.seconds for r in self.search if r.strategy == "block" and not r.same_as)
+        finals = {BASELINE_I, BASELINE_II, method}
+        return (search + sum(self.finals[m].seconds for m in finals)) \
+            / self.finals[BASELINE_II].seconds
+
     def cost(self, procedure: str) -> float:
         """The block search's rows + the three finals' seconds (``race``: Baseline II's pro
         rata when stopped) ÷ this run's Baseline II final."""
@@ -230,10 +239,10 @@ def size_table(answer: SizeAnswer, runs: Sequence[Run] | None = None) -> list[st
     runs = answer.runs if runs is None else runs
     index = [answer.runs.index(r) for r in runs]
     lines = ["| always … / procedure | mean regret (points) [95% t] | mean cost × Baseline II "
-             "final |", "|---|---|---|"]
+             "final, as the product runs it (both baselines trained) |", "|---|---|---|"]
     for m in FIXED:
         lines.append(f"| {_name(m)} | {_interval([answer.recipe_regret[m][i] for i in index])}"
-                     " | |")
+                     f" | {_interval([runs[j].product_cost(m) for j in range(len(runs))])} |")
     for p in PROCEDURES:
         lines.append(f"| **{p}** | {_interval([answer.procedure_regret[p][i] for i in index])} |"
                      f" {_interval([answer.procedure_cost[p][i] for i in index])} |")
@@ -280,6 +289,16 @@ def report(runs: Sequence[Run]) -> str:
             cells = ", ".join(f"{d} {with_minus(i.points())}"
                               for d, i in answer.per_dataset[p].items())
             out.append(f"- {p}: {cells}")
+        out.append("")
+        out += ["Per dataset, each fixed recipe's test accuracy (mean over its runs [95% t]):",
+                ""]
+        datasets = list(dict.fromkeys(r.dataset for r in answer.runs))
+        out += [f"| dataset (runs) | {' | '.join(label(m) for m in FIXED)} |",
+                "|---|" + "---|" * len(FIXED)]
+        for d in datasets:
+            mine = [r for r in answer.runs if r.dataset == d]
+            out.append(f"| {d} ({len(mine)}) | " + " | ".join(
+                _interval([r.test(m) for r in mine], 3) for m in FIXED) + " |")
         out.append("")
         best = {d: {} for d in dict.fromkeys(r.dataset for r in answer.runs)}
         for r in answer.runs:
