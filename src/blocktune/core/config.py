@@ -558,9 +558,11 @@ def auto_notice(given: RunConfig, decided: RunConfig, images: int, classes: int 
     searched = "" if decided.search_baseline_ii or not decided.baselines else (
         "; Baseline II is not trained in the search, only as a final (no choice reads its "
         "search row)")
-    handed = (f"{label(decided.choose_by)} is handed over whatever the val accuracies, as the "
-              "pre-registered protocol chose (no choice procedure beat every fixed recipe; "
-              "docs/results.md)" if decided.choose_by in FIXED_CHOICES
+    by_protocol = given.choose_by is None
+    handed = (f"{label(decided.choose_by)} is handed over whatever the val accuracies"
+              + (", as the pre-registered protocol chose (no choice procedure beat every fixed "
+                 "recipe; docs/results.md)" if by_protocol else " (--choose-by)")
+              if decided.choose_by in FIXED_CHOICES
               else f"the recommendation is chosen by `{decided.choose_by}`")
     return (f"{images:,} images of {classes} classes are learnt from "
             f"({images / max(classes, 1):.0f} per class): the finals are {', '.join(finals)}; "

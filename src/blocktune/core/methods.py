@@ -17,6 +17,7 @@ BASELINES = (BASELINE_I, BASELINE_II)
 # norms the normalisation parameters and biases of every layer (BitFit / TinyTL).
 RECIPES = ("lp-ft", "llrd", "lp-bw", "norms")
 WHOLE_MODEL = (BASELINE_II, "lp-ft", "llrd", "norms")  # finals whose group is every layer
+NORMS_GROUP = "every norm layer's scale and shift, every bias"  # what `norms` trains
 PROBED = ("lp-ft", "lp-bw")  # train the head alone first (exactly Baseline I's final)
 
 

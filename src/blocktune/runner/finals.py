@@ -15,6 +15,7 @@ from blocktune.core.io import atomic_copy, atomic_save_safetensors
 from blocktune.core.methods import (
     BASELINE_I,
     BASELINE_II,
+    NORMS_GROUP,
     WHOLE_MODEL,
     final_group,
     indices_text,
@@ -130,7 +131,8 @@ def train_finals(ctx: SeedContext, trials: list[FinalTrial],
                                         outcome.state, {"model": ctx.config.model})
             result = outcome.result
             record(FinalRow(
-                method=trial.method, group=ctx.group_text(trial.group),
+                method=trial.method, group=NORMS_GROUP if trial.method == "norms"
+                else ctx.group_text(trial.group),
                 # Baseline II's row has always been written with no indices
                 layer_indices="" if trial.group is None else indices_text(trial.group),
                 trained_params=result.trainable_params,
