@@ -139,7 +139,7 @@ def test_the_default_is_a_procedure_that_beats_every_fixed_recipe_under_holm(mon
     assert "paired" in answer.qualified and "val" not in answer.qualified
     assert answer.default == "paired" and not answer.provisional
     text = report(runs_where_paired_wins())
-    assert "Default at this size: paired" in text
+    assert "Default at this size (criterion 2): paired" in text
 
 
 def test_without_a_qualifying_procedure_the_best_fixed_recipe_is_the_default():
