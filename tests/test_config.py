@@ -17,7 +17,7 @@ HINTS = typing.get_type_hints(RunConfig)
 # Text keys whose wrong values are not a matter of type or choices: what each must refuse.
 BAD_TEXT = {"model": "not_a_model_xyz", "data": "/no/such/folder", "weights": "/no/such.pth",
             "trial_resources": "many", "ray_address": "not an address", "device": "tpu",
-            "choose_by": "cv1", "executor": "nonsense"}
+            "choose_by": "cv1", "executor": "nonsense", "choose_on": "/no/such/target"}
 
 
 def _base(hint):

@@ -95,15 +95,15 @@ def test_a_run_fine_tunes_every_recipe_beside_the_baselines(data, tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "finals"), [
-    ([], {"baseline-I", "baseline-II", "lp-bw"}),  # small data: the small-data protocol's
+    ([], {"baseline-I", "baseline-II", "lp-ft"}),  # PROTOCOL-sizes.md's: always LP-FT
     (["--methods", ""], {"baseline-I", "baseline-II", "block"}),  # nothing trains the pick
     (["--methods", "lp-ft,lp-bw", "--pick-finals"],  # the first protocol's, given
      {"baseline-I", "baseline-II", "block", "lp-ft", "lp-bw"}),
 ], ids=["auto", "methods-none", "given"])
 def test_the_default_finals_and_what_the_flags_give(data, tmp_path, flags, finals):
-    """With at most 1,000 images learnt from, the default finals are the baselines and LP-BW
-    (benchmarks/PROTOCOL-small.md, criterion 1); ``--methods ""`` leaves the baselines and the
-    pick, a final of its own since nothing else trains it; the flags give any other set."""
+    """At every size the default finals are the baselines and LP-FT, which is handed over
+    (benchmarks/PROTOCOL-sizes.md); ``--methods ""`` leaves the baselines and the pick, a final
+    of its own since nothing else trains it; the flags give any other set."""
     from blocktune.cli import main
 
     from .test_cli import TINY

@@ -144,9 +144,9 @@ def test_a_cv_choice_and_the_test_domains_are_reported(tmp_path):
 
 
 def test_a_pick_without_a_final_of_its_own_is_said_to_train_as_lp_bw(image_folder, tmp_path):
-    # the small-data default: the strategy's pick is LP-BW's second stage, not a missing final
+    # LP-BW without pick finals: the strategy's pick is LP-BW's second stage, not a missing final
     out = tmp_path / "run"
-    run(tiny_config(image_folder, methods=None, pick_finals=None, epochs=1, final_epochs=1,
+    run(tiny_config(image_folder, methods=["lp-bw"], pick_finals=None, epochs=1, final_epochs=1,
                     max_candidates=2), out)
     assert "block" not in {r["method"] for r in read_csv(out / "seed_0" / "finals.csv")}
     build_report(out)

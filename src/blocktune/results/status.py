@@ -76,8 +76,11 @@ def run_status(folder: str | Path) -> list[str]:
                              "--out folder of a blocktune run")
     saved = files.saved_config()
     config = RunConfig.from_dict(saved)  # its data and weights need not exist here
-    chooser = (f"`{config.choose_by}` on the deployment domain {config.choose_on} (--choose-on)"
+    by = config.choose_by or "auto"
+    chooser = (f"`{by}` on the deployment domain {config.choose_on} (--choose-on)"
                if config.choose_on
+               else "`auto` (the protocol's method, LP-FT, when it is a final; else val)"
+               if config.choose_by is None
                else f"`{config.choose_by}` on the learning images' folds"
                if cv_folds_of(config.choose_by) is not None
                else f"`{config.choose_by}` (always that method)" if config.choose_by in FIXED_CHOICES
