@@ -340,7 +340,11 @@ def test_a_default_run_fine_tunes_the_baselines_and_lp_ft_hands_over_lp_ft_and_s
     assert "baseline-I" in searched and "baseline-II" not in searched
     assert math.isnan(finals[1].search_val_acc) and finals[1].status == "ok"
     assert json.loads((out / "model.json").read_text())["method"] == "lp-ft"
-    assert RunFolder(out).seed(0).read_recommendation()["rule"] == "lp-ft"
+    chosen = RunFolder(out).seed(0).read_recommendation()
+    assert chosen["rule"] == "lp-ft" and chosen["auto"] is True
+    from blocktune.results.report import build_report
+
+    assert "handed over by the default (`--choose-by auto`" in build_report(out).read_text()
     [said] = [n for n in notices if "images of 3 classes are learnt from" in n]
     assert "Baseline I, Baseline II, LP-FT" in said and "LP-FT is handed over" in said
     assert "--methods, --choose-by, --pick-finals and --search-baseline-ii override" in said

@@ -216,7 +216,9 @@ def _how_chosen(chosen: dict, best: MethodResult, others: list[MethodResult]) ->
                 f"prior, {prior} (one-sided sign test, p ≤ 0.10 to switch: {tests}); val "
                 f"{best.val.fraction()}" + (f", against {against}" if others else ""))
     if rule in FIXED_CHOICES:
-        return (f"handed over by `--choose-by {rule}`, whatever the val accuracies (val "
+        by = ("by the default (`--choose-by auto`: the pre-registered protocol's answer, "
+              "docs/results.md)" if chosen.get("auto") else f"by `--choose-by {rule}`")
+        return (f"handed over {by}, whatever the val accuracies (val "
                 f"{best.val.fraction()}" + (f"; {against}" if others else "") + ")")
     instead = f" (`--choose-by {chosen['instead_of']}`'s final failed)" \
         if chosen.get("instead_of") else ""

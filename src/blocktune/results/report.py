@@ -354,7 +354,8 @@ def model_card_text(files: RunFolder, config: dict, assessment: Assessment) -> s
     elif mine is not None:
         lines += [f"- **Trained layers**: {mine.group} ({mine.trained_params:,} parameters)",
                   f"- **Val accuracy**: {mine.val.fraction()} " + (
-                      f"(not read: `--choose-by {chosen['rule']}` hands it over)"
+                      f"(not read: `--choose-by {'auto' if chosen.get('auto') else chosen['rule']}`"
+                      " hands it over)"
                       if chosen.get("rule") in FIXED_CHOICES else
                       f"(used to choose it, by `{chosen.get('rule', 'val')}`)"),
                   f"- **Test accuracy**: {mine.test.fraction()} (seed {seed}, measured once)"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from blocktune.core import faults
 from blocktune.core.config import auto_notice
 from blocktune.core.io import atomic_save_safetensors
-from blocktune.core.methods import BASELINES, indices_text, label, parse_indices
+from blocktune.core.methods import BASELINES, FIXED_CHOICES, indices_text, label, parse_indices
 from blocktune.core.records import LEARNING, CandidateRow, FinalRow
 from blocktune.core.trials import Trial
 from blocktune.data import (
@@ -248,6 +248,8 @@ def recommend_final(ctx: SeedContext, finals: list[FinalRow]) -> dict | None:
         chosen = recommend_on(finals, choosing, labels, ctx.config.choose_by)
     else:
         chosen = recommend(finals, ctx.config.choose_by, cv, val_labels=ctx.val_labels)
+    if chosen is not None and ctx.given.choose_by is None and chosen["rule"] in FIXED_CHOICES:
+        chosen = {**chosen, "auto": True}  # the protocol's method, not the user's flag
     if chosen is not None:
         ctx.files.write_recommendation(chosen)
     return chosen
