@@ -73,3 +73,30 @@ def test_choose_by_is_a_resume_key(image_folder, tmp_path, capsys, first, then):
     assert len(err) == 1 and "choose_by" in err[0]
     assert (out / "model.safetensors").read_bytes() == model
     assert RunFolder(out).seed(0).read_recommendation() == recommendation
+
+
+@pytest.mark.parametrize("change", ["moved", "added", "edited"])
+def test_a_test_folder_changed_since_the_run_scored_it_refuses_a_resume(image_folder, tmp_path,
+                                                                      change):
+    import shutil
+
+    from .conftest import make_image_folder
+
+    domain = make_image_folder(tmp_path / "shifted", per_class=4, seed=9)
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, test_data=[str(domain)], epochs=1, final_epochs=1)
+    run(config, out)
+    saved = (out / "test_domains.json").read_text()
+    assert '"sha256"' in saved
+    finals = RunFolder(out).seed(0).finals.read_text()
+    if change == "moved":  # a photo moved to another class
+        shutil.move(str(domain / "red" / "000.jpg"), str(domain / "green" / "000r.jpg"))
+    elif change == "added":
+        shutil.copyfile(domain / "red" / "000.jpg", domain / "red" / "new.jpg")
+    else:  # the same name, other bytes
+        shutil.copyfile(domain / "green" / "001.jpg", domain / "red" / "001.jpg")
+    with pytest.raises(BlocktuneError, match="test folder shifted changed since this run "
+                                             "scored it"):
+        run(config, out)
+    assert (out / "test_domains.json").read_text() == saved
+    assert RunFolder(out).seed(0).finals.read_text() == finals

@@ -243,6 +243,7 @@ class TestDomain:
     pixels: torch.Tensor
     labels: torch.Tensor
     files: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()  # sha256 of each file's bytes: a changed folder is noticed
 
 
 def domain_names(folders: Sequence[str | Path]) -> list[str]:
@@ -286,7 +287,8 @@ def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: i
             raise BlocktuneError(f"test data folder {folder} holds no readable image: give "
                                  "folders of images per class")
         labels = torch.tensor([index[decoded.classes[int(y)]] for y in decoded.labels])
-        domains.append(TestDomain(name, decoded.pixels, labels, tuple(decoded.files)))
+        domains.append(TestDomain(name, decoded.pixels, labels, tuple(decoded.files),
+                                  tuple(decoded.digests)))
         if len(found.classes) < len(classes):
             notes.append(f"test data {name}: {len(found.classes)} of the {len(classes)} classes "
                          f"({len(labels)} images); its accuracy is over those classes only")

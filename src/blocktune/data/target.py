@@ -50,7 +50,8 @@ def load_target(folder: str | Path, classes: list[str], size: int, interpolation
     choosing, testing = split_target(domain.labels.tolist(), seed)
     names = part_names(folder)
     parts = [TestDomain(name, domain.pixels[index], domain.labels[index],
-                        tuple(domain.files[i] for i in index))
+                        tuple(domain.files[i] for i in index),
+                        tuple(domain.digests[i] for i in index) if domain.digests else ())
              for name, index in zip(names, (choosing, testing), strict=True)]
     root = Path(folder).expanduser()
     record = {"folder": str(folder), "seed": seed,

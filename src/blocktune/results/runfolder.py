@@ -274,7 +274,26 @@ class RunFolder:
         """``--test-data``: per folder its name, files and labels (training class ids), in the
         order the finals' domain predictions are saved."""
         atomic_write_json(self.test_domains, {d.name: {
-            "files": list(d.files), "labels": [int(y) for y in d.labels]} for d in domains})
+            "files": list(d.files), "labels": [int(y) for y in d.labels],
+            **({"sha256": list(d.digests)} if d.digests else {})} for d in domains})
+
+    def changed_test_domains(self, domains) -> list[str]:
+        """The folders (``--test-data``, the ``--choose-on`` parts) whose files, labels or bytes
+        differ from what this run recorded and scored: a resume must not score old predictions
+        against new labels. A folder recorded without hashes (an older run) is compared by
+        files and labels."""
+        saved = self.read_test_domains()
+        changed = []
+        for d in domains:
+            old = saved.get(d.name)
+            if old is None:
+                continue
+            same = old["files"] == list(d.files) and old["labels"] == [int(y) for y in d.labels]
+            if same and "sha256" in old and d.digests:
+                same = old["sha256"] == list(d.digests)
+            if not same:
+                changed.append(d.name)
+        return changed
 
     choose_on = property(lambda self: self.root / "choose_on.json")
 

@@ -61,6 +61,11 @@ def run(config: RunConfig, folder: str | Path,
                     f"{changed[0]}): restore it, use another --out, or --force-new")
             files.write_choose_on(record)
             domains, domain_notes = [*domains, *parts], [*domain_notes, *notes]
+        if domains and (changed := files.changed_test_domains(domains)):
+            raise BlocktuneError(
+                f"test folder {changed[0]} changed since this run scored it (files added, "
+                "removed, moved between classes or edited): its recorded predictions no longer "
+                "match its labels; restore it, use another --out, or --force-new")
         if domains:
             files.write_test_domains(domains)
         for seed in config.seeds:
