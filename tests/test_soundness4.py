@@ -100,3 +100,14 @@ def test_a_test_folder_changed_since_the_run_scored_it_refuses_a_resume(image_fo
         run(config, out)
     assert (out / "test_domains.json").read_text() == saved
     assert RunFolder(out).seed(0).finals.read_text() == finals
+
+
+@pytest.mark.parametrize("flags", [["--test-data", "."], ["--choose-by", "cv2"],
+                                   ["--choose-on", "."]])
+def test_finetune_refuses_the_options_it_would_ignore(image_folder, tmp_path, capsys, flags):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--data", str(image_folder), "--train", "head", "--out", str(out),
+                 *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flags[0] in err[0] and "use blocktune run" in err[0]
+    assert not (out / "model.safetensors").exists()

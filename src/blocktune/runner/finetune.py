@@ -54,6 +54,12 @@ def finetune(config: RunConfig, train_spec: str, folder: str | Path,
     model.safetensors into ``folder``.
     """
     folder = Path(folder)
+    ignored = [flag for flag, given in (("--test-data", config.test_data),
+                                        ("--choose-by", config.choose_by),
+                                        ("--choose-on", config.choose_on)) if given]
+    if ignored:  # every option a command accepts does something, or is refused
+        raise BlocktuneError(f"{', '.join(ignored)}: finetune trains one given group and "
+                             "chooses nothing, so it would ignore them; use blocktune run")
     events = CallbackList(callbacks).extended(*loggers(config.log, folder))
     check_environment(config)
     files = RunFolder(folder)
