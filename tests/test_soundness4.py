@@ -111,3 +111,27 @@ def test_finetune_refuses_the_options_it_would_ignore(image_folder, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flags[0] in err[0] and "use blocktune run" in err[0]
     assert not (out / "model.safetensors").exists()
+
+
+def test_test_folders_named_twice_or_alike_are_told_apart_or_refused(tmp_path):
+    from blocktune.data.store import domain_names
+
+    assert domain_names([tmp_path / "a/x/test", tmp_path / "b/x/test"]) == ["a/x/test",
+                                                                              "b/x/test"]
+    assert domain_names([tmp_path / "x/t", tmp_path / "y/t"]) == ["x/t", "y/t"]
+    with pytest.raises(BlocktuneError, match="is given twice"):
+        domain_names([str(tmp_path / "t3"), str(tmp_path / "t3") + "/"])
+
+
+def test_a_test_folder_of_the_datas_own_images_is_said_and_refused_with_strict(image_folder,
+                                                                             tmp_path):
+    from blocktune.core.callbacks import LambdaCallback
+
+    notices = []
+    config = tiny_config(image_folder, test_data=[str(image_folder)], epochs=1, final_epochs=1)
+    run(config, tmp_path / "a", LambdaCallback(on_notice=notices.append))
+    assert any("are exact copies of --data images" in n for n in notices)
+    import dataclasses
+
+    with pytest.raises(BlocktuneError, match="exact copies of --data images.*drop --strict"):
+        run(dataclasses.replace(config, strict=True), tmp_path / "b")

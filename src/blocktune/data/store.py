@@ -247,12 +247,21 @@ class TestDomain:
 
 
 def domain_names(folders: Sequence[str | Path]) -> list[str]:
-    """A short unique name per ``--test-data`` folder: its own name, its parent's too when two
-    share one."""
+    """A short unique name per ``--test-data`` folder: its own name, with as many of its parents
+    as it takes to tell it from the others (``x/test`` and ``y/test``; ``a/x/test`` and
+    ``b/x/test``). The same folder given twice is one line."""
     paths = [Path(f).expanduser() for f in folders]
-    names = [p.name or str(p) for p in paths]
-    return [f"{p.parent.name}/{p.name}" if names.count(n) > 1 else n
-            for p, n in zip(paths, names, strict=True)]
+    resolved = [p.resolve() for p in paths]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise BlocktuneError(f"test data folder {folders[i]} is given twice (as "
+                                 f"{folders[resolved.index(r)]} too): name each folder once")
+    depth = 1
+    while True:
+        names = ["/".join(r.parts[-depth:]) for r in resolved]
+        if len(set(names)) == len(names) or depth >= max(len(r.parts) for r in resolved):
+            return names if depth > 1 else [p.name or str(p) for p in paths]
+        depth += 1
 
 
 def check_test_folder(folder: str | Path) -> Path:

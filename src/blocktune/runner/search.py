@@ -61,6 +61,18 @@ def run(config: RunConfig, folder: str | Path,
                     f"{changed[0]}): restore it, use another --out, or --force-new")
             files.write_choose_on(record)
             domains, domain_notes = [*domains, *parts], [*domain_notes, *notes]
+        data_digests = {d: f for f, d in zip(images.files, images.digests, strict=False)}
+        for domain in domains:  # a test folder holding the data's own images is no other domain
+            copies = [(f, data_digests[d]) for f, d in zip(domain.files, domain.digests,
+                                                             strict=False) if d in data_digests]
+            if copies:
+                message = (f"{len(copies)} of the {len(domain.files)} images of test folder "
+                           f"{domain.name} are exact copies of --data images (e.g. {copies[0][0]} "
+                           f"= {copies[0][1]}): scored there, they say how the model does on "
+                           "what it may have learnt from, not on another domain")
+                if config.strict:
+                    raise BlocktuneError(f"{message}: remove them, or drop --strict")
+                domain_notes = [*domain_notes, message + "; --strict refuses them"]
         if domains and (changed := files.changed_test_domains(domains)):
             raise BlocktuneError(
                 f"test folder {changed[0]} changed since this run scored it (files added, "
