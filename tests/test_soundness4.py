@@ -135,3 +135,21 @@ def test_a_test_folder_of_the_datas_own_images_is_said_and_refused_with_strict(i
 
     with pytest.raises(BlocktuneError, match="exact copies of --data images.*drop --strict"):
         run(dataclasses.replace(config, strict=True), tmp_path / "b")
+
+
+def test_a_cross_validated_choice_not_yet_made_is_reported_as_pending(image_folder, tmp_path):
+    import json
+
+    from blocktune.results.assess import assess
+
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, choose_by="cv2", methods=[], epochs=1, final_epochs=1), out)
+    choices = out / "seed_0" / "choices.json"
+    saved = json.loads(choices.read_text())
+    saved.pop("recommendation")  # as a run killed while its folds train leaves it
+    choices.write_text(json.dumps(saved))
+    answer = assess(out)
+    assert answer.recommended is None
+    lines = answer.lines()
+    assert lines[0].startswith("**Recommended: pending**") and "cv2" in lines[0]
+    assert not any("best final val accuracy" in line for line in lines)

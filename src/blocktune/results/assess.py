@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from blocktune.core.methods import BASELINE_I, BASELINE_II, BASELINES, FIXED_CHOICES, PAIRED, label
+from blocktune.core.methods import (
+    BASELINE_I,
+    BASELINE_II,
+    BASELINES,
+    FIXED_CHOICES,
+    PAIRED,
+    cv_folds_of,
+    label,
+)
 from blocktune.core.records import FinalRow
 from blocktune.core.stats import (
     Comparison,
@@ -112,7 +120,8 @@ class Assessment:
             if pair not in said:  # BW vs Baseline I, or Baseline I vs BW: one of them
                 said.add(pair)
                 out.append(comparison.sentence())
-        return out + self.notices
+        pending = [n for n in self.notices if n.startswith("**Recommended: pending**")]
+        return pending + out + [n for n in self.notices if n not in pending]
 
 
 def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
@@ -241,7 +250,13 @@ def assess(folder: str | Path) -> Assessment:
     if recommendation is not None and recommendation.get("method") not in {
             r.method for r in first}:
         recommendation = None  # its final is gone: not a choice among what is here
-    fallback = recommend(first, "val") if recommendation is None else None
+    # a choice that trains more after the finals (cvK) or reads another folder (--choose-on),
+    # cut short before it was recorded, is pending: no final is presented as its answer
+    choose_by = config.get("choose_by")
+    chooses_later = config.get("choose_on") or (
+        choose_by not in (None, "auto") and cv_folds_of(str(choose_by)) is not None)
+    pending = recommendation is None and bool(first) and bool(chooses_later)
+    fallback = recommend(first, "val") if recommendation is None and not pending else None
     recommended = (recommendation or fallback or {}).get("method")
     versus_baselines = [c for m in methods if m not in BASELINES for b in BASELINES
                         if (c := _paired(m, b, per_seed, seeds)) is not None]
@@ -256,6 +271,11 @@ def assess(folder: str | Path) -> Assessment:
         test_over_seeds[m] = values[0] if len(values) == 1 else \
             mean_interval([v.value for v in values])
     found = [n for s in seeds for n in notices(s, files.seed(s).read_candidates())]
+    if pending:
+        how = (f"the cross-validated choice ({choose_by})" if not config.get("choose_on")
+               else "the choice on the --choose-on folder")
+        found.insert(0, f"**Recommended: pending** — {how} is not finished, so no model is "
+                        "handed over yet; run the same command to resume it")
     domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
                                      if (c := _paired(m, b, per_seed, seeds, name)) is not None])
                        for name in domains}
