@@ -344,7 +344,10 @@ def test_a_default_run_fine_tunes_the_baselines_and_lp_ft_hands_over_lp_ft_and_s
     assert chosen["rule"] == "lp-ft" and chosen["auto"] is True
     from blocktune.results.report import build_report
 
-    assert "handed over by the default (`--choose-by auto`" in build_report(out).read_text()
+    report = build_report(out).read_text()
+    assert "handed over by the default (`--choose-by auto`" in report
+    assert "It has no final of its own: the run hands over a fixed method" in report
+    assert "did not finish" not in report
     [said] = [n for n in notices if "images of 3 classes are learnt from" in n]
     assert "Baseline I, Baseline II, LP-FT" in said and "LP-FT is handed over" in said
     assert "--methods, --choose-by, --pick-finals and --search-baseline-ii override" in said

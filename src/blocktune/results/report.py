@@ -24,7 +24,7 @@ from blocktune.data import split_labels  # noqa: E402
 from blocktune.models.layers import ModelWalk  # noqa: E402
 from blocktune.protocol.select import RULES, choose, searched_strategies  # noqa: E402
 from blocktune.results.assess import Assessment, assess  # noqa: E402
-from blocktune.results.runfolder import RunFolder, owner, summarize
+from blocktune.results.runfolder import RECOMMENDATION, RunFolder, owner, summarize
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -121,7 +121,8 @@ def _rule_region(rule: str, rows: list) -> tuple[int, int] | None:
 
 
 def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
-               final, lp_bw=None) -> tuple[object, tuple[int, int] | None, str]:
+               final, lp_bw=None, fixed: bool = False
+               ) -> tuple[object, tuple[int, int] | None, str]:
     """The candidate the run's rule chose for ``method`` (its recorded choice; for older run
     folders, the group its final trained), the region the rule picks from, and the sentence
     that says so — including what the rule could not do and a final that is missing."""
@@ -161,9 +162,12 @@ def _choice_of(method: str, mine: list, config: dict, recorded: dict | None,
     if fallback:
         sentence += f" Here {fallback}."
     if final is None and lp_bw is not None and lp_bw.layer_indices == chosen.layer_indices:
-        sentence += (" It has no final of its own (`--pick-finals` off, the default when at "
-                     "most 1,000 images are learnt from): it is fine-tuned as LP-BW's second "
-                     "stage, after the head.")
+        sentence += (" It has no final of its own (`--pick-finals` off): it is fine-tuned as "
+                     "LP-BW's second stage, after the head.")
+    elif final is None and (fixed or config.get("pick_finals") is False):
+        sentence += (" It has no final of its own: the run hands over a fixed method, so the "
+                     "pick is not fine-tuned (`--pick-finals` does, `--choose-by val` then "
+                     "weighs it).")
     elif final is None:
         sentence += (" Its final fine-tune did not finish (failed, or the run stopped before "
                      "it): no test accuracy for it.")
@@ -275,8 +279,10 @@ def build_report(folder: str | Path) -> Path:
                       + ("" if len(groups) == 1 else "s")
                       + (f", {finished} trained to the end (successive halving)" if pruned
                          else "") + (f", {failed} failed" if failed else ""), ""]
+            handed = (choices.get(RECOMMENDATION) or {}).get("rule")
             chosen, region, sentence = _choice_of(method, mine, config, choices.get(method),
-                                                  final_of.get(method), final_of.get("lp-bw"))
+                                                  final_of.get(method), final_of.get("lp-bw"),
+                                                  handed in FIXED_CHOICES)
             parts.append(sentence)
             if len(groups) > 1:  # ranked and random are one group each: nothing to plot
                 name = f"candidates_{method}_seed{seed}.png"
