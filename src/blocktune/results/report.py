@@ -232,8 +232,9 @@ def build_report(folder: str | Path) -> Path:
     parts.append(f"Head `{config['head']}`, image size {config['image_size']}, "
                  f"{config['epochs']} search epochs, {config['final_epochs']} final epochs, "
                  f"seeds {', '.join(map(str, seeds))}, selection rule "
-                 f"`{config.get('select', 'max-val')}`. Search on the search split, choice on "
-                 "val, test accuracy measured once at the end.")
+                 f"`{config.get('select', 'max-val')}`. Search on the search split; "
+                 f"{_chose_on(assessment.recommendation or {})}; test accuracy measured once "
+                 "at the end.")
     parts += ["", "## Test accuracy (Table I layout)", ""]
     if summary:
         tests = {r["method"]: assessment.test_over_seeds[r["method"]] for r in summary}
@@ -297,6 +298,18 @@ def build_report(folder: str | Path) -> Path:
     if files.model_json.exists():
         atomic_write_text(files.card, model_card_text(files, config, assessment))
     return files.report_md
+
+
+def _chose_on(chosen: dict) -> str:
+    """What the recommendation read, in a few words."""
+    rule = chosen.get("rule", "val")
+    if chosen.get("on"):
+        return f"the recommendation chosen on `{chosen['on']}` (`--choose-on`)"
+    if rule in FIXED_CHOICES:
+        return f"the recommendation a fixed method ({label(rule)}), not chosen on val"
+    if rule.startswith("cv"):
+        return f"the recommendation chosen by {rule} on the learning images"
+    return f"the recommendation chosen on val (`{rule}`)"
 
 
 def _domain_section(assessment: Assessment, summary: list[dict]) -> list[str]:
