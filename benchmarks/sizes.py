@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import time
 from pathlib import Path
 
 import torch
-from suite import Log, data_spec
+from suite import data_spec, timed_run
 
 from blocktune.core.config import RunConfig
 from blocktune.core.io import atomic_write_json, read_json
-from blocktune.runner.search import run
 
 MODELS = ("tf_efficientnet_lite0", "mobilenetv2_100")
 DATASETS = ("tf_flowers", "caltech101", "flowers102", "blood_cells", "eurosat", "brain_tumor_mri")
@@ -119,11 +117,8 @@ def main() -> None:
         folder = args.out / run_name(model, dataset, seed, full)
         if finished(folder, seed):
             continue
-        name = str(run_name(model, dataset, seed, full))
-        started = time.perf_counter()
-        run(run_config(model, dataset, seed, full), folder, [Log(name)])
-        print(f"[{time.strftime('%H:%M:%S')} {name}] done in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        timed_run(run_config(model, dataset, seed, full), folder,
+                  str(run_name(model, dataset, seed, full)))
 
 
 if __name__ == "__main__":

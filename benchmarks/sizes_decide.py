@@ -90,25 +90,28 @@ class Run:
             raise ValueError(procedure)
         return chosen["method"]
 
+    @property
+    def search_seconds(self) -> float:
+        """The block search's distinct trainings (a copied row has none of its own)."""
+        return sum(r.seconds for r in self.search if r.strategy == "block" and not r.same_as)
+
     def product_cost(self, method: str) -> float:
         """What the product spends handing ``method`` over always (``--choose-by METHOD``): the
         block search's rows, both baselines' finals (the verdicts) and the method's final, ÷
         this run's Baseline II final."""
-        search = sum(r.seconds for r in self.search if r.strategy == "block" and not r.same_as)
         finals = {BASELINE_I, BASELINE_II, method}
-        return (search + sum(self.finals[m].seconds for m in finals)) \
+        return (self.search_seconds + sum(self.finals[m].seconds for m in finals)) \
             / self.finals[BASELINE_II].seconds
 
     def cost(self, procedure: str) -> float:
         """The block search's rows + the three finals' seconds (``race``: Baseline II's pro
         rata when stopped) ÷ this run's Baseline II final."""
-        search = sum(r.seconds for r in self.search if r.strategy == "block" and not r.same_as)
         b2 = self.finals[BASELINE_II]
         b2_spent = b2.seconds
         if procedure == "race" and self.race_stopped():
             b2_spent = b2.seconds * RACE_EPOCH / max(len(b2.val_curve), RACE_EPOCH)
         finals = self.finals[BASELINE_I].seconds + self.finals["lp-bw"].seconds + b2_spent
-        return (search + finals) / b2.seconds
+        return (self.search_seconds + finals) / b2.seconds
 
 
 def read_run(folder: Path) -> Run:

@@ -162,6 +162,15 @@ class Log(Callback):
                     f"{domains} ({row.seconds:.0f} s)")
 
 
+def timed_run(config: RunConfig, folder: Path, name: str) -> None:
+    """One protocol run as a user calls it, its rows logged as they come and its wall time
+    printed at the end (``name`` heads every line)."""
+    started = time.perf_counter()
+    run(config, folder, [Log(name)])
+    print(f"[{time.strftime('%H:%M:%S')} {name}] done in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+
+
 def plan(datasets: list[str], seeds: list[int], full: bool) -> list[tuple[str, int, bool]]:
     """Seed-major: every dataset gains a seed before any gains the next; full size last, the
     largest datasets first (PROTOCOL-small.md's second amendment: two shards share them
@@ -222,12 +231,9 @@ def main() -> None:
     for dataset, seed, full, choose_by in passes(runs, shard, shards, only):
         folder = run_folder(args.out, dataset, seed, full)
         name = f"{dataset} {'full' if full else LEARN_IMAGES} seed {seed} {choose_by}"
-        started = time.perf_counter()
         domains = [] if full else write_domains(
             run_config(dataset, seed), args.out / dataset / f"domains_seed{seed}", seed)
-        run(run_config(dataset, seed, full, domains, choose_by), folder, [Log(name)])
-        print(f"[{time.strftime('%H:%M:%S')} {name}] done in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        timed_run(run_config(dataset, seed, full, domains, choose_by), folder, name)
 
 
 if __name__ == "__main__":

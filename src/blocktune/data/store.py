@@ -304,6 +304,14 @@ def load_test_domains(folders: Sequence[str | Path], classes: list[str], size: i
     return domains, notes
 
 
+def copies_of(domain: TestDomain, images: DecodedImages) -> list[tuple[str, str]]:
+    """(test file, data file) for every image of ``domain`` whose bytes are an image of the
+    data's: scored there, it says how the model does on what it may have learnt from."""
+    data = {d: f for f, d in zip(images.files, images.digests, strict=False)}
+    return [(f, data[d]) for f, d in zip(domain.files, domain.digests, strict=False)
+            if d in data]
+
+
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 ``N×3×H×W`` → float, scaled to [0, 1] then standardised."""
     x = pixels.float().div_(255.0)

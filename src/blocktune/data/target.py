@@ -54,9 +54,12 @@ def load_target(folder: str | Path, classes: list[str], size: int, interpolation
                         tuple(domain.digests[i] for i in index) if domain.digests else ())
              for name, index in zip(names, (choosing, testing), strict=True)]
     root = Path(folder).expanduser()
+    # the decoding already hashed every file (its duplicate check); read them again only for a
+    # store written without hashes
+    digests = domain.digests or tuple(file_sha256(root / f) for f in domain.files)
     record = {"folder": str(folder), "seed": seed,
               "parts": {name: list(part.files) for name, part in zip(names, parts, strict=True)},
-              "sha256": {f: file_sha256(root / f) for f in domain.files}}
+              "sha256": dict(zip(domain.files, digests, strict=True))}
     return parts, notes, record
 
 

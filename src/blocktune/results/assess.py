@@ -73,6 +73,8 @@ class Assessment:
     # each baseline there (Holm over those two)
     learning: dict[int, dict[str, MethodResult]] = field(default_factory=dict)
     versus_learning: list[Comparison] = field(default_factory=list)
+    # a choice cut short before it was recorded (cvK, --choose-on): what is still to do
+    pending: str | None = None
 
     def lines(self) -> list[str]:
         """The verdict in plain words, most important first."""
@@ -120,8 +122,7 @@ class Assessment:
             if pair not in said:  # BW vs Baseline I, or Baseline I vs BW: one of them
                 said.add(pair)
                 out.append(comparison.sentence())
-        pending = [n for n in self.notices if n.startswith("**Recommended: pending**")]
-        return pending + out + [n for n in self.notices if n not in pending]
+        return ([self.pending] if self.pending else []) + out + self.notices
 
 
 def _correct(row: FinalRow, labels: np.ndarray | None) -> np.ndarray | None:
@@ -271,11 +272,12 @@ def assess(folder: str | Path) -> Assessment:
         test_over_seeds[m] = values[0] if len(values) == 1 else \
             mean_interval([v.value for v in values])
     found = [n for s in seeds for n in notices(s, files.seed(s).read_candidates())]
+    waiting = None
     if pending:
         how = (f"the cross-validated choice ({choose_by})" if not config.get("choose_on")
                else "the choice on the --choose-on folder")
-        found.insert(0, f"**Recommended: pending** — {how} is not finished, so no model is "
-                        "handed over yet; run the same command to resume it")
+        waiting = (f"**Recommended: pending** — {how} is not finished, so no model is handed "
+                   "over yet; run the same command to resume it")
     domain_verdicts = {name: adjust([c for m in methods if m not in BASELINES for b in BASELINES
                                      if (c := _paired(m, b, per_seed, seeds, name)) is not None])
                        for name in domains}
@@ -289,7 +291,7 @@ def assess(folder: str | Path) -> Assessment:
                               is not None]) if learning else []
     return Assessment(seeds, per_seed, recommended, versus_baselines, versus_recommended,
                       test_over_seeds, found, recommendation, domain_verdicts, learning,
-                      versus_learning)
+                      versus_learning, waiting)
 
 
 def training_cost(folder: str | Path, seed: int) -> dict | None:

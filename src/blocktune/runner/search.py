@@ -1,6 +1,6 @@
 """The driver of the protocol (docs/method.md): check the inputs, decode the data once, then
-each seed — search, choose on val, fine-tune, test once — through the steps of :mod:`blocktune.runner.seedrun`
-(:mod:`blocktune.runner.seedrun`), and publish the recommendation.
+each seed — search, fine-tune, choose, test once — through the steps of
+:mod:`blocktune.runner.seedrun`, and publish the recommendation.
 
 Everything a run finishes is on disk the moment it finishes, written atomically into the run
 folder (:mod:`blocktune.results.runfolder` owns its layout). Running the same command on the same
@@ -14,7 +14,7 @@ from pathlib import Path
 from blocktune.core.callbacks import Callback, CallbackList
 from blocktune.core.config import RunConfig
 from blocktune.core.errors import BlocktuneError
-from blocktune.data import load_test_domains
+from blocktune.data.store import copies_of, load_test_domains
 from blocktune.data.target import changed_files, load_target
 from blocktune.loggers.tensorboard import loggers
 from blocktune.results.publish import publish_model
@@ -61,11 +61,8 @@ def run(config: RunConfig, folder: str | Path,
                     f"{changed[0]}): restore it, use another --out, or --force-new")
             files.write_choose_on(record)
             domains, domain_notes = [*domains, *parts], [*domain_notes, *notes]
-        data_digests = {d: f for f, d in zip(images.files, images.digests, strict=False)}
         for domain in domains:  # a test folder holding the data's own images is no other domain
-            copies = [(f, data_digests[d]) for f, d in zip(domain.files, domain.digests,
-                                                             strict=False) if d in data_digests]
-            if copies:
+            if copies := copies_of(domain, images):
                 message = (f"{len(copies)} of the {len(domain.files)} images of test folder "
                            f"{domain.name} are exact copies of --data images (e.g. {copies[0][0]} "
                            f"= {copies[0][1]}): scored there, they say how the model does on "
