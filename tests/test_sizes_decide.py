@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from blocktune.core.records import CandidateRow, FinalRow
-from blocktune.protocol.recommend import paired_choice, recommend, sign_test
+from blocktune.core.stats import sign_test
+from blocktune.protocol.recommend import paired_choice, recommend
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import sizes_decide  # noqa: E402 - benchmarks/sizes_decide.py, the protocol's decision code

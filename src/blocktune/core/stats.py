@@ -80,6 +80,14 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float
     return float(scipy_stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(Binomial(wins + losses, 1/2) ≥ wins); 1.0 with no
+    discordant image."""
+    if wins + losses == 0:
+        return 1.0
+    return float(scipy_stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
 def paired_bootstrap(correct_a: Sequence[bool], correct_b: Sequence[bool],
                      resamples: int = 10_000, seed: int = 0,
                      confidence: float = CONFIDENCE) -> Interval:

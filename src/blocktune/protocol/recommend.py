@@ -18,10 +18,10 @@ import math
 from collections.abc import Collection, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from blocktune.core.methods import FIXED_CHOICES, PAIRED, cv_folds_of
 from blocktune.core.records import CvRow, FinalRow, rank_key
+from blocktune.core.stats import sign_test
 
 PRIOR = "lp-bw"  # the method `paired` keeps unless val says otherwise
 SWITCH_P = 0.10  # a challenger's one-sided sign-test p must be at most this
@@ -37,14 +37,6 @@ def cv_scores(cv: Sequence[CvRow], folds: int) -> dict[str, tuple[int, int, floa
                            sum(r.fold_images for r in mine.values()),
                            sum(r.seconds for r in mine.values()))
     return out
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """One-sided exact sign test: P(Binomial(wins + losses, 1/2) ≥ wins); 1.0 with no
-    discordant image."""
-    if wins + losses == 0:
-        return 1.0
-    return float(scipy_stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
 def paired_choice(finals: Sequence[FinalRow], val_labels: Sequence[int], prior: str = PRIOR,

@@ -60,6 +60,20 @@ def _planned(model_walk: ModelWalk, options: StrategyOptions, settings: SearchSe
     return strategy_candidates(model_walk, strategy, options, rows, settings)
 
 
+def _chooser(config: RunConfig) -> str:
+    """How the run's recommendation is chosen, as its config says (before any choice)."""
+    if config.choose_on:
+        return (f"`{config.choose_by or 'auto'}` on the deployment domain {config.choose_on} "
+                "(--choose-on)")
+    if config.choose_by is None:
+        return "`auto` (the protocol's method, LP-FT, when it is a final; else val)"
+    if cv_folds_of(config.choose_by) is not None:
+        return f"`{config.choose_by}` on the learning images' folds"
+    if config.choose_by in FIXED_CHOICES:
+        return f"`{config.choose_by}` (always that method)"
+    return f"`{config.choose_by}` on val"
+
+
 def run_status(folder: str | Path) -> list[str]:
     """What a run folder has done and what is left, per seed, from its files (the model is
     built with random weights only to list the planned candidates)."""
@@ -76,15 +90,7 @@ def run_status(folder: str | Path) -> list[str]:
                              "--out folder of a blocktune run")
     saved = files.saved_config()
     config = RunConfig.from_dict(saved)  # its data and weights need not exist here
-    by = config.choose_by or "auto"
-    chooser = (f"`{by}` on the deployment domain {config.choose_on} (--choose-on)"
-               if config.choose_on
-               else "`auto` (the protocol's method, LP-FT, when it is a final; else val)"
-               if config.choose_by is None
-               else f"`{config.choose_by}` on the learning images' folds"
-               if cv_folds_of(config.choose_by) is not None
-               else f"`{config.choose_by}` (always that method)" if config.choose_by in FIXED_CHOICES
-               else f"`{config.choose_by}` on val")
+    chooser = _chooser(config)
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
              f"{', '.join(map(str, config.seeds))}; the recommendation chosen by {chooser}"]
     model = None
