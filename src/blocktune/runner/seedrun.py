@@ -21,7 +21,6 @@ from pathlib import Path
 
 from blocktune.core import faults
 from blocktune.core.config import auto_notice
-from blocktune.core.io import atomic_save_safetensors
 from blocktune.core.methods import BASELINES, FIXED_CHOICES, indices_text, label, parse_indices
 from blocktune.core.records import LEARNING, CandidateRow, FinalRow
 from blocktune.core.trials import Trial
@@ -35,7 +34,7 @@ from blocktune.protocol.plan import (
     search_wave,
 )
 from blocktune.protocol.recommend import recommend, recommend_on
-from blocktune.protocol.select import get_rule, notices, pick, searched_strategies
+from blocktune.protocol.select import get_rule, notices, searched_strategies
 from blocktune.runner.context import SeedContext
 from blocktune.runner.crossval import cross_validate
 from blocktune.runner.finals import run_finals, run_learning_finals
@@ -212,30 +211,6 @@ def refit(ctx: SeedContext, rows: list[CandidateRow], rules: list[str] | None = 
                                     result.epochs, result.status))
             ctx.files.write_refits(refits)
     return refits
-
-
-def chosen(ctx: SeedContext, rows: list[CandidateRow], method: str,
-           refits: list[CandidateRow] | None = None, rule: str | None = None
-           ) -> CandidateRow | None:
-    """The row the selection rule picks for ``method``."""
-    return pick(rule or ctx.config.select, ctx.view(rows, method, refits))
-
-
-# -- final fine-tunes ---------------------------------------------------------------
-def fit_final(ctx: SeedContext, group: tuple[int, ...] | None, weights_path: Path | None,
-              on_epoch,
-              recipe: str | None = None) -> tuple[TrainResult, float, list[int]]:
-    """Train ``group`` from the pretrained weights on search+train (val for the schedule,
-    early stopping and the kept weights), by ``recipe`` (``lp-ft``, ``norms``… or plain),
-    then score it once on test and save it.
-
-    Returns:
-        (result, test accuracy, per-image test predictions in ``splits.json`` order).
-    """
-    outcome = ctx.bench.fit_final(group, on_epoch, recipe)
-    if outcome.state is not None and weights_path is not None:
-        atomic_save_safetensors(weights_path, outcome.state, {"model": ctx.config.model})
-    return outcome.result, outcome.test_acc, outcome.test_pred
 
 
 # -- the recommendation ------------------------------------------------------------
