@@ -100,8 +100,9 @@ def corrupt(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def write_domains(config: RunConfig, folder: Path, seed: int) -> list[str]:
-    """The run's test split (made exactly as the run makes it), up to DOMAIN_IMAGES of its
+def write_domains(config: RunConfig, folder: Path, seed: int, count: int = DOMAIN_IMAGES
+                  ) -> list[str]:
+    """The run's test split (made exactly as the run makes it), up to ``count`` of its
     images drawn per class in proportion (seeded), and three corrupted copies of them under
     ``folder/<kind>/<class>/`` (beside the run folder, not in it). Written once: a ``.done``
     file marks a finished folder; an unfinished one is written again."""
@@ -115,11 +116,11 @@ def write_domains(config: RunConfig, folder: Path, seed: int) -> list[str]:
     rng = np.random.default_rng([seed, 7])
     labels = images.labels.numpy()[test]
     keep = []
-    share = min(1.0, DOMAIN_IMAGES / len(test))
+    share = min(1.0, count / len(test))
     for label_id in np.unique(labels):
         members = test[labels == label_id]
-        count = max(1, round(len(members) * share))
-        keep.extend(rng.choice(members, size=min(count, len(members)), replace=False).tolist())
+        take = max(1, round(len(members) * share))
+        keep.extend(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
     keep.sort()
     for kind, root in zip(CORRUPTIONS, roots, strict=True):
         if (root / ".done").exists():
