@@ -17,7 +17,6 @@ the protocol's choices from them with the product's own ``--choose-on`` code.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sizes import SETTINGS
+from sizes import SETTINGS, finished, protocol_parser
 from suite import data_spec, timed_run, write_domains
 
 from blocktune.core.config import RunConfig
@@ -109,10 +108,6 @@ def targets(out: Path, dataset: str, seed: int) -> list[str]:
     return corrupted + ([real] if real else [])
 
 
-def finished(folder: Path, seed: int) -> bool:
-    return (folder / "model.json").exists() and (folder / f"seed_{seed}" / "finals.csv").exists()
-
-
 def time_scoring(folder: Path, domains: list[str]) -> dict:
     """Seconds the handed-over model takes to read and score every target image, as
     ``blocktune predict`` does (decoded, resized, normalised; one thread): what --choose-on adds
@@ -154,15 +149,7 @@ def export(out: Path, results: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/choose_on"))
-    parser.add_argument("--results", type=Path,
-                        default=Path(__file__).parent / "results" / "choose_on")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--shard", default="0/1", help="I/N: every N-th planned run from the I-th")
-    parser.add_argument("--export", action="store_true", help="copy the finished runs' tables")
-    parser.add_argument("--decide", action="store_true", help="print the tables and decisions")
-    args = parser.parse_args()
+    args = protocol_parser("choose_on", __doc__).parse_args()
     if args.export:
         print(f"{export(args.out, args.results)} finished runs exported to {args.results}")
         return

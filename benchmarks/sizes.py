@@ -87,16 +87,23 @@ def export(out: Path, results: Path) -> int:
     return count
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/sizes"))
+def protocol_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The options every protocol runner has: where its runs go (``runs/<name>``) and its
+    tables (``benchmarks/results/<name>``), threads, the shard, ``--export`` and ``--decide``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs") / name)
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results"
-                        / "sizes")
-    parser.add_argument("--passes", default=",".join(PASSES))
+                        / name)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th planned run from the I-th")
     parser.add_argument("--export", action="store_true", help="copy the finished runs' tables")
     parser.add_argument("--decide", action="store_true", help="print the tables and decisions")
+    return parser
+
+
+def main() -> None:
+    parser = protocol_parser("sizes", __doc__)
+    parser.add_argument("--passes", default=",".join(PASSES))
     args = parser.parse_args()
     if args.export:
         print(f"{export(args.out, args.results)} finished runs exported to {args.results}")

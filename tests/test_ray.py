@@ -312,7 +312,15 @@ def test_a_trial_that_fails_for_good_is_recorded_as_locally_and_the_rest_finishe
         assert {r["method"] for r in finals if r["status"] == "ok"} >= {"baseline-I",
                                                                       "baseline-II"}
         assert (out / "model.safetensors").exists()  # the recommendation among the rest
-        assert "failed" in failures(out, [0])
+        assert "failed" in failures(out, [0]) and "run the same command to retry" in \
+            failures(out, [0])
+        # the cause gone (a node back), the same command retries the lost trial, on Ray too
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        run(tiny_config(data, max_candidates=3, executor="ray"), out)
+        again = read_csv(out / "seed_0" / ("candidates.csv" if kind == "search"
+                                           else "finals.csv"))
+        assert all(r["status"] == "ok" for r in again) and failures(out, [0]) is None
     finally:
         ray.shutdown()
 

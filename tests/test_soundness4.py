@@ -153,3 +153,246 @@ def test_a_cross_validated_choice_not_yet_made_is_reported_as_pending(image_fold
     lines = answer.lines()
     assert lines[0].startswith("**Recommended: pending**") and "cv2" in lines[0]
     assert not any("best final val accuracy" in line for line in lines)
+
+
+# -- kinds 3 and 4: records checked against themselves; failures loud and retried -------------
+def _rewrite(path, change) -> None:
+    """Rewrite the CSV at ``path`` with ``change(rows)`` applied to its rows (dicts)."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    fields = list(rows[0])
+    change(rows)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(out.getvalue())
+
+
+def _results(out):
+    """What a run's results are (seconds aside): every record file's rows and the model."""
+    from blocktune.core.io import read_csv
+
+    seed = out / "seed_0"
+    tables = {name: [{k: v for k, v in r.items() if k not in ("seconds", "error")}
+                     for r in read_csv(seed / name)]
+              for name in ("candidates.csv", "finals.csv", "cv.csv", "learning_finals.csv")}
+    return tables, (out / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    from .conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("cv_run")
+    data = make_image_folder(root / "images", per_class=12)
+    other = make_image_folder(root / "other", per_class=4, seed=9)
+    config = tiny_config(data, choose_by="cv2", methods=["lp-bw"], epochs=1, final_epochs=1,
+                         max_candidates=2, test_data=[str(other)])
+    run(config, root / "run")
+    return config, root / "run"
+
+
+@pytest.mark.parametrize("name", ["candidates.csv", "finals.csv", "cv.csv",
+                                  "learning_finals.csv"])
+def test_a_trial_that_failed_for_good_is_said_and_retried_by_a_resume(cv_run, tmp_path, capsys,
+                                                                     name):
+    """As a Ray trial lost after its retries is recorded: status failed, no weights. status
+    says so and exits 1; the same command retrains it and ends with the results an unbroken
+    run has."""
+    import shutil
+
+    config, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    before = _results(out)
+
+    def fail(rows):
+        row = rows[-1]
+        row.update(status="failed", error="failed on Ray after 3 attempts: the worker died")
+        for field in ("val_acc", "test_acc", "fold_acc"):
+            if field in row:
+                row[field] = "nan"
+        for field in ("val_pred", "test_pred", "fold_pred"):
+            if field in row:
+                row[field] = ""
+        if name in ("finals.csv", "learning_finals.csv"):
+            suffix = ".learning" if name == "learning_finals.csv" else ""
+            (out / "seed_0" / f"{row['method']}{suffix}.safetensors").unlink()
+
+    _rewrite(out / "seed_0" / name, fail)
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed" in err and "the worker died" in err
+    assert "run the same command to retry" in err and "--force-new" not in err
+    run(config, out)
+    assert _results(out) == before
+    assert main(["status", str(out)]) == 0
+
+
+def test_a_fold_that_fails_again_leaves_the_choice_said_not_silent(cv_run, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The retry of a failed fold fails too (here every fold training ends in a non-finite
+    loss, as the trainer reports one): the method is left out of the cross-validated choice,
+    said in a notice, and status exits 1 naming the fold."""
+    import shutil
+
+    from blocktune.core.callbacks import LambdaCallback
+    from blocktune.training import workbench
+
+    config, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    _rewrite(out / "seed_0" / "cv.csv", lambda rows: rows[-1].update(
+        status="failed", fold_acc="nan", fold_pred=""))
+    real = workbench.train_group
+
+    def diverging_on_folds(*args, **kwargs):
+        result, net, cut = real(*args, **kwargs)
+        if kwargs.get("val_split", "").startswith("cv"):
+            result.status, result.error = "failed", "non-finite loss at epoch 1"
+        return result, net, cut
+
+    monkeypatch.setattr(workbench, "train_group", diverging_on_folds)
+    heard = []
+    run(config, out, LambdaCallback(on_notice=heard.append))
+    assert any("fold 1 failed (non-finite loss at epoch 1)" in h
+               and "left out of the cross-validated choice" in h for h in heard), heard
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 1
+    assert "fold 1: non-finite loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, field", [("finals.csv", "val_acc"), ("finals.csv", "test_acc"),
+                                         ("candidates.csv", "val_acc"),
+                                         ("cv.csv", "fold_acc")])
+def test_a_row_whose_accuracy_contradicts_its_own_predictions_is_damage(cv_run, tmp_path,
+                                                                        capsys, name, field):
+    """A resume must not re-choose (and hand over another model) from a row that contradicts
+    itself: the stated accuracy is checked against the row's own predictions."""
+    import shutil
+
+    config, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    model = (out / "model.safetensors").read_bytes()
+
+    def lie(rows):
+        row = next(r for r in rows if r["status"] == "ok" and not r.get("same_as"))
+        row[field] = f"{1 - float(row[field]):.6f}" if float(row[field]) != 0.5 else "0.9"
+
+    _rewrite(out / "seed_0" / name, lie)
+    with pytest.raises(BlocktuneError, match=f"{name}.*(its own|fold_pred scores)"):
+        run(config, out)
+    assert (out / "model.safetensors").read_bytes() == model
+
+
+def test_a_report_never_presents_another_final_than_the_model_handed_over(cv_run, tmp_path,
+                                                                          capsys):
+    """cvK hands over the chosen method trained on every learning image: with its row gone
+    from learning_finals.csv, the report and status are one line each, not a report on the
+    search + train final; the same command trains it again."""
+    import shutil
+
+    config, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    before = _results(out)
+    (out / "seed_0" / "learning_finals.csv").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("blocktune: error:") and "learning_finals.csv" in err
+    assert "trained on every learning image" in err and "\n" not in err
+    run(config, out)
+    assert _results(out) == before
+
+
+# -- kinds 5 and 7: every option does something or is refused; messages name the user's path -
+TINY = ["--model", "test_efficientnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+        "--final-epochs", "1", "--batch-size", "8"]
+
+
+def _one_line(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("blocktune: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_a_folder_where_a_file_belongs_is_named_with_the_commands_own_option(cv_run, tmp_path,
+                                                                             capsys):
+    import shutil
+
+    _, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    (out / "report.md").unlink(missing_ok=True)
+    (out / "report.md").mkdir()
+    err = _one_line(capsys, ["report", str(out)])
+    assert f"{out / 'report.md'} is a folder" in err and ".tmp" not in err
+    assert "--out" not in err and "written into the run folder" in err
+    plot = tmp_path / "fig.png"
+    plot.mkdir()
+    err = _one_line(capsys, ["groups", "--model", "test_efficientnet", "--plot", str(plot)])
+    assert f"{plot} is a folder" in err and "--plot" in err and "--out" not in err
+
+
+def test_messages_name_what_the_user_gave(cv_run, image_folder, tmp_path, capsys):
+    _, run_folder = cv_run
+    # predict given a folder: a folder, not "does not exist"
+    err = _one_line(capsys, ["predict", "--run", str(run_folder), str(image_folder)])
+    assert "is a folder, not an image" in err
+    # report on a finetune folder: the files finetune writes, no README.md it never writes
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", *TINY, "--data", str(image_folder), "--train", "head", "--out",
+                 str(tuned)]) == 0
+    err = _one_line(capsys, ["report", str(tuned)])
+    assert "finetune folder" in err and "README.md" not in err and "result.json" in err
+    # an empty --test-data folder is a test data folder, not "the data folder"
+    empty = tmp_path / "empty_test" / "red"
+    empty.mkdir(parents=True)
+    err = _one_line(capsys, ["run", *TINY, "--data", str(image_folder), "--test-data",
+                             str(empty.parent), "--out", str(tmp_path / "r1")])
+    assert "test data folder" in err and "holds no images" in err
+    # a data folder whose files are none of them images: no readable image, not "one class"
+    unreadable = tmp_path / "unreadable"
+    for klass in ("a", "b"):
+        (unreadable / klass).mkdir(parents=True)
+        (unreadable / klass / "x.jpg").write_bytes(b"not a jpeg")
+    err = _one_line(capsys, ["run", *TINY, "--data", str(unreadable), "--out",
+                             str(tmp_path / "r2")])
+    assert "holds no readable image" in err and "one class" not in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--no-baselines", "--no-pick-finals", "--methods", ""], "would fine-tune no final"),
+    (["--split", "official", "--max-images-per-class", "5"], "give one of the two"),
+], ids=["trains-nothing", "official-subsampled"])
+def test_options_that_cannot_work_together_are_one_line(image_folder, tmp_path, capsys, flags,
+                                                        words):
+    err = _one_line(capsys, ["run", *TINY, "--data", str(image_folder), *flags, "--out",
+                             str(tmp_path / "r")])
+    assert words in err
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_under_cv_the_test_domains_show_the_model_handed_over(cv_run):
+    """The cross-validated choice hands over its method trained on every learning image: the
+    test-domain table shows that model, marked, beside the finals."""
+    import json
+
+    from blocktune.results.report import build_report
+
+    _, out = cv_run
+    method = json.loads((out / "model.json").read_text())["method"]
+    text = build_report(out).read_text()
+    domains = text[text.index("## Test domains"):]
+    assert "every learning image (handed over)" in domains
+    from blocktune.core.methods import label
+
+    assert f"| {label(method)}, every learning image (handed over) |" in domains

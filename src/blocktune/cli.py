@@ -212,9 +212,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from blocktune.results.status import run_status
+    from blocktune.results.runfolder import RunFolder, owner
+    from blocktune.results.status import failures, run_status
 
     print("\n".join(run_status(args.run)))
+    files = RunFolder(args.run)
+    if owner(args.run) != "finetune":  # failed trials: said, exit 1, as the run itself does
+        failed = failures(args.run, files.saved_config().get("seeds") or [])
+        if failed:
+            print(f"blocktune: error: {failed}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -289,24 +296,31 @@ def cmd_demo(args) -> int:
     return cmd_run(run_args)
 
 
-def _os_advice(error: OSError) -> str | None:
-    """One line for what the system refused, by kind; None for an error that is no path's or
-    disk's (a bug: its traceback is wanted)."""
+# where each command writes, for the advice on a path the system refused
+ELSEWHERE = {"groups": "or give --plot another file", "report": "(the report is written into "
+             "the run folder)"}
+
+
+def _os_advice(error: OSError, command: str = "run") -> str | None:
+    """One line for what the system refused, by kind, naming the option of ``command`` that
+    says where it writes; None for an error that is no path's or disk's (a bug: its traceback
+    is wanted)."""
     where = f" {error.filename}" if error.filename else ""
+    elsewhere = ELSEWHERE.get(command, "or choose another --out")
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
         writing = f" writing {error.filename}" if error.filename else ""
         return (f"{error.strerror}{writing}: free space or fix permissions, then run the same "
                 "command to resume (finished work is saved)")
     if error.errno == errno.EISDIR:
-        return (f"{error.filename} is a folder where blocktune writes a file: move it away, or "
-                "choose another --out")
+        return (f"{error.filename} is a folder where blocktune writes a file: move it away "
+                f"{elsewhere}")
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
         return (f"a file stands where blocktune makes a folder ({error.filename}): move it "
-                "away, or choose another --out")
+                f"away {elsewhere}")
     if error.errno == errno.ENOENT and error.filename and not Path(error.filename).exists():
         return (f"{error.strerror}:{where}: the system can neither find nor make it there "
-                "(a folder that cannot hold one, or a file moved away mid-run); check the "
-                "path, or choose another --out")
+                f"(a folder that cannot hold one, or a file moved away mid-run); check the "
+                f"path {elsewhere}")
     return None
 
 
@@ -323,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blocktune: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the disk or the paths, not blocktune
-        advice = _os_advice(error)
+        advice = _os_advice(error, getattr(args, "command", None) or "run")
         if advice is None:
             raise
         print(f"blocktune: error: {advice}", file=sys.stderr)

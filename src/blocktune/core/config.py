@@ -284,6 +284,14 @@ class RunConfig:
             raise BlocktuneError(f"choose_on and choose_by = {self.choose_by} both say what "
                                  "chooses: cross-validation reads the learning images, "
                                  "--choose-on the deployment domain's; give one of the two")
+        if not self.baselines and self.pick_finals is False and self.methods == []:
+            raise BlocktuneError("baselines, pick_finals and methods all off: this run would "
+                                 "fine-tune no final and hand over nothing; keep one (e.g. "
+                                 "--methods lp-ft)")
+        if self.split == "official" and self.max_images_per_class:
+            raise BlocktuneError("split = official fixes which images are learnt from and "
+                                 "tested on; max_images_per_class would drop some of them: give "
+                                 "one of the two")
         if self.score_on != "val" and RULES[self.select].reads_loss:
             raise BlocktuneError(f"select = {self.select} reads the val loss, which score_on = "
                                  f"{self.score_on} does not pool (every rule reads one score): "

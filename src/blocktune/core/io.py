@@ -56,7 +56,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
-        if error.filename is None:  # say which file could not be written
+        if error.filename is None or error.filename == tmp:  # name the file, not its temp
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     except BaseException:

@@ -214,6 +214,7 @@ class CvRow:
     status: str
     same_as: str = ""  # the method whose fold training of the same group and recipe it copies
     fold_pred: list[int] | None = None
+    error: str = ""  # why the fold failed (non-finite loss, a Ray trial lost for good…)
 
     @property
     def correct(self) -> int:
@@ -235,7 +236,7 @@ class CvRow:
                    fold_acc=_float(row["fold_acc"]), fold_images=int(row["fold_images"]),
                    epochs=int(row["epochs"]), seconds=_float(row["seconds"]),
                    status=row["status"], same_as=row.get("same_as") or "",
-                   fold_pred=_predictions(row.get("fold_pred")))
+                   fold_pred=_predictions(row.get("fold_pred")), error=row.get("error") or "")
 
 
 CV_FIELDS = [f.name for f in dataclasses.fields(CvRow)]

@@ -242,6 +242,11 @@ def download_tf_flowers(root: Path) -> Path:
     return root / "flower_photos"
 
 
+def folder_role(min_classes: int) -> str:
+    """How messages name a folder: data to learn from needs two classes, a test folder one."""
+    return "data folder" if min_classes > 1 else "test data folder"
+
+
 def scan_folder(root: str | Path, min_classes: int = 2) -> ImageFolder:
     """List the class folders and image files of ``root``; non-image files are skipped. Data
     to learn from needs two classes; a test folder (``min_classes=1``) may hold one."""
@@ -266,13 +271,14 @@ def scan_folder(root: str | Path, min_classes: int = 2) -> ImageFolder:
                 labels.append(label)
             else:
                 skipped.append(rel)
+    role = folder_role(min_classes)
     if not files:
-        raise BlocktuneError(f"data folder {root} holds no images: put each class's images "
+        raise BlocktuneError(f"{role} {root} holds no images: put each class's images "
                              "in a sub-folder named after the class")
     empty = [name for label, name in enumerate(classes) if label not in set(labels)]
     if empty:  # it would become an output class with no image to learn it from
         raise BlocktuneError(f"class folder {root / empty[0]} holds no images: add images to "
-                             "it or move it out of the data folder")
+                             f"it or move it out of the {role}")
     present = sorted(set(labels))
     if len(present) < min_classes:
         raise BlocktuneError(f"data folder {root} has images of only one class: fine-tuning a "

@@ -25,7 +25,7 @@ from blocktune.core import faults
 from blocktune.core.errors import BlocktuneError
 from blocktune.core.io import atomic_file, atomic_write_json
 from blocktune.core.resources import require
-from blocktune.data.datasets import ImageFolder, cache_dir, scan_folder
+from blocktune.data.datasets import ImageFolder, cache_dir, folder_role, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,10 @@ def _decoded(folder: ImageFolder, pixels: torch.Tensor, ok: list[bool], digests:
         raise BlocktuneError(f"class folder {folder.root / unread[0]} holds no readable image "
                              f"({len(unread)} such): add readable images or move it out of the "
                              "data folder")
+    if len(labels) == 0:  # not "only one class": none of its images could be read
+        raise BlocktuneError(f"{folder_role(min_classes)} {folder.root} holds no readable "
+                             f"image (its {len(unreadable)} file(s) are not images PIL can "
+                             "open): give folders of JPEG, PNG or other images per class")
     if len(set(labels.tolist())) < min_classes:
         raise BlocktuneError(f"data folder {folder.root} has readable images of only one class: "
                              "fine-tuning a classifier needs at least two classes")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blocktune.core.io import damaged
 from blocktune.core.methods import (
     BASELINE_I,
     BASELINE_II,
@@ -236,6 +237,23 @@ def _how_chosen(chosen: dict, best: MethodResult, others: list[MethodResult]) ->
         f", against {against}" if others else "")
 
 
+def _check_handed_over(files: RunFolder, seed: int, recommended: str | None,
+                       learning: dict[int, dict]) -> None:
+    """The model a run published trained on every learning image has its row in the first
+    seed's ``learning_finals.csv``: without it the report would present the search + train
+    final as what was handed over."""
+    if recommended is None or not files.has_model():
+        return
+    card = files.model_card()
+    if card.get("method") != recommended or not str(card.get("trained_on", "")).startswith(
+            "every learning image") or recommended in learning.get(seed, {}):
+        return
+    raise damaged(files.seed(seed).learning_finals,
+                  f"{files.model_json.name} hands over {label(recommended)} trained on every "
+                  f"learning image, but this file has no ok row for it (missing or cut short): "
+                  "restore it, or run the same command to train it again")
+
+
 def assess(folder: str | Path) -> Assessment:
     """Recommendation, paired verdicts and intervals of a run, from its files alone."""
     files = RunFolder(folder)
@@ -286,6 +304,7 @@ def assess(folder: str | Path) -> Assessment:
     by_cv = (recommendation or {}).get("rule", "val").startswith("cv")
     learning = {s: mine for s in seeds if by_cv and (mine := _method_results(
         files.seed(s), domains, files.seed(s).read_learning_finals()))}
+    _check_handed_over(files, seeds[0], recommended, learning)
     versus_learning = adjust([c for b in BASELINES if recommended and b != recommended
                               if (c := _paired(recommended, b, learning, list(learning)))
                               is not None]) if learning else []

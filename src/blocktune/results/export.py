@@ -67,6 +67,9 @@ def prepare_images(card: dict, paths) -> torch.Tensor:
     """Images as the saved model expects them (its size, interpolation, mean and std)."""
     pixels = []
     for path in paths:
+        if Path(path).is_dir():
+            raise BlocktuneError(f"{path} is a folder, not an image: pass image files (e.g. "
+                                 f"{Path(path) / '*.jpg'})")
         if not Path(path).is_file():
             raise BlocktuneError(f"image {path} does not exist: pass paths of image files")
         try:

@@ -207,8 +207,9 @@ def build_report(folder: str | Path) -> Path:
                              "--out folder of a blocktune run")
     if owner(folder) == "finetune":  # its own files are its record; a report would be a stranger
         raise BlocktuneError(f"{folder} is a finetune folder: its result is in "
-                             f"{files.result.name} and its model card in {files.card.name}; "
-                             "report reads the folder of a blocktune run")
+                             f"{files.result.name}, its epochs in {files.metrics.name} and its "
+                             f"model's record in {files.model_json.name}; report reads the "
+                             "folder of a blocktune run")
     config = files.saved_config()
     seeds = [int(s) for s in config["seeds"]]
     summary = summarize(folder, seeds)
@@ -325,10 +326,21 @@ def _domain_section(assessment: Assessment, summary: list[dict]) -> list[str]:
     parts = ["", "## Test domains", "", "Scored once by every final, like test, and read by no "
              f"choice.{chose} Accuracy with its 95% interval"
              + (f" (seed {assessment.seeds[0]})" if len(assessment.seeds) > 1 else "") + ":", ""]
+    # a cross-validated choice hands over its method trained on every learning image: those
+    # models' rows too, the handed-over one marked (the finals above trained on search + train)
+    again = assessment.learning.get(assessment.seeds[0], {})
+    if again:
+        parts[-2] += (" The rows marked *every learning image* are the models trained again on "
+                      "every learning image by the cross-validated choice; the one handed over "
+                      "is marked so.")
+    rows = [(label(m), first[m]) for m in methods] + [
+        (f"{label(m)}, every learning image"
+         + (" (handed over)" if m == assessment.recommended else ""), result)
+        for m, result in again.items()]
     parts.append(_md_table(["method", "test", *names], [
-        [label(m), first[m].test.fraction(),
-         *[first[m].domains[n].fraction() if n in first[m].domains else "–" for n in names]]
-        for m in methods]))
+        [name, result.test.fraction(),
+         *[result.domains[n].fraction() if n in result.domains else "–" for n in names]]
+        for name, result in rows]))
     for name in names:
         if assessment.domain_verdicts[name]:
             parts += ["", f"On `{name}` (Holm over its {len(assessment.domain_verdicts[name])} "

@@ -40,6 +40,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -68,6 +69,8 @@ from blocktune.core.records import (
     write_finals,
 )
 
+# a recorded accuracy (6 decimals) and the one its own predictions give
+ACCURACY_TOLERANCE = 1e-5
 MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
 # What each command writes at the top of its --out folder. A folder holding anything else
 # belongs to someone else: a run never writes over it.
@@ -148,7 +151,7 @@ class SeedFolder:
         count; otherwise the file is damage."""
         if not rows or not self.splits.exists():
             return rows
-        classes, sizes = self._split_shape()
+        classes, sizes, labels = self._split_shape()
         for row in rows:
             for name, split in lengths.items():
                 pred = getattr(row, name, None)
@@ -160,10 +163,19 @@ class SeedFolder:
                 if max(pred) >= classes:
                     raise damaged(path, f"a row's {name} names class {max(pred)}; "
                                   f"{self.splits.name} has {classes} classes")
+                accuracy = name.replace("_pred", "_acc")
+                if split is not None and split in labels and hasattr(row, accuracy):
+                    # the accuracy a row states is the one its own predictions give
+                    recorded, scored = getattr(row, accuracy), float(np.mean(
+                        np.asarray(pred) == labels[split]))
+                    if not math.isnan(recorded) and abs(recorded - scored) > ACCURACY_TOLERANCE:
+                        raise damaged(path, f"a row's {accuracy} {recorded:.4f} is not what its "
+                                      f"own {name} scores against {self.splits.name}'s {split} "
+                                      f"labels ({scored:.4f})")
         return rows
 
-    def _split_shape(self) -> tuple[int, dict[str, int]]:
-        """(classes, images per split) of ``splits.json``, parsed once for as long as the file
+    def _split_shape(self) -> tuple[int, dict[str, int], dict[str, np.ndarray]]:
+        """(classes, images per split, labels per split) of ``splits.json``, parsed once for as long as the file
         is unchanged (every record read checks against it)."""
         from blocktune.data.splits import read_splits
 
@@ -171,7 +183,8 @@ class SeedFolder:
         stamp = (info.st_mtime_ns, info.st_size)
         if self._shape_stamp != stamp:
             saved = read_splits(self.splits)
-            self._shape = (len(saved["classes"]), {k: len(v) for k, v in saved["files"].items()})
+            self._shape = (len(saved["classes"]), {k: len(v) for k, v in saved["files"].items()},
+                           {k: np.asarray(v) for k, v in (saved.get("labels") or {}).items()})
             self._shape_stamp = stamp
         return self._shape
 

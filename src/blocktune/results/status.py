@@ -43,14 +43,17 @@ def failures(folder: str | Path, seeds: list[int]) -> str | None:
                    for r in seed_files.read_finals() if r.status != "ok"]
         failed += [(seed, f"the {label(r.method)} final on every learning image", r.error)
                    for r in seed_files.read_learning_finals() if r.status != "ok"]
+        failed += [(seed, f"{label(r.method)}'s fold {r.fold}", r.error)
+                   for r in seed_files.read_cv() if r.status != "ok"]
     if not failed:
         return None
     seed, what, error = failed[0]
     error = error or "no error recorded"
     return (f"{len(failed)} trial(s) failed (first: seed {seed}, {what}: {error}); the rest "
-            "of the run is saved: see the status and error columns of "
-            f"{RunFolder(folder).seed(seed).root}'s CSVs, fix the cause (e.g. a lower --lr or "
-            "--batch-size) and start over with --force-new")
+            "of the run is saved: run the same command to retry them (finished work is kept); "
+            "if they fail again, see the status and error columns of "
+            f"{RunFolder(folder).seed(seed).root}'s CSVs: a cause in the settings (e.g. too high "
+            "an --lr) needs a run with other settings, in another --out")
 
 
 
@@ -89,8 +92,9 @@ def run_status(folder: str | Path) -> list[str]:
         raise BlocktuneError(f"{folder} is not a run folder (no {files.config.name}): pass the "
                              "--out folder of a blocktune run")
     saved = files.saved_config()
-    config = RunConfig.from_dict(saved)  # its data and weights need not exist here
-    chooser = _chooser(config)
+    given = RunConfig.from_dict(saved)  # its data and weights need not exist here
+    chooser = _chooser(given)
+    config = given
     lines = [f"{folder}: {config.model}, strategies {', '.join(config.strategies)}, seeds "
              f"{', '.join(map(str, config.seeds))}; the recommendation chosen by {chooser}"]
     model = None
@@ -101,8 +105,9 @@ def run_status(folder: str | Path) -> list[str]:
             continue
         saved_split = read_splits(seed_files.splits)
         # the auto keys as the run decided them, from the same split
-        config = config.for_data(learning_images(saved_split["files"]),
-                                 len(saved_split["classes"]))
+        # (each seed's from the config as given: seeds of other sizes decide differently)
+        config = given.for_data(learning_images(saved_split["files"]),
+                                len(saved_split["classes"]))
         if model is None:
             classes = saved_split["classes"]
             packaged = packaged_source(config.model)
@@ -132,7 +137,10 @@ def run_status(folder: str | Path) -> list[str]:
         folds = cv_folds_of(config.choose_by)
         cv = ""
         if folds is not None:  # the cross-validated choice: one row per method and fold
-            done = {(r.method, r.fold) for r in seed_files.read_cv() if r.status == "ok"} \
+            # rows of a group a method no longer has (its pick changed) are no folds of it
+            groups = {r.method: r.layer_indices for r in finals}
+            done = {(r.method, r.fold) for r in seed_files.read_cv() if r.status == "ok"
+                    and groups.get(r.method) == r.layer_indices} \
                 if seed_files.cv.exists() else set()
             again = [label(r.method) for r in seed_files.read_learning_finals()
                      if r.status == "ok"]

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -41,6 +42,8 @@ from blocktune.protocol.plan import (
 from blocktune.protocol.select import SearchView
 from blocktune.results.runfolder import SeedFolder
 from blocktune.training.workbench import Workbench, cv_folds
+
+R = TypeVar("R")  # a record row with a status: CandidateRow, FinalRow, CvRow
 
 
 @dataclass
@@ -126,6 +129,17 @@ class SeedContext:
     def rule_of(self, method: str) -> str:
         """The selection rule recorded beside a final: none for the baselines."""
         return "" if method in BASELINES else self.config.select
+
+    def retry_failed(self, rows: list[R], what: str) -> list[R]:
+        """A resume retries every trial that failed before (a crash, a Ray trial lost for good,
+        a non-finite loss): its row is dropped here, so the plan trains it again, and the
+        retry is said. A trial that fails again is recorded again; a deterministic failure
+        costs one more training per resume, never a result."""
+        failed = [r for r in rows if r.status == "failed"]
+        if failed:
+            self.events.on_phase(f"seed {self.seed}: retrying {len(failed)} {what} that "
+                                 "failed before")
+        return [r for r in rows if r.status != "failed"]
 
 
 def check_duplicates(config: RunConfig, seed: int, images: DecodedImages,

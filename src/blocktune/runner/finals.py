@@ -69,8 +69,11 @@ def run_finals(ctx: SeedContext, rows: list[CandidateRow],
     # A resume with a larger budget (--max-candidates, --time-budget) or another --select
     # can change a strategy's choice: its earlier final no longer belongs to the table.
     chosen = {method: group for method, group, _ in methods}
-    finished = [r for r in ctx.files.read_finals()
+    recorded = ctx.files.read_finals()
+    finished = [r for r in ctx.retry_failed(recorded, "final(s)")
                 if r.method not in chosen or final_group(r) == chosen[r.method]]
+    if len(finished) != len(recorded):
+        ctx.files.write_finals(finished)
     # a final the current rule also chose is kept, and recorded as this rule's choice
     relabelled = [dataclasses.replace(r, select=ctx.rule_of(r.method))
                   if r.method in chosen else r for r in finished]
@@ -158,7 +161,8 @@ def run_learning_finals(ctx: SeedContext, finals: list[FinalRow], chosen: dict
     wanted = [m for m in dict.fromkeys((chosen["method"], BASELINE_I, BASELINE_II))
               if m in source]
     # a row of a group the method no longer has (its choice changed on a resume) is dropped
-    finished = [r for r in ctx.files.read_learning_finals()
+    finished = [r for r in ctx.retry_failed(ctx.files.read_learning_finals(),
+                                            "final(s) on every learning image")
                 if r.method in source and r.layer_indices == source[r.method].layer_indices
                 and ctx.files.weights(r.method, LEARNING).exists()]
     record = _recorder(ctx, finished, ctx.files.write_learning_finals)

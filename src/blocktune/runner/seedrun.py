@@ -85,7 +85,10 @@ def search(ctx: SeedContext) -> tuple[list[CandidateRow], bool]:
     not trained again: training depends only on the group, the seed and the data, so its
     row is that one's, with ``same_as`` naming it and no seconds of its own.
     """
-    rows = ctx.files.read_candidates()
+    recorded = ctx.files.read_candidates()
+    rows = ctx.retry_failed(recorded, "search trial(s)")
+    if rows != recorded:
+        ctx.files.write_candidates(rows)
     if rows:
         ctx.events.on_recorded(rows)
     for note in plan_notes(ctx):
