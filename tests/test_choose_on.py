@@ -120,3 +120,49 @@ def test_a_run_chooses_on_the_deployment_domain_and_says_so(image_folder, tmp_pa
     again = tmp_path / "again"
     run(config, again)
     assert RunFolder(again).seed(0).read_recommendation()["method"] == other.method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["final:2", "decode:45", "write:12"])
+def test_a_choose_on_run_killed_anywhere_resumes_to_the_uninterrupted_answer(tmp_path, point):
+    """SIGKILL at a point of a --choose-on run (a final recorded; an image of the target
+    decoded, after the data's 36; an atomic write), then the same command: the same finals,
+    predictions on both parts, recommendation and model as a run never killed."""
+    import os
+    import subprocess
+    import sys
+
+    from blocktune.core.io import read_csv
+
+    data = make_image_folder(tmp_path / "images", per_class=12)
+    target = make_image_folder(tmp_path / "target", per_class=6, seed=5)
+
+    def command(out):
+        return [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
+                "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "1",
+                "--final-epochs", "1", "--batch-size", "8", "--strategies", "block",
+                "--methods", "lp-bw", "--choose-on", str(target), "--out", str(out)]
+
+    def call(out, fault=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1",  # a cache of its own: every decode runs
+               "BLOCKTUNE_CACHE_DIR": str(out.parent / f"{out.name}_cache")}
+        env.pop("BLOCKTUNE_FAULT", None)
+        if fault:
+            env["BLOCKTUNE_FAULT"] = fault
+        return subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
+
+    def answer(out):
+        seed = RunFolder(out).seed(0)
+        finals = [{k: r[k] for k in ("method", "val_acc", "test_acc", "status", "domains")}
+                  for r in read_csv(seed.finals)]
+        return (finals, seed.read_recommendation(), (out / "model.safetensors").read_bytes(),
+                (out / "choose_on.json").read_text())
+
+    reference = tmp_path / "reference"
+    assert call(reference).returncode == 0
+    out = tmp_path / "killed"
+    killed = call(out, point)
+    assert killed.returncode != 0  # it was killed there
+    resumed = call(out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert answer(out) == answer(reference)

@@ -396,3 +396,28 @@ def test_under_cv_the_test_domains_show_the_model_handed_over(cv_run):
     from blocktune.core.methods import label
 
     assert f"| {label(method)}, every learning image (handed over) |" in domains
+
+
+def test_a_split_cut_short_is_named_and_never_silently_recomputed(cv_run, tmp_path, capsys):
+    """splits.json's test list cut to four images (its labels and hashes with it): a resume is
+    one line naming splits.json, not a recomputation on four test images; status names both
+    files that disagree and advises deleting neither."""
+    import json
+    import shutil
+
+    config, original = cv_run
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    path = out / "seed_0" / "splits.json"
+    saved = json.loads(path.read_text())
+    for key in ("files", "labels", "sha256"):
+        if key in saved:
+            saved[key]["test"] = saved[key]["test"][:4]
+    path.write_text(json.dumps(saved))
+    finals = (out / "seed_0" / "finals.csv").read_text()
+    with pytest.raises(BlocktuneError, match=r"splits.json lists .* in no split.*cut short"):
+        run(config, out)
+    assert (out / "seed_0" / "finals.csv").read_text() == finals
+    err = _one_line(capsys, ["status", str(out)])
+    assert "finals.csv" in err and "splits.json" in err and "disagree" in err
+    assert "delete" not in err

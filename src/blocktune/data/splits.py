@@ -154,6 +154,14 @@ def load_or_make_split(path: Path, decoded: DecodedImages, fractions: dict[str, 
         if missing:
             raise BlocktuneError(f"{path} names {len(missing)} file(s) no longer in the data "
                                  f"(e.g. {missing[0]}): restore them or start a new run folder")
+        listed = {f for files in saved["files"].values() for f in files}
+        unlisted = [f for f in decoded.files if f not in listed]
+        if unlisted:  # every image is in one split: these were added, or the file cut short
+            raise BlocktuneError(
+                f"{path} lists {len(listed)} of the data's {len(decoded.files)} images "
+                f"({len(unlisted)} in no split, e.g. {unlisted[0]}): images were added to the "
+                f"data since the run started, or {path.name} was cut short; restore the data "
+                "or the file, or start a new run folder")
         # a photo replaced in place: its rows were scored on the old one (older splits.json
         # files have no digests)
         digest = dict(zip(decoded.files, decoded.digests, strict=False))

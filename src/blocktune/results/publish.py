@@ -43,9 +43,12 @@ def check_weights(path: Path) -> None:
     try:
         load_file(str(path))
     except (OSError, SafetensorError, ValueError) as error:
+        record = "learning_finals.csv" if path.name.endswith(f".{LEARNING}.safetensors") \
+            else "finals.csv"
         raise BlocktuneError(f"{path} is damaged or missing ({type(error).__name__}): the "
                              "published model was left as it was; delete that file and its "
-                             "row in finals.csv and resume to train the final again") from error
+                             f"row in {path.parent / record} and resume to train it again"
+                             ) from error
 
 
 def model_record(config: RunConfig, images: DecodedImages, data_cfg, weights_source: str,

@@ -158,8 +158,14 @@ class SeedFolder:
                 if not pred:
                     continue
                 if split is not None and len(pred) != sizes.get(split, 0):
-                    raise damaged(path, f"a row's {name} has {len(pred)} predictions for the "
-                                  f"{sizes.get(split, 0)} {split} images of {self.splits.name}")
+                    # two files disagree: which one was cut short is not known, so neither is
+                    # named as the one to delete (recomputing on a cut split would be silent)
+                    raise BlocktuneError(
+                        f"{path} and {self.splits} disagree: a row's {name} has {len(pred)} "
+                        f"predictions for the {sizes.get(split, 0)} {split} images "
+                        f"{self.splits.name} lists; one of the two was cut short or replaced: "
+                        "restore it from a copy, or start a new --out folder; nothing was "
+                        "written")
                 if max(pred) >= classes:
                     raise damaged(path, f"a row's {name} names class {max(pred)}; "
                                   f"{self.splits.name} has {classes} classes")

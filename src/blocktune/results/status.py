@@ -14,6 +14,8 @@ from blocktune.core.methods import (
     FIXED_CHOICES,
     WHOLE_MODEL,
     cv_folds_of,
+    final_group,
+    indices_text,
     label,
     trained_recipes,
 )
@@ -138,7 +140,7 @@ def run_status(folder: str | Path) -> list[str]:
         cv = ""
         if folds is not None:  # the cross-validated choice: one row per method and fold
             # rows of a group a method no longer has (its pick changed) are no folds of it
-            groups = {r.method: r.layer_indices for r in finals}
+            groups = {r.method: indices_text(final_group(r)) for r in finals}
             done = {(r.method, r.fold) for r in seed_files.read_cv() if r.status == "ok"
                     and groups.get(r.method) == r.layer_indices} \
                 if seed_files.cv.exists() else set()
