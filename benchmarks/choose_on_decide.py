@@ -195,7 +195,8 @@ def _name(procedure: str) -> str:
     return f"always {label(procedure)}" if procedure in FIXED else procedure
 
 
-def _interval(values: Sequence[float], digits: int = 2) -> str:
+def interval_text(values: Sequence[float], digits: int = 2) -> str:
+    """``1.78 [1.32, 2.23]`` (mean [95% t]), the mean alone from one value, – from none."""
     i = mean_interval(values)
     if math.isnan(i.value):
         return "–"
@@ -211,9 +212,9 @@ def cost_line(runs: Sequence[Run]) -> str:
     share = [100 * 5 * 400 * r.timing["scoring_seconds"] / r.timing["images"]
              / r.timing["training_seconds"] for r in runs]
     return (f"Cost: no final is trained for the choice. Reading and scoring 100 target images "
-            f"took {_interval(per_100)} s per final (one thread, the handed-over model, as "
+            f"took {interval_text(per_100)} s per final (one thread, the handed-over model, as "
             f"`blocktune predict` reads them); a 400-image folder scored by the five finals is "
-            f"{_interval(share)} % of the run's recorded training seconds.")
+            f"{interval_text(share)} % of the run's recorded training seconds.")
 
 
 def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
@@ -231,7 +232,7 @@ def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
                                          for f in FAMILIES) + " |",
             "|---|" + "---|" * len(FAMILIES)]
     for p in shown:
-        out.append(f"| {_name(p)} | " + " | ".join(_interval(answer.units[f][p])
+        out.append(f"| {_name(p)} | " + " | ".join(interval_text(answer.units[f][p])
                                                    for f in FAMILIES) + " |")
     out.append("")
     domains = list(dict.fromkeys(d for r in answer.runs for d in r.domains))
@@ -243,7 +244,7 @@ def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
         sizes = sorted({r.choosing_images(d) for r in mine})
         span = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
         out.append(f"| {d} ({len(mine)}, {span}) | " + " | ".join(
-            _interval([r.procedure_regret(p, d) for r in mine], 1)
+            interval_text([r.procedure_regret(p, d) for r in mine], 1)
             for p in ("on-all", "on-50", "val", "default")) + " |")
     out += ["", f"The {len(answer.comparisons)} tested comparisons, procedure − comparator "
             "(points of regret, paired over the family's runs, 95% t), t-test p Holm-adjusted "

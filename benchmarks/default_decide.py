@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from choose_on_decide import interval_text
 from sizes_decide import FIXED, THREE
 from sizes_decide import Run as SizesRun
 from sizes_decide import read_run as read_sizes_run
@@ -109,15 +110,6 @@ def decide(runs: Sequence[Run], planned: int = PLANNED) -> Answer:
     return Answer(runs, differences, planned)
 
 
-def _interval(values: Sequence[float]) -> str:
-    i = mean_interval(values)
-    if math.isnan(i.value):
-        return "–"
-    if math.isnan(i.low):
-        return f"{i.value:.2f}"
-    return with_minus(f"{i.value:.2f} [{i.low:.2f}, {i.high:.2f}]")
-
-
 def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
     answer = decide(runs, planned)
     state = " — **provisional**: nothing is decided until every planned run is in" \
@@ -139,12 +131,12 @@ def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
             return r.regret(r.pick(name), family)
 
         per_model = " | ".join(
-            f"{_interval([regret(r, FAMILIES[0]) for r in answer.runs if r.base.model == m])}, "
-            f"{_interval([regret(r, FAMILIES[1]) for r in answer.runs if r.base.model == m])}"
+            f"{interval_text([regret(r, FAMILIES[0]) for r in answer.runs if r.base.model == m])}, "
+            f"{interval_text([regret(r, FAMILIES[1]) for r in answer.runs if r.base.model == m])}"
             for m in models)
-        cost = _interval([r.cost(name) for r in answer.runs]) if name in PROCEDURES else ""
-        out.append(f"| {shown} | {_interval([regret(r, FAMILIES[0]) for r in answer.runs])} | "
-                   f"{_interval([regret(r, FAMILIES[1]) for r in answer.runs])} | {per_model} "
+        cost = interval_text([r.cost(name) for r in answer.runs]) if name in PROCEDURES else ""
+        out.append(f"| {shown} | {interval_text([regret(r, FAMILIES[0]) for r in answer.runs])} | "
+                   f"{interval_text([regret(r, FAMILIES[1]) for r in answer.runs])} | {per_model} "
                    f"| {cost} |")
     out += ["", f"Non-inferiority of {CANDIDATE} against always LP-FT (regret difference, "
             f"points, 95% t over {len(answer.runs)} runs; the upper end must be below "
