@@ -323,16 +323,15 @@ def _domain_section(assessment: Assessment, summary: list[dict]) -> list[str]:
     chose = (f" Except `{on}`: the deployment domain's choosing part (`--choose-on`), which "
              "chose the recommendation, so the recommendation's accuracy there is optimistic; "
              "its test part is the figure to expect." if on else "")
-    parts = ["", "## Test domains", "", "Scored once by every final, like test, and read by no "
-             f"choice.{chose} Accuracy with its 95% interval"
-             + (f" (seed {assessment.seeds[0]})" if len(assessment.seeds) > 1 else "") + ":", ""]
     # a cross-validated choice hands over its method trained on every learning image: those
-    # models' rows too, the handed-over one marked (the finals above trained on search + train)
+    # models' rows too, the handed-over one marked (the other finals trained on search + train)
     again = assessment.learning.get(assessment.seeds[0], {})
-    if again:
-        parts[-2] += (" The rows marked *every learning image* are the models trained again on "
-                      "every learning image by the cross-validated choice; the one handed over "
-                      "is marked so.")
+    retrained = (" Rows marked *every learning image* are the models the cross-validated "
+                 "choice trained again on every learning image; the one handed over says so."
+                 if again else "")
+    parts = ["", "## Test domains", "", "Scored once by every final, like test, and read by no "
+             f"choice.{chose}{retrained} Accuracy with its 95% interval"
+             + (f" (seed {assessment.seeds[0]})" if len(assessment.seeds) > 1 else "") + ":", ""]
     rows = [(label(m), first[m]) for m in methods] + [
         (f"{label(m)}, every learning image"
          + (" (handed over)" if m == assessment.recommended else ""), result)
