@@ -124,7 +124,7 @@ def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
             "| always … / procedure | in the domain | under shift | "
             + " | ".join(f"{m}: domain, shift" for m in models) + " | cost × one full "
             "fine-tune |", "|---|---|---|" + "---|" * len(models) + "---|"]
-    for name in (*PROCEDURES, *FIXED):
+    for name in dict.fromkeys((*PROCEDURES, *FIXED)):  # lp-ft is a procedure and a recipe
         shown = name if name in PROCEDURES else f"always {label(name)}"
 
         def regret(r: Run, family: str, name: str = name) -> float:

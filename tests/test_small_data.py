@@ -314,6 +314,12 @@ def test_auto_keys_follow_the_protocols_answer_at_every_size(image_folder, monke
     given = RunConfig(data=str(image_folder), methods=["norms"], pick_finals=True,
                       search_baseline_ii=False, choose_by="val")
     assert given.for_data(10) == given.for_data(10**6) == given
+    # --choose-by METHOD alone trains that method beside the baselines and hands it over;
+    # --choose-by paired alone trains the prior it keeps (LP-BW)
+    fixed = RunConfig(data=str(image_folder), choose_by="lp-bw").for_data(100, 5)
+    assert (fixed.methods, fixed.choose_by, fixed.pick_finals) == (["lp-bw"], "lp-bw", False)
+    paired = RunConfig(data=str(image_folder), choose_by="paired").for_data(100, 5)
+    assert (paired.methods, paired.choose_by, paired.pick_finals) == (["lp-bw"], "paired", False)
     # without LP-FT among the finals the auto choice reads val, and each pick is a final
     other = RunConfig(data=str(image_folder), methods=["lp-bw"]).for_data(100, 5)
     assert (other.choose_by, other.pick_finals) == ("val", False)

@@ -24,7 +24,15 @@ import torch
 import yaml
 
 from blocktune.core.errors import BlocktuneError
-from blocktune.core.methods import BASELINES, FIXED_CHOICES, RECIPES, cv_folds_of, label
+from blocktune.core.methods import (
+    BASELINES,
+    FIXED_CHOICES,
+    PAIRED,
+    PAIRED_PRIOR,
+    RECIPES,
+    cv_folds_of,
+    label,
+)
 from blocktune.core.registry import (
     DATASET_NAMES,
     DEFAULT_FRACTIONS,
@@ -303,8 +311,14 @@ class RunConfig:
         the pre-registered protocol hands over (:func:`default_method`), trained beside both
         baselines, and handed over."""
         method = default_method(learning_images / max(classes, 1))
-        methods = self.methods if self.methods is not None else (
-            [] if method in BASELINES else [method])
+        if self.methods is not None:
+            methods = self.methods
+        elif self.choose_by in FIXED_CHOICES and self.choose_by not in BASELINES:
+            methods = [self.choose_by]  # --choose-by METHOD alone trains that method
+        elif self.choose_by == PAIRED:
+            methods = [PAIRED_PRIOR]  # --choose-by paired alone trains the prior it keeps
+        else:
+            methods = [] if method in BASELINES else [method]
         trained = [*(BASELINES if self.baselines else ()), *methods]
         choose_by = self.choose_by if self.choose_by is not None else (
             method if method in trained else "val")

@@ -63,6 +63,7 @@ def final_group(row: FinalRow) -> tuple[int, ...] | None:
 # (a prior kept unless val shows a challenger better on the same images), by cvK, or always one
 # method (a fixed recipe: the finals' val accuracies do not choose)
 PAIRED = "paired"
+PAIRED_PRIOR = "lp-bw"  # the method `paired` keeps unless val says otherwise
 PROCEDURES = ("val", PAIRED)  # besides cvK and a fixed method
 FIXED_CHOICES = (*BASELINES, *RECIPES)
 

@@ -19,11 +19,11 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from blocktune.core.methods import FIXED_CHOICES, PAIRED, cv_folds_of
+from blocktune.core.methods import FIXED_CHOICES, PAIRED, PAIRED_PRIOR, cv_folds_of
 from blocktune.core.records import CvRow, FinalRow, rank_key
 from blocktune.core.stats import sign_test
 
-PRIOR = "lp-bw"  # the method `paired` keeps unless val says otherwise
+PRIOR = PAIRED_PRIOR
 SWITCH_P = 0.10  # a challenger's one-sided sign-test p must be at most this
 
 
