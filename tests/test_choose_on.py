@@ -122,47 +122,55 @@ def test_a_run_chooses_on_the_deployment_domain_and_says_so(image_folder, tmp_pa
     assert RunFolder(again).seed(0).read_recommendation()["method"] == other.method
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", ["final:2", "decode:45", "write:12"])
-def test_a_choose_on_run_killed_anywhere_resumes_to_the_uninterrupted_answer(tmp_path, point):
-    """SIGKILL at a point of a --choose-on run (a final recorded; an image of the target
-    decoded, after the data's 36; an atomic write), then the same command: the same finals,
-    predictions on both parts, recommendation and model as a run never killed."""
+def _choose_on_cli(tmp, out, fault=None):
+    """``blocktune run --choose-on`` in a process of its own (a cache of its own: every image
+    is decoded, so a decode fault point is reached)."""
     import os
     import subprocess
     import sys
 
+    command = [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
+               "--no-pretrained", "--data", str(tmp / "images"), "--image-size", "32",
+               "--epochs", "1", "--final-epochs", "1", "--batch-size", "8", "--strategies",
+               "block", "--methods", "lp-bw", "--choose-on", str(tmp / "target"), "--out",
+               str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "BLOCKTUNE_CACHE_DIR": str(out.parent / f"{out.name}_cache")}
+    env.pop("BLOCKTUNE_FAULT", None)
+    if fault:
+        env["BLOCKTUNE_FAULT"] = fault
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _choose_on_answer(out):
     from blocktune.core.io import read_csv
 
-    data = make_image_folder(tmp_path / "images", per_class=12)
-    target = make_image_folder(tmp_path / "target", per_class=6, seed=5)
+    seed = RunFolder(out).seed(0)
+    finals = [{k: r[k] for k in ("method", "val_acc", "test_acc", "status", "domains")}
+              for r in read_csv(seed.finals)]
+    return (finals, seed.read_recommendation(), (out / "model.safetensors").read_bytes(),
+            (out / "choose_on.json").read_text())
 
-    def command(out):
-        return [sys.executable, "-m", "blocktune.cli", "run", "--model", "test_efficientnet",
-                "--no-pretrained", "--data", str(data), "--image-size", "32", "--epochs", "1",
-                "--final-epochs", "1", "--batch-size", "8", "--strategies", "block",
-                "--methods", "lp-bw", "--choose-on", str(target), "--out", str(out)]
 
-    def call(out, fault=None):
-        env = {**os.environ, "OMP_NUM_THREADS": "1",  # a cache of its own: every decode runs
-               "BLOCKTUNE_CACHE_DIR": str(out.parent / f"{out.name}_cache")}
-        env.pop("BLOCKTUNE_FAULT", None)
-        if fault:
-            env["BLOCKTUNE_FAULT"] = fault
-        return subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def choose_on_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("choose_on_kill")
+    make_image_folder(tmp / "images", per_class=12)
+    make_image_folder(tmp / "target", per_class=6, seed=5)
+    assert _choose_on_cli(tmp, tmp / "reference").returncode == 0
+    return tmp, _choose_on_answer(tmp / "reference")
 
-    def answer(out):
-        seed = RunFolder(out).seed(0)
-        finals = [{k: r[k] for k in ("method", "val_acc", "test_acc", "status", "domains")}
-                  for r in read_csv(seed.finals)]
-        return (finals, seed.read_recommendation(), (out / "model.safetensors").read_bytes(),
-                (out / "choose_on.json").read_text())
 
-    reference = tmp_path / "reference"
-    assert call(reference).returncode == 0
-    out = tmp_path / "killed"
-    killed = call(out, point)
-    assert killed.returncode != 0  # it was killed there
-    resumed = call(out)
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["final:2", "decode:45"])
+def test_a_choose_on_run_killed_anywhere_resumes_to_the_uninterrupted_answer(
+        choose_on_reference, point):
+    """SIGKILL at a point of a --choose-on run (a final recorded; an image of the target
+    decoded, after the data's 36), then the same command: the same finals, predictions on both
+    parts, recommendation and model as a run never killed."""
+    tmp, reference = choose_on_reference
+    out = tmp / point.replace(":", "_")
+    assert _choose_on_cli(tmp, out, point).returncode != 0  # it was killed there
+    resumed = _choose_on_cli(tmp, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert answer(out) == answer(reference)
+    assert _choose_on_answer(out) == reference
