@@ -18,7 +18,6 @@ the protocol's choices from them with the product's own ``--choose-on`` code.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 import sys
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sizes import SETTINGS, finished, protocol_parser
+from sizes import SETTINGS, finished, protocol_parser, serve, write_split_record
 from suite import data_spec, timed_run, write_domains
 
 from blocktune.core.config import RunConfig
-from blocktune.core.io import atomic_write_json, read_json
+from blocktune.core.io import atomic_write_json
 
 MODEL = "tf_efficientnet_lite0"
 DATASETS = ("tf_flowers", "eurosat", "blood_cells", "flowers102")
@@ -136,27 +135,15 @@ def export(out: Path, results: Path) -> int:
         for name in ("finals.csv", "choices.json"):
             shutil.copyfile(seed_dir / name, target / name)
         shutil.copyfile(folder / "timing.json", target / "timing.json")
-        domains = read_json(folder / "test_domains.json")
-        splits = read_json(seed_dir / "splits.json")
-        atomic_write_json(target / "split.json", {
-            "model": MODEL, "dataset": dataset, "seed": seed, "classes": len(splits["classes"]),
-            "sizes": {k: len(v) for k, v in splits["files"].items()},
-            "labels": {k: splits["labels"][k] for k in ("val", "test")},
-            "domains": {name: d["labels"] for name, d in domains.items()},
-            "splits_sha256": hashlib.sha256((seed_dir / "splits.json").read_bytes()).hexdigest()})
+        write_split_record(seed_dir, target, {"model": MODEL, "dataset": dataset, "seed": seed},
+                           folder / "test_domains.json")
         count += 1
     return count
 
 
 def main() -> None:
     args = protocol_parser("choose_on", __doc__).parse_args()
-    if args.export:
-        print(f"{export(args.out, args.results)} finished runs exported to {args.results}")
-        return
-    if args.decide:
-        from choose_on_decide import read_results, report
-
-        print(report(read_results(args.results), planned=len(plan())))
+    if serve(args, export, "choose_on_decide", len(plan())):
         return
     torch.set_num_threads(args.threads)
     shard, shards = (int(x) for x in args.shard.split("/"))

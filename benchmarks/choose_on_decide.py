@@ -217,12 +217,16 @@ def cost_line(runs: Sequence[Run]) -> str:
             f"{interval_text(share)} % of the run's recorded training seconds.")
 
 
+def report_head(protocol: str, runs: int, planned: int) -> list[str]:
+    """A decision printout's title and how many of the planned runs it reads."""
+    state = " — **provisional**: nothing is decided until every planned run is in" \
+        if runs < planned else ""
+    return [f"# {protocol}: the decision", "", f"{runs} of {planned} runs{state}.", ""]
+
+
 def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
     answer = decide(runs, planned)
-    state = " — **provisional**: nothing is decided until every planned run is in" \
-        if answer.provisional else ""
-    out = ["# PROTOCOL-choose-on.md: the decision", "",
-           f"{len(answer.runs)} of {planned} runs{state}.", ""]
+    out = report_head("PROTOCOL-choose-on.md", len(answer.runs), planned)
     if not answer.runs:
         return "\n".join(out)
     shown = (*PROCEDURES, "on-all paired", "val", "default", *FIXED)

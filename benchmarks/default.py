@@ -14,16 +14,13 @@ them as ``--test-data``. Each run is its own folder and resumes from its files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 from pathlib import Path
 
 import torch
-from sizes import DATASETS, MODELS, finished, protocol_parser
+from sizes import DATASETS, MODELS, finished, protocol_parser, serve, write_split_record
 from sizes import run_config as sizes_config
 from suite import timed_run, write_domains
-
-from blocktune.core.io import atomic_write_json, read_json
 
 SEEDS = (50, 51)
 LEARN_IMAGES = 1000
@@ -51,28 +48,15 @@ def export(out: Path, results: Path) -> int:
         target.mkdir(parents=True, exist_ok=True)
         for name in ("finals.csv", "candidates.csv", "choices.json"):
             shutil.copyfile(seed_dir / name, target / name)
-        domains = read_json(folder / "test_domains.json")
-        splits = read_json(seed_dir / "splits.json")
-        atomic_write_json(target / "split.json", {
-            "model": model, "dataset": dataset, "seed": seed, "full": False,
-            "classes": len(splits["classes"]),
-            "sizes": {k: len(v) for k, v in splits["files"].items()},
-            "labels": {k: splits["labels"][k] for k in ("val", "test")},
-            "domains": {name: d["labels"] for name, d in domains.items()},
-            "splits_sha256": hashlib.sha256((seed_dir / "splits.json").read_bytes()).hexdigest()})
+        write_split_record(seed_dir, target, {"model": model, "dataset": dataset, "seed": seed,
+                                              "full": False}, folder / "test_domains.json")
         count += 1
     return count
 
 
 def main() -> None:
     args = protocol_parser("default", __doc__).parse_args()
-    if args.export:
-        print(f"{export(args.out, args.results)} finished runs exported to {args.results}")
-        return
-    if args.decide:
-        from default_decide import read_results, report
-
-        print(report(read_results(args.results), planned=len(plan())))
+    if serve(args, export, "default_decide", len(plan())):
         return
     torch.set_num_threads(args.threads)
     shard, shards = (int(x) for x in args.shard.split("/"))

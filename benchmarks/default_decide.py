@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from choose_on_decide import interval_text
+from choose_on_decide import interval_text, report_head
 from sizes_decide import FIXED, THREE
 from sizes_decide import Run as SizesRun
 from sizes_decide import read_run as read_sizes_run
@@ -112,10 +112,7 @@ def decide(runs: Sequence[Run], planned: int = PLANNED) -> Answer:
 
 def report(runs: Sequence[Run], planned: int = PLANNED) -> str:
     answer = decide(runs, planned)
-    state = " — **provisional**: nothing is decided until every planned run is in" \
-        if answer.provisional else ""
-    out = ["# PROTOCOL-default.md: the decision", "",
-           f"{len(answer.runs)} of {planned} runs{state}.", ""]
+    out = report_head("PROTOCOL-default.md", len(answer.runs), planned)
     if not answer.runs:
         return "\n".join(out)
     models = list(dict.fromkeys(r.base.model for r in answer.runs))

@@ -63,6 +63,34 @@ def finished(folder: Path, seed: int) -> bool:
     return (folder / "model.json").exists() and (folder / f"seed_{seed}" / "finals.csv").exists()
 
 
+def write_split_record(seed_dir: Path, target: Path, meta: dict,
+                       domains: Path | None = None) -> None:
+    """``split.json`` of an exported run: ``meta``, the classes, images per split, the val and
+    test labels, the sha256 of the run's ``splits.json``; with ``domains`` (a run folder's
+    ``test_domains.json``) each test folder's labels, in the order of the predictions."""
+    splits = read_json(seed_dir / "splits.json")
+    atomic_write_json(target / "split.json", {
+        **meta, "classes": len(splits["classes"]),
+        "sizes": {k: len(v) for k, v in splits["files"].items()},
+        "labels": {k: splits["labels"][k] for k in ("val", "test")},
+        **({"domains": {name: d["labels"] for name, d in read_json(domains).items()}}
+           if domains is not None else {}),
+        "splits_sha256": hashlib.sha256((seed_dir / "splits.json").read_bytes()).hexdigest()})
+
+
+def serve(args, export_runs, decision: str, planned: int) -> bool:
+    """``--export`` (copy the finished runs' tables) or ``--decide`` (print the decision from
+    module ``decision``'s ``read_results`` and ``report``): True when one of them was done."""
+    if args.export:
+        print(f"{export_runs(args.out, args.results)} finished runs exported to {args.results}")
+        return True
+    if args.decide:
+        module = __import__(decision)
+        print(module.report(module.read_results(args.results), planned=planned))
+        return True
+    return False
+
+
 def export(out: Path, results: Path) -> int:
     """Copy every finished run's small tables under ``results``; returns how many runs."""
     count = 0
@@ -76,13 +104,8 @@ def export(out: Path, results: Path) -> int:
         for name in ("finals.csv", "candidates.csv", "choices.json"):
             if (seed_dir / name).exists():
                 shutil.copyfile(seed_dir / name, target / name)
-        splits = read_json(seed_dir / "splits.json")
-        atomic_write_json(target / "split.json", {
-            "model": model, "dataset": dataset, "seed": seed, "full": full,
-            "classes": len(splits["classes"]),
-            "sizes": {k: len(v) for k, v in splits["files"].items()},
-            "labels": {k: splits["labels"][k] for k in ("val", "test")},
-            "splits_sha256": hashlib.sha256((seed_dir / "splits.json").read_bytes()).hexdigest()})
+        write_split_record(seed_dir, target, {"model": model, "dataset": dataset, "seed": seed,
+                                              "full": full})
         count += 1
     return count
 
