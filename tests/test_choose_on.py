@@ -62,6 +62,19 @@ def test_the_choice_reads_the_choosing_part_only():
     assert recommend_on(rows, CHOOSE, [0, 1, 1, 1])["method"] == "baseline-I"
 
 
+def test_choose_on_with_the_auto_keys_chooses_among_the_measured_finals_by_val(tmp_path):
+    """--choose-on alone: the five finals PROTOCOL-choose-on.md measured (both baselines, the
+    pick, LP-FT, LP-BW), chosen among by val on the choosing part, not LP-FT handed over
+    whatever the deployment images say; flags given are kept."""
+    decided = RunConfig(choose_on=str(tmp_path)).for_data(1000, 5)
+    assert (decided.choose_by, decided.methods, decided.pick_finals) == (
+        "val", ["lp-ft", "lp-bw"], True)
+    given = RunConfig(choose_on=str(tmp_path), choose_by="paired").for_data(1000, 5)
+    assert (given.choose_by, given.methods) == ("paired", ["lp-bw"])
+    assert RunConfig(choose_on=str(tmp_path), methods=["lp-bw"]).for_data(1000, 5).choose_by \
+        == "val"
+
+
 def test_choose_on_and_cross_validation_is_one_line(tmp_path):
     with pytest.raises(BlocktuneError, match="give one of the two"):
         RunConfig(choose_on=str(tmp_path), choose_by="cv3")

@@ -94,6 +94,9 @@ def parse_device(preference: str = "auto") -> torch.device | None:
 # criterion 3 carries it to full size unless a fixed recipe beat it there, in which case that
 # recipe is handed over above SWITCH_PER_CLASS learning images per class.
 DEFAULT_METHOD = "lp-ft"
+# --choose-on with the auto keys: the five finals PROTOCOL-choose-on.md chose among on the
+# deployment images (both baselines, each strategy's pick, LP-FT, LP-BW), by val there
+CHOOSE_ON_METHODS = ("lp-ft", "lp-bw")
 SWITCH_PER_CLASS: float | None = None
 LARGER_METHOD: str | None = None
 
@@ -317,14 +320,24 @@ class RunConfig:
             methods = [self.choose_by]  # --choose-by METHOD alone trains that method
         elif self.choose_by == PAIRED:
             methods = [PAIRED_PRIOR]  # --choose-by paired alone trains the prior it keeps
+        elif self.choose_on is not None and self.choose_by is None:
+            methods = list(CHOOSE_ON_METHODS)  # the finals PROTOCOL-choose-on.md chose among
         else:
             methods = [] if method in BASELINES else [method]
         trained = [*(BASELINES if self.baselines else ()), *methods]
-        choose_by = self.choose_by if self.choose_by is not None else (
-            method if method in trained else "val")
+        if self.choose_by is not None:
+            choose_by = self.choose_by
+        elif self.choose_on is not None:  # the deployment images choose: by val there
+            choose_by = "val"
+        else:
+            choose_by = method if method in trained else "val"
         fixed = choose_by in FIXED_CHOICES
-        pick_finals = self.pick_finals if self.pick_finals is not None \
-            else not fixed and "lp-bw" not in methods
+        if self.pick_finals is not None:
+            pick_finals = self.pick_finals
+        elif self.choose_on is not None and self.choose_by is None and self.methods is None:
+            pick_finals = True  # the last-quarter pick a final of its own, as measured
+        else:
+            pick_finals = not fixed and "lp-bw" not in methods
         searched = self.search_baseline_ii if self.search_baseline_ii is not None else False
         if fixed and choose_by not in trained:
             raise BlocktuneError(f"choose_by = {choose_by} hands over a final this run does "
