@@ -226,7 +226,7 @@ class RunConfig:
         "accuracy; costs about K times the finals), or a method to hand over always (lp-ft, "
         "lp-bw, baseline-II, …; the baselines are still trained for the verdicts); auto (the "
         "default): the method the pre-registered protocol hands over (lp-ft) when it is a "
-        "final, else val", resume=True, auto=True)
+        "final, else val; with choose_on, val on its choosing part", resume=True, auto=True)
     layer_decay: float = opt(0.75, "llrd: each of the model's groups (timm's blocks) learns at "
                              "this times the rate of the group above it (1: one rate, as "
                              "Baseline II)", resume=True, above=0, high=10.0)
