@@ -17,7 +17,6 @@ the protocol's choices from them with the product's own ``--choose-on`` code.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import sys
@@ -26,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sizes import SETTINGS, finished, protocol_parser, serve, write_split_record
+from sizes import SETTINGS, finished, my_share, protocol_parser, serve, write_split_record
 from suite import data_spec, timed_run, write_domains
 
 from blocktune.core.config import RunConfig
 from blocktune.core.io import atomic_write_json
+from blocktune.core.records import read_candidates, read_finals
 
 MODEL = "tf_efficientnet_lite0"
 DATASETS = ("tf_flowers", "eurosat", "blood_cells", "flowers102")
@@ -146,10 +146,7 @@ def main() -> None:
     if serve(args, export, "choose_on_decide", len(plan())):
         return
     torch.set_num_threads(args.threads)
-    shard, shards = (int(x) for x in args.shard.split("/"))
-    for i, (dataset, seed) in enumerate(plan()):
-        if i % shards != shard:
-            continue
+    for dataset, seed in my_share(plan(), args.shard):
         folder = args.out / run_name(dataset, seed)
         domains = targets(args.out, dataset, seed)
         if not finished(folder, seed):
@@ -162,11 +159,8 @@ def main() -> None:
 
 def training_seconds(seed_dir: Path) -> float:
     """The seconds the run's search rows and finals recorded."""
-    total = 0.0
-    for name in ("candidates.csv", "finals.csv"):
-        with open(seed_dir / name, newline="") as f:
-            total += sum(float(r["seconds"] or 0) for r in csv.DictReader(f))
-    return total
+    return sum(r.seconds for r in read_candidates(seed_dir / "candidates.csv")) \
+        + sum(r.seconds for r in read_finals(seed_dir / "finals.csv"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from sizes import DATASETS, MODELS, finished, protocol_parser, serve, write_split_record
+from sizes import DATASETS, MODELS, finished, my_share, protocol_parser, serve, write_split_record
 from sizes import run_config as sizes_config
 from suite import timed_run, write_domains
 
@@ -59,10 +59,7 @@ def main() -> None:
     if serve(args, export, "default_decide", len(plan())):
         return
     torch.set_num_threads(args.threads)
-    shard, shards = (int(x) for x in args.shard.split("/"))
-    for i, (model, dataset, seed) in enumerate(plan()):
-        if i % shards != shard:
-            continue
+    for model, dataset, seed in my_share(plan(), args.shard):
         folder = args.out / run_name(model, dataset, seed)
         if finished(folder, seed):
             continue

@@ -78,6 +78,12 @@ def write_split_record(seed_dir: Path, target: Path, meta: dict,
         "splits_sha256": hashlib.sha256((seed_dir / "splits.json").read_bytes()).hexdigest()})
 
 
+def my_share(planned: list, spec: str) -> list:
+    """``--shard I/N``: every N-th planned run from the I-th (each run in one shard only)."""
+    shard, shards = (int(x) for x in spec.split("/"))
+    return planned[shard::shards]
+
+
 def serve(args, export_runs, decision: str, planned: int) -> bool:
     """``--export`` (copy the finished runs' tables) or ``--decide`` (print the decision from
     module ``decision``'s ``read_results`` and ``report``): True when one of them was done."""
@@ -137,13 +143,10 @@ def main() -> None:
         print(report(read_results(args.results)))
         return
     torch.set_num_threads(args.threads)
-    shard, shards = (int(x) for x in args.shard.split("/"))
     only = tuple(p for p in args.passes.split(",") if p)
     if unknown := sorted(set(only) - set(PASSES)):
         parser.error(f"--passes: unknown {', '.join(unknown)}; choose from {', '.join(PASSES)}")
-    for i, (model, dataset, seed, full) in enumerate(plan(only)):
-        if i % shards != shard:
-            continue
+    for model, dataset, seed, full in my_share(plan(only), args.shard):
         folder = args.out / run_name(model, dataset, seed, full)
         if finished(folder, seed):
             continue

@@ -314,27 +314,28 @@ class RunConfig:
         the pre-registered protocol hands over (:func:`default_method`), trained beside both
         baselines, and handed over."""
         method = default_method(learning_images / max(classes, 1))
+        auto_on_target = self.choose_on is not None and self.choose_by is None  # --choose-on
         if self.methods is not None:
             methods = self.methods
         elif self.choose_by in FIXED_CHOICES and self.choose_by not in BASELINES:
             methods = [self.choose_by]  # --choose-by METHOD alone trains that method
         elif self.choose_by == PAIRED:
             methods = [PAIRED_PRIOR]  # --choose-by paired alone trains the prior it keeps
-        elif self.choose_on is not None and self.choose_by is None:
+        elif auto_on_target:
             methods = list(CHOOSE_ON_METHODS)  # the finals PROTOCOL-choose-on.md chose among
         else:
             methods = [] if method in BASELINES else [method]
         trained = [*(BASELINES if self.baselines else ()), *methods]
         if self.choose_by is not None:
             choose_by = self.choose_by
-        elif self.choose_on is not None:  # the deployment images choose: by val there
+        elif auto_on_target:  # the deployment images choose: by val there
             choose_by = "val"
         else:
             choose_by = method if method in trained else "val"
         fixed = choose_by in FIXED_CHOICES
         if self.pick_finals is not None:
             pick_finals = self.pick_finals
-        elif self.choose_on is not None and self.choose_by is None and self.methods is None:
+        elif auto_on_target and self.methods is None:
             pick_finals = True  # the last-quarter pick a final of its own, as measured
         else:
             pick_finals = not fixed and "lp-bw" not in methods

@@ -23,7 +23,6 @@ from blocktune.core.methods import FIXED_CHOICES, PAIRED, PAIRED_PRIOR, cv_folds
 from blocktune.core.records import CvRow, FinalRow, rank_key
 from blocktune.core.stats import sign_test
 
-PRIOR = PAIRED_PRIOR
 SWITCH_P = 0.10  # a challenger's one-sided sign-test p must be at most this
 
 
@@ -39,7 +38,7 @@ def cv_scores(cv: Sequence[CvRow], folds: int) -> dict[str, tuple[int, int, floa
     return out
 
 
-def paired_choice(finals: Sequence[FinalRow], val_labels: Sequence[int], prior: str = PRIOR,
+def paired_choice(finals: Sequence[FinalRow], val_labels: Sequence[int], prior: str = PAIRED_PRIOR,
                   switch_p: float = SWITCH_P) -> tuple[FinalRow, dict[str, float]] | None:
     """The ``paired`` rule: ``prior``'s final unless a challenger is right on more val images
     where exactly one of the two is right (``n+ > n−``) with a one-sided sign-test p at most
@@ -96,7 +95,7 @@ def recommend(finals: Sequence[FinalRow], procedure: str = "val",
         best, p_values = chosen
         return {"rule": procedure, "method": best.method, "score": best.val_acc,
                 "images": len(best.val_pred or []), "candidates": len(ok), "seconds": 0.0,
-                "prior": PRIOR, "p": p_values}
+                "prior": PAIRED_PRIOR, "p": p_values}
     folds = cv_folds_of(procedure)
     if folds is None:
         if not ok:

@@ -36,6 +36,7 @@ from blocktune.core.stats import (
 from blocktune.data import split_labels
 from blocktune.protocol.recommend import recommend
 from blocktune.protocol.select import notices
+from blocktune.results.publish import TRAINED_ON_LEARNING
 from blocktune.results.runfolder import RunFolder, SeedFolder
 
 
@@ -245,8 +246,8 @@ def _check_handed_over(files: RunFolder, seed: int, recommended: str | None,
     if recommended is None or not files.has_model():
         return
     card = files.model_card()
-    if card.get("method") != recommended or not str(card.get("trained_on", "")).startswith(
-            "every learning image") or recommended in learning.get(seed, {}):
+    if card.get("method") != recommended or card.get("trained_on") != TRAINED_ON_LEARNING \
+            or recommended in learning.get(seed, {}):
         return
     raise damaged(files.seed(seed).learning_finals,
                   f"{files.model_json.name} hands over {label(recommended)} trained on every "

@@ -15,6 +15,9 @@ from blocktune.models.build import packaged_source
 from blocktune.results.runfolder import RunFolder
 from blocktune.training.loading import environment
 
+# model.json's ``trained_on`` for a model trained on every learning image (a cvK choice's)
+TRAINED_ON_LEARNING = "every learning image (search, val and train)"
+
 
 def publish_model(folder: Path, config: RunConfig, seed: int, best: FinalRow, weights: Path,
                   images: DecodedImages, data_cfg, weights_source: str) -> None:
@@ -30,8 +33,8 @@ def publish_model(folder: Path, config: RunConfig, seed: int, best: FinalRow, we
          # none held out when trained on every learning image (JSON has no NaN)
          "val_acc": None if math.isnan(best.val_acc) else best.val_acc,
          "test_acc": best.test_acc, "select": best.select, "choose_by": config.choose_by,
-         "trained_on": "every learning image (search, val and train)"
-         if best.trained_on == LEARNING else "search and train (val held out)"}))
+         "trained_on": TRAINED_ON_LEARNING if best.trained_on == LEARNING
+         else "search and train (val held out)"}))
 
 
 def check_weights(path: Path) -> None:

@@ -71,6 +71,17 @@ from blocktune.core.records import (
 
 # a recorded accuracy (6 decimals) and the one its own predictions give
 ACCURACY_TOLERANCE = 1e-5
+
+
+def check_stated_accuracy(path: Path, what: str, stated: float, pred, truth,
+                          against: str = "") -> None:
+    """A record's stated accuracy is the one its own predictions score against ``truth``;
+    otherwise ``path`` is damage (a resume must not choose from a row that contradicts
+    itself). A NaN accuracy (a failed row's) states nothing."""
+    scored = float(np.mean(np.asarray(pred) == np.asarray(truth)))
+    if not math.isnan(stated) and abs(stated - scored) > ACCURACY_TOLERANCE:
+        raise damaged(path, f"{what} {stated:.4f} is not what its own predictions score"
+                      + (f" {against}" if against else "") + f" ({scored:.4f})")
 MARKER = ".blocktune"  # {"command": "run"}: which command's folder this is
 # What each command writes at the top of its --out folder. A folder holding anything else
 # belongs to someone else: a run never writes over it.
@@ -171,18 +182,14 @@ class SeedFolder:
                                   f"{self.splits.name} has {classes} classes")
                 accuracy = name.replace("_pred", "_acc")
                 if split is not None and split in labels and hasattr(row, accuracy):
-                    # the accuracy a row states is the one its own predictions give
-                    recorded, scored = getattr(row, accuracy), float(np.mean(
-                        np.asarray(pred) == labels[split]))
-                    if not math.isnan(recorded) and abs(recorded - scored) > ACCURACY_TOLERANCE:
-                        raise damaged(path, f"a row's {accuracy} {recorded:.4f} is not what its "
-                                      f"own {name} scores against {self.splits.name}'s {split} "
-                                      f"labels ({scored:.4f})")
+                    check_stated_accuracy(path, f"a row's {accuracy}", getattr(row, accuracy),
+                                          pred, labels[split],
+                                          f"against {self.splits.name}'s {split} labels")
         return rows
 
     def _split_shape(self) -> tuple[int, dict[str, int], dict[str, np.ndarray]]:
-        """(classes, images per split, labels per split) of ``splits.json``, parsed once for as long as the file
-        is unchanged (every record read checks against it)."""
+        """(classes, images per split, labels per split) of ``splits.json``, parsed once for as
+        long as the file is unchanged (every record read checks against it)."""
         from blocktune.data.splits import read_splits
 
         info = self.splits.stat()

@@ -16,7 +16,7 @@ from blocktune.core.io import damaged
 from blocktune.core.methods import final_group, indices_text, label, recipe_of
 from blocktune.core.records import CvRow, FinalRow
 from blocktune.core.trials import FinalTrial
-from blocktune.results.runfolder import ACCURACY_TOLERANCE
+from blocktune.results.runfolder import check_stated_accuracy
 from blocktune.runner.context import SeedContext
 from blocktune.training.workbench import cv_fold_name
 
@@ -35,10 +35,7 @@ def check_folds(ctx: SeedContext, rows: list[CvRow]) -> None:
         if row.fold_images != len(truth) or len(pred) != len(truth):
             raise damaged(ctx.files.cv, f"{where} has {len(pred)} predictions of "
                           f"{row.fold_images} images; the fold holds {len(truth)}")
-        scored = float(np.mean(pred == truth))
-        if abs(scored - row.fold_acc) > ACCURACY_TOLERANCE:
-            raise damaged(ctx.files.cv, f"{where} states fold_acc {row.fold_acc:.4f}; its own "
-                          f"fold_pred scores {scored:.4f}")
+        check_stated_accuracy(ctx.files.cv, f"{where}: fold_acc", row.fold_acc, pred, truth)
 
 
 def cross_validate(ctx: SeedContext, finals: list[FinalRow]) -> list[CvRow]:

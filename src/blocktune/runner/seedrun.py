@@ -87,7 +87,7 @@ def search(ctx: SeedContext) -> tuple[list[CandidateRow], bool]:
     """
     recorded = ctx.files.read_candidates()
     rows = ctx.retry_failed(recorded, "search trial(s)")
-    if rows != recorded:
+    if len(rows) != len(recorded):  # failed rows dropped: the plan trains them again
         ctx.files.write_candidates(rows)
     if rows:
         ctx.events.on_recorded(rows)
